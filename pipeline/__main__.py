@@ -1,0 +1,3 @@
+from pipeline.cli import console_main
+
+console_main()

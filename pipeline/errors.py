@@ -1,0 +1,68 @@
+"""Error types and their exit codes.
+
+Every error the user can cause is one of these. Each message is one line that says what failed,
+the value received and how to fix it (pattern from Keras and ai-edge-quantizer), e.g.
+
+    Input data has shape (N, 28, 28) but the model expects (N, 8, 8, 1). Received:
+    data=train.npz:x_train. Reshape the array or pass a matching model.
+
+Exit codes: 0 ok, 1 a quality gate failed (the report says which), 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class QatError(Exception):
+    """Base class: a failure with a user-facing one-line message and an exit code."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, what: str, received: object = None, fix: str | None = None):
+        self.what = what.rstrip(".")
+        self.received = received
+        self.fix = fix
+        parts = [self.what + "."]
+        if received is not None:
+            parts.append(f"Received: {received}.")
+        if fix:
+            parts.append(fix.rstrip(".") + ".")
+        # One line, always: newlines from nested messages would break the contract.
+        super().__init__(" ".join(parts).replace("\n", " "))
+
+
+class UsageError(QatError):
+    """Bad command-line usage or an inconsistent option set."""
+
+
+class ConfigError(QatError):
+    """A recipe/config value is unknown or invalid."""
+
+
+class KerasEnvError(QatError):
+    """The installed TensorFlow/Keras/tfmot combination cannot run QAT."""
+
+
+class ModelFileError(QatError):
+    """A Keras model file or a .tflite file cannot be used (missing, malformed, unsafe)."""
+
+
+class DataError(QatError):
+    """The dataset is missing, malformed or does not fit the model."""
+
+
+class TrainingError(QatError):
+    """QAT fine-tuning failed (e.g. the loss became NaN)."""
+
+
+class ConversionError(QatError):
+    """The TFLite converter failed or produced a model that breaks the requested contract."""
+
+
+class GateFailed(QatError):
+    """One or more quality gates failed; the report lists them."""
+
+    exit_code = EXIT_GATE_FAILED

@@ -1,0 +1,144 @@
+"""The one module that imports TensorFlow, Keras (tf_keras) and tfmot.
+
+tensorflow-model-optimization 0.8 only works with Keras 2, shipped as ``tf_keras``; TensorFlow
+picks Keras 2 for ``tf.keras`` only if ``TF_USE_LEGACY_KERAS=1`` is set *before* TensorFlow is
+first imported (TF 2.16 release notes; tfmot issues #1119, #1270). ``tf.keras`` is resolved on
+first access and then fixed for the process, so we set the variable at import time of this
+module and check the result instead of trusting it.
+
+Usage: ``from pipeline import keras_env; env = keras_env.load(); env.tf, env.keras, env.tfmot``
+(or the lazy module attributes ``keras_env.tf`` / ``.keras`` / ``.tfmot``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from types import ModuleType
+
+from pipeline.errors import KerasEnvError
+
+_TRUTHY = {"1", "true", "yes", "on"}
+
+
+def _prepare_environment() -> None:
+    """Set the variables TensorFlow reads at import; respect an explicit user choice."""
+    if "tensorflow" not in sys.modules:
+        value = os.environ.get("TF_USE_LEGACY_KERAS")
+        if value is not None and value.strip().lower() not in _TRUTHY:
+            # Left as is: load() reports it with the fix, rather than overriding silently.
+            pass
+        else:
+            os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    # TensorFlow's C++ INFO/WARNING lines drown the progress output; errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+_prepare_environment()
+
+
+@dataclass(frozen=True)
+class KerasEnv:
+    tf: ModuleType
+    keras: ModuleType  # tf_keras
+    tfmot: ModuleType
+    versions: dict
+
+
+_ENV: KerasEnv | None = None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def load() -> KerasEnv:
+    """Import TensorFlow, tf_keras and tfmot once; raise KerasEnvError with the fix if unusable."""
+    global _ENV
+    if _ENV is not None:
+        return _ENV
+
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS", "")
+    if legacy.strip().lower() not in _TRUTHY:
+        raise KerasEnvError(
+            "QAT needs Keras 2 (tf_keras) but TF_USE_LEGACY_KERAS is not enabled",
+            f"TF_USE_LEGACY_KERAS={legacy!r}",
+            "Unset it or set TF_USE_LEGACY_KERAS=1 before starting Python",
+        )
+    tf_version = _version("tensorflow") or _version("tensorflow-cpu")
+    if tf_version is None:
+        raise KerasEnvError("TensorFlow is not installed", "no 'tensorflow' distribution",
+                            "Run `make venv` or `pip install -e .` (installs tensorflow==2.21.*)")
+    tfk_version = _version("tf-keras") or _version("tf_keras")
+    if tfk_version is None:
+        raise KerasEnvError(
+            "tf-keras (Keras 2) is not installed; tfmot cannot run on Keras 3",
+            f"tensorflow=={tf_version}",
+            f"pip install 'tf-keras=={_minor(tf_version)}.*'",
+        )
+    if _minor(tfk_version) != _minor(tf_version):
+        raise KerasEnvError(
+            "tf-keras and TensorFlow minor versions differ",
+            f"tensorflow=={tf_version}, tf-keras=={tfk_version}",
+            f"pip install 'tf-keras=={_minor(tf_version)}.*'",
+        )
+    if _version("tensorflow-model-optimization") is None:
+        raise KerasEnvError(
+            "tensorflow-model-optimization is not installed", "no such distribution",
+            "pip install 'tensorflow-model-optimization==0.8.*'")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tf = importlib.import_module("tensorflow")
+        keras = importlib.import_module("tf_keras")
+        tf_keras_name = getattr(tf.keras, "__name__", "")
+        if not tf_keras_name.startswith("tf_keras"):
+            raise KerasEnvError(
+                "tf.keras resolved to Keras 3: TensorFlow was imported and tf.keras used before "
+                "TF_USE_LEGACY_KERAS=1 was set",
+                f"tf.keras={tf_keras_name or tf.keras!r}",
+                "Import pipeline before TensorFlow, or export TF_USE_LEGACY_KERAS=1",
+            )
+        tfmot = importlib.import_module("tensorflow_model_optimization")
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+    _ENV = KerasEnv(
+        tf=tf,
+        keras=keras,
+        tfmot=tfmot,
+        versions={
+            "tensorflow": tf_version,
+            "tf_keras": tfk_version,
+            "tensorflow_model_optimization": _version("tensorflow-model-optimization"),
+        },
+    )
+    return _ENV
+
+
+def __getattr__(name: str):  # lazy module attributes: keras_env.tf / .keras / .tfmot
+    if name in ("tf", "keras", "tfmot"):
+        return getattr(load(), name)
+    raise AttributeError(name)
+
+
+def set_seed(seed: int) -> None:
+    """The one place seeds are applied (Python, NumPy, TensorFlow) with deterministic ops."""
+    env = load()
+    env.keras.utils.set_random_seed(int(seed))
+    try:
+        env.tf.config.experimental.enable_op_determinism()
+    except Exception:  # older TF or already-initialised runtime: seeds still apply
+        pass

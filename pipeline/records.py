@@ -1,0 +1,113 @@
+"""Shared small types: variant names, quantization parameters, metric records.
+
+Frozen dataclasses and enums only, no TensorFlow; every machine-readable output built from them
+carries ``SCHEMA_VERSION``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+class Variant(str, enum.Enum):
+    """The .tflite variants a run produces, in report order."""
+
+    FLOAT32 = "float32"
+    PTQ_INT8 = "ptq_int8"
+    QAT_INT8 = "qat_int8"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.value}.tflite"
+
+    @property
+    def is_int8(self) -> bool:
+        return self is not Variant.FLOAT32
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Affine quantization of one tensor: real = scale * (q - zero_point)."""
+
+    scale: float
+    zero_point: int
+    dtype: str = "int8"  # numpy dtype name of the quantized tensor
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.scale != 0.0
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        info = np.iinfo(self.dtype)
+        q = np.round(np.asarray(x, dtype=np.float64) / self.scale) + self.zero_point
+        return np.clip(q, info.min, info.max).astype(self.dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return ((np.asarray(q).astype(np.float32) - np.float32(self.zero_point))
+                * np.float32(self.scale))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Numeric comparison of two models' outputs on the same inputs."""
+
+    reference: str
+    candidate: str
+    top1_agreement: float
+    mean_abs_error: float
+    max_abs_error: float
+    mean_error_lsb: float | None = None  # in units of the candidate's output scale
+    max_error_lsb: float | None = None
+    sqnr_db: float | None = None
+    cosine: float | None = None
+    samples: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """One row of the report's variant table."""
+
+    variant: str
+    path: str | None
+    size_bytes: int | None
+    accuracy: float
+    samples: int
+    full_int8: bool | None = None
+    full_int8_reasons: tuple[str, ...] = ()
+    input_quant: QuantParams | None = None
+    output_quant: QuantParams | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["full_int8_reasons"] = list(self.full_int8_reasons)
+        return d
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool
+    value: float | bool | None
+    threshold: float | bool
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    stage: str
+    seconds: float
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,194 @@
+"""LiteRT interpreter factory and batched runner. No TensorFlow import unless asked for.
+
+Preference order: ai_edge_litert (LiteRT, the maintained package) -> tflite_runtime (its last
+release, 2.14, needs numpy<2) -> tf.lite (deprecated inside TensorFlow, imported via keras_env).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.errors import ModelFileError, UsageError
+from pipeline.records import QuantParams
+
+RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
+_MODULES = {"litert": "ai_edge_litert.interpreter", "tflite_runtime": "tflite_runtime.interpreter"}
+
+
+def _import_runtime(name: str):
+    if name == "tensorflow":
+        from pipeline import keras_env  # the only TensorFlow import path
+
+        return keras_env.load().tf.lite
+    return importlib.import_module(_MODULES[name])
+
+
+def resolve_runtime(name: str | None = None) -> tuple[str, object]:
+    """Return (runtime name, module exposing Interpreter and OpResolverType).
+
+    ``name`` None or "auto" walks the preference order; an explicit name must import.
+    """
+    name = name or os.environ.get("QAT_RUNTIME") or "auto"
+    if name != "auto" and name not in RUNTIMES:
+        raise UsageError("Unknown interpreter runtime", name,
+                         f"Use one of: auto, {', '.join(RUNTIMES)}")
+    candidates = RUNTIMES if name == "auto" else (name,)
+    errors = []
+    for candidate in candidates:
+        try:
+            return candidate, _import_runtime(candidate)
+        except Exception as exc:  # ImportError, or numpy-ABI errors from tflite_runtime
+            errors.append(f"{candidate}: {type(exc).__name__}: {exc}".splitlines()[0])
+    raise UsageError("No LiteRT interpreter could be imported", "; ".join(errors),
+                     "pip install 'ai-edge-litert>=2.3'")
+
+
+def make_interpreter(model: bytes | str | os.PathLike, *, runtime: str | None = None,
+                     num_threads: int | None = None, xnnpack: bool = True,
+                     preserve_all_tensors: bool = False):
+    """Build an interpreter from bytes or a path. Tensors are not allocated yet."""
+    _, mod = resolve_runtime(runtime)
+    kwargs: dict = {}
+    if num_threads is not None:
+        kwargs["num_threads"] = int(num_threads)
+    if preserve_all_tensors:
+        kwargs["experimental_preserve_all_tensors"] = True
+    if not xnnpack:
+        kwargs["experimental_op_resolver_type"] = \
+            mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        kwargs["model_content"] = bytes(model)
+    else:
+        kwargs["model_path"] = os.fspath(model)
+    try:
+        return mod.Interpreter(**kwargs)
+    except (ValueError, RuntimeError) as exc:
+        where = "<bytes>" if "model_content" in kwargs else kwargs["model_path"]
+        raise ModelFileError("The interpreter could not load the model", where,
+                             f"Check the file is a valid .tflite ({str(exc).splitlines()[0]})")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An interpreter input/output with the parameters needed to feed or read it."""
+
+    name: str
+    index: int
+    shape: tuple[int, ...]
+    shape_signature: tuple[int, ...]
+    dtype: np.dtype
+    quant: QuantParams | None
+
+    @classmethod
+    def from_details(cls, d: dict) -> "TensorSpec":
+        scale, zp = d.get("quantization", (0.0, 0))
+        dtype = np.dtype(d["dtype"])
+        quant = (QuantParams(float(scale), int(zp), dtype.name)
+                 if scale and dtype.kind in "iu" else None)
+        sig = d.get("shape_signature")
+        return cls(d["name"], int(d["index"]), tuple(int(v) for v in d["shape"]),
+                   tuple(int(v) for v in (sig if sig is not None else d["shape"])), dtype, quant)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape_signature), "dtype": self.dtype.name,
+                "scale": self.quant.scale if self.quant else None,
+                "zero_point": self.quant.zero_point if self.quant else None}
+
+
+class ModelRunner:
+    """Runs a .tflite over whole arrays in batches, (de)quantizing with the model's own params.
+
+    The input tensors are resized once to ``batch_size``; a short last batch is zero-padded and
+    sliced off, so the interpreter re-allocates at most once. Models whose batch dimension
+    cannot be resized fall back to one sample per invoke.
+    """
+
+    def __init__(self, model: bytes | str | os.PathLike, *, batch_size: int = 256,
+                 runtime: str | None = None, num_threads: int | None = None,
+                 xnnpack: bool = True, preserve_all_tensors: bool = False):
+        if batch_size < 1:
+            raise UsageError("Batch size must be at least 1", batch_size, "Pass --batch-size 1 or more")
+        self.interpreter = make_interpreter(model, runtime=runtime, num_threads=num_threads,
+                                            xnnpack=xnnpack,
+                                            preserve_all_tensors=preserve_all_tensors)
+        self.runtime = resolve_runtime(runtime)[0]
+        self.inputs = [TensorSpec.from_details(d) for d in self.interpreter.get_input_details()]
+        self.outputs = [TensorSpec.from_details(d) for d in self.interpreter.get_output_details()]
+        self.batch_size = int(batch_size)
+        self._allocated_batch: int | None = None
+
+    # -- shape handling -------------------------------------------------------------------
+    def _allocate(self, batch: int) -> int:
+        if self._allocated_batch == batch:
+            return batch
+        try:
+            for spec in self.inputs:
+                self.interpreter.resize_tensor_input(spec.index, [batch, *spec.shape[1:]],
+                                                     strict=False)
+            self.interpreter.allocate_tensors()
+            self._allocated_batch = batch
+            return batch
+        except (ValueError, RuntimeError):
+            if batch == 1:
+                raise
+            return self._allocate(1)
+
+    # -- data conversion ------------------------------------------------------------------
+    @staticmethod
+    def prepare_input(spec: TensorSpec, x: np.ndarray) -> np.ndarray:
+        """Float data -> the tensor's dtype (quantized with its scale/zero point if integer)."""
+        x = np.asarray(x)
+        if spec.dtype.kind == "f":
+            return x.astype(spec.dtype, copy=False)
+        if x.dtype == spec.dtype:  # already quantized by the caller
+            return x
+        if spec.quant is None:
+            return x.astype(spec.dtype)
+        return spec.quant.quantize(x)
+
+    @staticmethod
+    def read_output(spec: TensorSpec, y: np.ndarray, dequantize: bool = True) -> np.ndarray:
+        if dequantize and spec.quant is not None:
+            return spec.quant.dequantize(y)
+        return np.array(y, copy=True)
+
+    # -- running --------------------------------------------------------------------------
+    def run(self, xs: np.ndarray | Sequence[np.ndarray], *, dequantize: bool = True,
+            batch_size: int | None = None) -> list[np.ndarray]:
+        """Run every sample; return one array per output (interpreter output order)."""
+        arrays = [xs] if isinstance(xs, np.ndarray) else list(xs)
+        if len(arrays) != len(self.inputs):
+            raise UsageError("Wrong number of input arrays", len(arrays),
+                             f"The model has {len(self.inputs)} input(s)")
+        n = len(arrays[0])
+        if any(len(a) != n for a in arrays):
+            raise UsageError("Input arrays differ in length", [len(a) for a in arrays],
+                             "Pass arrays with the same number of samples")
+        prepared = [self.prepare_input(s, a) for s, a in zip(self.inputs, arrays)]
+        want = max(1, min(batch_size or self.batch_size, n)) if n else 1
+        batch = self._allocate(want)
+        chunks: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for start in range(0, n, batch):
+            stop = min(start + batch, n)
+            for spec, arr in zip(self.inputs, prepared):
+                part = arr[start:stop]
+                if stop - start < batch:  # zero-pad the short last batch
+                    pad = np.zeros((batch - (stop - start), *part.shape[1:]), dtype=part.dtype)
+                    part = np.concatenate([part, pad])
+                self.interpreter.set_tensor(spec.index, part)
+            self.interpreter.invoke()
+            for k, spec in enumerate(self.outputs):
+                y = self.interpreter.get_tensor(spec.index)[: stop - start]
+                chunks[k].append(self.read_output(spec, y, dequantize))
+        return [np.concatenate(c) if c else np.zeros((0, *s.shape[1:]), np.float32)
+                for c, s in zip(chunks, self.outputs)]
+
+    def describe(self) -> dict:
+        return {"runtime": self.runtime,
+                "inputs": [s.to_dict() for s in self.inputs],
+                "outputs": [s.to_dict() for s in self.outputs]}
