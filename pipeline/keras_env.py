@@ -35,8 +35,10 @@ def _prepare_environment() -> None:
             pass
         else:
             os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    # TensorFlow's C++ INFO/WARNING lines drown the progress output; errors still show.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ log lines drown the progress output (tf.data prints spurious E-level
+    # "NodeDef mentions attribute use_unbounded_threadpool" lines with TF 2.21); failures
+    # still surface as Python exceptions. Set TF_CPP_MIN_LOG_LEVEL=0 to see them all.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 _prepare_environment()

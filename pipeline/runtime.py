@@ -6,8 +6,11 @@ release, 2.14, needs numpy<2) -> tf.lite (deprecated inside TensorFlow, imported
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -48,6 +51,39 @@ def resolve_runtime(name: str | None = None) -> tuple[str, object]:
                      "pip install 'ai-edge-litert>=2.3'")
 
 
+@contextlib.contextmanager
+def quiet_native_output(enabled: bool = True):
+    """Silence what native code prints straight to fds 1/2 (the converter's
+    "fully_quantize: 0, ..." line, LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate").
+    The text is kept and replayed to stderr if the block raises, so nothing useful is lost."""
+    if not enabled:
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            if failed:
+                sink.seek(0)
+                text = sink.read().decode(errors="replace").strip()
+                if text:
+                    print(text, file=sys.stderr)
+
+
 def make_interpreter(model: bytes | str | os.PathLike, *, runtime: str | None = None,
                      num_threads: int | None = None, xnnpack: bool = True,
                      preserve_all_tensors: bool = False):
@@ -66,7 +102,8 @@ def make_interpreter(model: bytes | str | os.PathLike, *, runtime: str | None = 
     else:
         kwargs["model_path"] = os.fspath(model)
     try:
-        return mod.Interpreter(**kwargs)
+        with quiet_native_output():
+            return mod.Interpreter(**kwargs)
     except (ValueError, RuntimeError) as exc:
         where = "<bytes>" if "model_content" in kwargs else kwargs["model_path"]
         raise ModelFileError("The interpreter could not load the model", where,

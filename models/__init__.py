@@ -1,0 +1,71 @@
+"""Bundled reference models and their offline datasets.
+
+Each zoo model is a module with ``build(keras)`` (an untrained tf_keras architecture),
+``DATASET`` (the name of its dataset) and a TOML recipe beside it (the demo's default settings).
+Datasets are functions returning arrays; none downloads anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+_HERE = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    module: str
+    dataset: str
+    description: str
+
+    def build(self, keras):
+        return importlib.import_module(self.module).build(keras)
+
+    @property
+    def recipe(self) -> Path:
+        return _HERE / f"{self.name}.toml"
+
+
+@dataclass(frozen=True)
+class ZooDataset:
+    name: str
+    module: str
+    description: str
+
+    def load(self) -> dict:
+        """Arrays x_train, y_train, x_test, y_test plus 'preprocessing' (a dict)."""
+        return importlib.import_module(self.module).load_dataset()
+
+
+MODELS: dict[str, ZooModel] = {
+    "digits_cnn": ZooModel(
+        "digits_cnn", "models.digits_cnn", "digits",
+        "Small CNN (Conv2D+BN+ReLU, DepthwiseConv2D, pooling, Dense) for 8x8 digits"),
+}
+
+DATASETS: dict[str, ZooDataset] = {
+    "digits": ZooDataset(
+        "digits", "models.digits_cnn",
+        "scikit-learn's bundled 8x8 handwritten digits (1,797 images), pixel/16, stratified split"),
+}
+
+
+def zoo_names() -> list[str]:
+    return sorted(MODELS)
+
+
+def recipe_path(name: str) -> Path | None:
+    m = MODELS.get(name)
+    return m.recipe if m and m.recipe.is_file() else None
+
+
+def get_model(name: str) -> ZooModel | None:
+    return MODELS.get(name)
+
+
+def get_dataset(name: str) -> ZooDataset | None:
+    return DATASETS.get(name)

@@ -1,0 +1,287 @@
+"""Command line: ``qat run | convert | verify`` (also ``python -m pipeline``).
+
+``parse_args(argv)`` is separate from ``main(args) -> int``; the console script exits with that
+code: 0 ok, 1 a quality gate failed, 2 bad input or usage, 3 internal error (a bug). Errors are
+one line on stderr; ``--debug`` adds the traceback. Progress goes to stderr so that ``--json``
+leaves stdout to the machine-readable result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import traceback
+
+from pipeline import __version__
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, QatError, UsageError
+
+EXIT_INTERNAL = 3
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="more progress output")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qat", description="Keras model -> QAT fine-tune -> full-int8 LiteRT model, "
+        "verified against Keras.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    r = sub.add_parser("run", help="the main job: annotate, fine-tune, convert, verify, report",
+                       description="Run the whole pipeline. RECIPE is a TOML file or a bundled "
+                       "model name (e.g. digits_cnn); flags override it.")
+    r.add_argument("recipe", nargs="?", help="TOML recipe or zoo model name")
+    r.add_argument("--model", help="zoo model name or a Keras-2 model file (.h5/.keras/SavedModel)")
+    r.add_argument("--data", help="zoo dataset name or an .npz (x_train, y_train, x_test, y_test)")
+    r.add_argument("--output", help="artifacts root directory (default: artifacts)")
+    r.add_argument("--name", help="run directory name (default: the model name)")
+    r.add_argument("--epochs", type=int, help="QAT epochs (qat.epochs)")
+    r.add_argument("--seed", type=int, help="seed for everything random (seed)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set qat.learning_rate=5e-5 (repeatable)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the unfinished (or finished) run from its last checkpoint")
+    r.add_argument("--trust-model", action="store_true",
+                   help="allow Lambda layers (their stored Python code runs on load)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no Keras progress bars")
+    _common(r)
+
+    c = sub.add_parser("convert", help="convert a Keras model file to .tflite variants",
+                       description="Convert a float Keras model (float32, ptq_int8) or a saved "
+                       "QAT model (qat_int8) and inspect each result.")
+    c.add_argument("model", help="Keras-2 model file (.h5/.keras/SavedModel directory)")
+    c.add_argument("--data", required=True,
+                   help="zoo dataset name or .npz; its train split calibrates int8 variants")
+    c.add_argument("--variants", help="comma list of float32, ptq_int8, qat_int8 "
+                   "(default: float32,ptq_int8 for a float model, qat_int8 for a QAT model)")
+    c.add_argument("--io", choices=["int8", "float"], default="int8",
+                   help="input/output tensor type of int8 variants (default int8)")
+    c.add_argument("--representative-samples", type=int, default=200)
+    c.add_argument("--output", default=".", help="directory for the .tflite files")
+    c.add_argument("--allow-float", action="store_true",
+                   help="do not fail (exit 1) when an int8 variant is not full-int8")
+    c.add_argument("--trust-model", action="store_true")
+    c.add_argument("--seed", type=int, default=0)
+    _common(c)
+
+    v = sub.add_parser("verify", help="run a .tflite over a dataset and report accuracy",
+                       description="Run a .tflite with the LiteRT interpreter over a dataset's "
+                       "test split (batched) and inspect it.")
+    v.add_argument("model", help=".tflite file")
+    v.add_argument("--data", required=True, help="zoo dataset name or .npz")
+    v.add_argument("--split", choices=["test", "train"], default="test")
+    v.add_argument("--batch-size", type=int, default=256)
+    v.add_argument("--runtime", default="auto",
+                   choices=["auto", "litert", "tflite_runtime", "tensorflow"])
+    v.add_argument("--num-threads", type=int, default=0)
+    v.add_argument("--min-accuracy", type=float,
+                   help="exit 1 if accuracy is below this fraction")
+    v.add_argument("--require-full-int8", action="store_true",
+                   help="exit 1 if the model is not full-int8")
+    _common(v)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+def _split_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError("--set expects KEY=VALUE", item, "Write e.g. --set qat.epochs=3")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _source(value: str, what: str, zoo: list[str]) -> tuple[str, str]:
+    """('name', value) for a zoo entry, ('path', abs path) for a file; else a usage error."""
+    if value in zoo:
+        return "name", value
+    if os.path.exists(value) or os.sep in value or "." in os.path.basename(value):
+        return "path", os.path.abspath(value)
+    raise UsageError(f"Unknown {what}", value,
+                     f"Pass a file path or one of the bundled names: {', '.join(zoo)}")
+
+
+def cmd_run(args, out) -> int:
+    from models import DATASETS, zoo_names
+    from pipeline import config
+    from pipeline.run import run
+
+    overrides: dict = _split_set(args.set)
+    if args.model:
+        kind, val = _source(args.model, "model", zoo_names())
+        overrides[f"model.{kind}"] = val
+    if args.data:
+        kind, val = _source(args.data, "dataset", sorted(DATASETS))
+        overrides[f"data.{kind}"] = val
+    if args.output:
+        overrides["output.dir"] = args.output
+    if args.name:
+        overrides["output.name"] = args.name
+    if args.epochs is not None:
+        overrides["qat.epochs"] = str(args.epochs)
+    if args.seed is not None:
+        overrides["seed"] = str(args.seed)
+    if args.trust_model:
+        overrides["model.trust_model"] = "true"
+    if args.quiet or args.json:
+        overrides["qat.verbose"] = "0"
+    if not args.recipe and not args.model:
+        raise UsageError("Nothing to run", "no RECIPE and no --model",
+                         "Pass a recipe (qat run digits_cnn) or --model FILE --data FILE.npz")
+    cfg = config.load(args.recipe, overrides)
+    result = run(cfg, resume=args.resume, log=_log)
+    if args.json:
+        print(json.dumps({"exit_code": result.exit_code, "run_dir": result.run_dir,
+                          "report": result.report}, indent=2, default=str), file=out)
+    else:
+        print(f"{result.run_dir}/report.md", file=out)
+    return result.exit_code
+
+
+def cmd_convert(args, out) -> int:
+    from pipeline import convert as conv, data as data_mod, keras_env, modelio
+    from pipeline.artifacts import atomic_write_bytes
+    from pipeline.records import Variant
+
+    keras_env.load()
+    keras_env.set_seed(args.seed)
+    loaded = modelio.load_model(path=args.model, trust_model=args.trust_model)
+    default = "qat_int8" if loaded.is_qat else "float32,ptq_int8"
+    names = [s.strip() for s in (args.variants or default).split(",") if s.strip()]
+    try:
+        variants = [Variant(n) for n in names]
+    except ValueError:
+        raise UsageError("Unknown variant", args.variants, "Use float32, ptq_int8, qat_int8")
+    if loaded.is_qat and any(v is not Variant.QAT_INT8 for v in variants):
+        raise UsageError("A QAT model converts only to qat_int8", args.variants,
+                         "Pass --variants qat_int8, or the float model for float32/ptq_int8")
+    if not loaded.is_qat and Variant.QAT_INT8 in variants:
+        raise UsageError("qat_int8 needs a QAT model (saved after quantize_apply)", args.model,
+                         "Run `qat run` first, or convert its keras/qat_model.h5")
+    if args.representative_samples < 1:
+        raise UsageError("--representative-samples must be at least 1",
+                         args.representative_samples, "Use e.g. 200")
+    kind, val = _source(args.data, "dataset", _datasets())
+    ds = data_mod.load(**{kind: val})
+    data_mod.validate(ds, modelio.input_shape(loaded.model), modelio.output_size(loaded.model))
+    rep = data_mod.representative_sample(ds.x_train, args.representative_samples, args.seed)
+    results, bad = [], False
+    for variant in variants:
+        c = conv.convert(variant, loaded.model, representative=rep, io=args.io)
+        path = os.path.join(args.output, variant.filename)
+        atomic_write_bytes(path, c.content)
+        row = {"variant": variant.value, "path": path, "bytes": c.size,
+               "seconds": round(c.seconds, 2),
+               "verdict": None if c.verdict is None else c.verdict.to_dict()}
+        results.append(row)
+        if c.verdict is not None and not c.verdict.full_int8:
+            bad = True
+            _log(f"{variant.filename}: NOT full-int8: {'; '.join(c.verdict.reasons)}")
+        if not args.json:
+            flag = "" if c.verdict is None else \
+                f"  full-int8: {'yes' if c.verdict.full_int8 else 'NO'}"
+            print(f"{path}  {c.size:,} bytes{flag}", file=out)
+    if args.json:
+        print(json.dumps({"schema_version": 1, "outputs": results}, indent=2), file=out)
+    return EXIT_GATE_FAILED if bad and not args.allow_float else EXIT_OK
+
+
+def _datasets() -> list[str]:
+    from models import DATASETS
+
+    return sorted(DATASETS)
+
+
+def cmd_verify(args, out) -> int:
+    from pipeline import data as data_mod, verify
+    from pipeline.tflite_model import TFLiteModel
+
+    view = TFLiteModel.from_file(args.model)
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1", args.batch_size, "Use e.g. 256")
+    kind, val = _source(args.data, "dataset", _datasets())
+    ds = data_mod.load(**{kind: val})
+    x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
+    inp = view.inputs()[0]
+    data_mod.validate(ds, tuple(inp.shape_signature or inp.shape),
+                      int((view.outputs()[0].shape or [0])[-1]))
+    scored = verify.score_tflite(os.path.basename(args.model), args.model, x, y,
+                                 batch_size=args.batch_size, runtime=args.runtime,
+                                 num_threads=args.num_threads)
+    verdict = view.verdict()
+    result = {"schema_version": 1, "model": args.model, "runtime": scored.runtime,
+           "split": args.split, "samples": int(len(y)), "accuracy": scored.accuracy,
+           "size_bytes": view.file_size, "full_int8": verdict.full_int8,
+           "full_int8_reasons": list(verdict.reasons),
+           "input": inp.to_dict(), "output": view.outputs()[0].to_dict()}
+    code = EXIT_OK
+    if args.min_accuracy is not None and scored.accuracy < args.min_accuracy:
+        result["gate_failed"] = f"accuracy {scored.accuracy:.4f} < {args.min_accuracy}"
+        code = EXIT_GATE_FAILED
+    if args.require_full_int8 and not verdict.full_int8:
+        result["gate_failed"] = "not full-int8: " + "; ".join(verdict.reasons)
+        code = EXIT_GATE_FAILED
+    if args.json:
+        print(json.dumps(result, indent=2), file=out)
+    else:
+        print(f"{args.model}: accuracy {100 * scored.accuracy:.2f} % on {len(y)} {args.split} "
+              f"samples ({scored.runtime}); full-int8: {'yes' if verdict.full_int8 else 'no'}",
+              file=out)
+        for r in verdict.reasons:
+            print(f"  - {r}", file=out)
+        if "gate_failed" in result:
+            print(f"gate failed: {result['gate_failed']}", file=out)
+    return code
+
+
+COMMANDS = {"run": cmd_run, "convert": cmd_convert, "verify": cmd_verify}
+
+
+def main(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    try:
+        # --json: stdout carries only the result; progress (Keras bars included) goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            return COMMANDS[args.command](args, out)
+    except QatError as exc:
+        if args.debug:
+            traceback.print_exc()
+        _log(f"error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _log("interrupted")
+        return 130
+    except Exception as exc:  # a bug: say so, one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _log(f"internal error: {type(exc).__name__}: {first[:300]} "
+             "(rerun with --debug for the traceback)")
+        return EXIT_INTERNAL
+
+
+def console_main() -> None:
+    argv = sys.argv[1:]
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or usage error (2)
+        raise SystemExit(exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT)
+    sys.exit(main(args))

@@ -1,0 +1,337 @@
+"""Run configuration: one frozen dataclass per concern, loaded from a TOML recipe plus overrides.
+
+Unknown keys fail with a "did you mean" suggestion; values are type-checked and validated in
+``__post_init__``; the resolved config round-trips to TOML (``to_toml``) and is saved next to the
+artifacts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+
+def _check(cond: bool, what: str, received: object, fix: str) -> None:
+    if not cond:
+        raise ConfigError(what, received, fix)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = ""           # a model of the bundled zoo (models/), or
+    path: str = ""           # a Keras-2 file: .h5, tf_keras .keras, or a SavedModel directory
+    trust_model: bool = False  # allow Lambda layers (their Python code runs on load)
+    # Zoo models ship as architectures: their float baseline is trained first.
+    float_epochs: int = 60
+    float_learning_rate: float = 3e-3
+    float_batch_size: int = 32
+
+    def __post_init__(self):
+        _check(bool(self.name) != bool(self.path), "Exactly one of model.name and model.path "
+               "must be set", f"name={self.name!r}, path={self.path!r}",
+               "Pass a zoo name (--model digits_cnn) or a model file (--model model.h5)")
+        _check(self.float_epochs >= 1, "model.float_epochs must be at least 1",
+               self.float_epochs, "Set model.float_epochs = 1 or more")
+        _check(self.float_learning_rate > 0, "model.float_learning_rate must be positive",
+               self.float_learning_rate, "Set e.g. model.float_learning_rate = 0.003")
+        _check(self.float_batch_size >= 1, "model.float_batch_size must be at least 1",
+               self.float_batch_size, "Set model.float_batch_size = 32")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = ""           # a zoo dataset, or
+    path: str = ""           # an .npz with x_train, y_train, x_test, y_test
+    validation_split: float = 0.1  # taken (stratified) from the train split for early stopping
+
+    def __post_init__(self):
+        _check(not (self.name and self.path), "Only one of data.name and data.path may be set",
+               f"name={self.name!r}, path={self.path!r}", "Remove one of them")
+        _check(0.0 < self.validation_split < 0.5, "data.validation_split must be in (0, 0.5)",
+               self.validation_split, "Use e.g. data.validation_split = 0.1")
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    # QAT starts from a trained model: a small learning rate decayed to 10 % keeps it near the
+    # float optimum (tfmot's QAT guide fine-tunes for a few epochs at a low rate).
+    epochs: int = 8
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    lr_schedule: str = "cosine"   # cosine | constant
+    early_stopping_patience: int = 3
+    monitor: str = "val_accuracy"  # val_accuracy | val_loss
+    verbose: int = -1  # Keras fit verbosity; -1 = progress bar on a terminal, one line per epoch otherwise
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, "qat.epochs must be at least 1", self.epochs,
+               "Set qat.epochs = 1 or more")
+        _check(self.batch_size >= 1, "qat.batch_size must be at least 1", self.batch_size,
+               "Set qat.batch_size = 32")
+        _check(0 < self.learning_rate < 1, "qat.learning_rate must be in (0, 1)",
+               self.learning_rate, "QAT fine-tuning wants a small rate, e.g. 1e-4")
+        _check(self.lr_schedule in ("cosine", "constant"), "Unknown qat.lr_schedule",
+               self.lr_schedule, "Use 'cosine' or 'constant'")
+        _check(self.early_stopping_patience >= 0, "qat.early_stopping_patience must be >= 0",
+               self.early_stopping_patience, "Use 0 to disable early stopping")
+        _check(self.monitor in ("val_accuracy", "val_loss"), "Unknown qat.monitor",
+               self.monitor, "Use 'val_accuracy' or 'val_loss'")
+        _check(self.verbose in (-1, 0, 1, 2), "qat.verbose must be -1, 0, 1 or 2",
+               self.verbose, "Use -1 for automatic")
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    variants: tuple[str, ...] = ("float32", "ptq_int8", "qat_int8")
+    representative_samples: int = 200  # drawn from the train split, for PTQ calibration
+    io: str = "int8"  # int8 input/output tensors (phone-friendly) or float (QUANTIZE at the edges)
+
+    def __post_init__(self):
+        known = ("float32", "ptq_int8", "qat_int8")
+        for v in self.variants:
+            _check(v in known, "Unknown variant in convert.variants", v,
+                   f"Use some of {', '.join(known)}")
+        _check(len(self.variants) > 0, "convert.variants is empty", [], "List at least one")
+        _check(self.representative_samples >= 1, "convert.representative_samples must be >= 1",
+               self.representative_samples, "Use e.g. 200")
+        _check(self.io in ("int8", "float"), "Unknown convert.io", self.io,
+               "Use 'int8' or 'float'")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    batch_size: int = 256
+    runtime: str = "auto"   # auto | litert | tflite_runtime | tensorflow
+    num_threads: int = 0    # 0 = the interpreter's default
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, "verify.batch_size must be at least 1", self.batch_size,
+               "Use e.g. 256")
+        _check(self.runtime in ("auto", "litert", "tflite_runtime", "tensorflow"),
+               "Unknown verify.runtime", self.runtime,
+               "Use auto, litert, tflite_runtime or tensorflow")
+        _check(self.num_threads >= 0, "verify.num_threads must be >= 0", self.num_threads,
+               "Use 0 for the default")
+
+
+@dataclass(frozen=True)
+class GatesConfig:
+    max_accuracy_drop_pp: float = 1.0   # qat_int8.tflite vs Keras float, percentage points
+    min_agreement: float = 0.99         # top-1 agreement Keras QAT vs qat_int8.tflite
+    require_full_int8: bool = True
+    min_float_accuracy: float = 0.0
+
+    def __post_init__(self):
+        _check(self.max_accuracy_drop_pp >= 0, "gates.max_accuracy_drop_pp must be >= 0",
+               self.max_accuracy_drop_pp, "Use e.g. 1.0")
+        _check(0 <= self.min_agreement <= 1, "gates.min_agreement must be in [0, 1]",
+               self.min_agreement, "Use a fraction, e.g. 0.99")
+        _check(0 <= self.min_float_accuracy <= 1, "gates.min_float_accuracy must be in [0, 1]",
+               self.min_float_accuracy, "Use a fraction, e.g. 0.97")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "artifacts"
+    name: str = ""  # run directory name; default: the model name or file stem
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="digits_cnn"))
+    data: DataConfig = field(default_factory=DataConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    gates: GatesConfig = field(default_factory=GatesConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def run_name(self) -> str:
+        if self.output.name:
+            return self.output.name
+        if self.model.name:
+            return self.model.name
+        return Path(self.model.path.rstrip("/\\")).stem or "model"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) / self.run_name
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["convert"]["variants"] = list(self.convert.variants)
+        return d
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+    def hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+SECTIONS = {f.name: f for f in fields(Config)}
+
+
+def _coerce(value, annotation: str, key: str):
+    """Check a TOML/flag value against the field's annotation (given as a string)."""
+    kind = annotation.split("[")[0].strip()
+    if isinstance(value, str) and kind in ("int", "float", "bool"):  # from --set key=value
+        text = value.strip()
+        try:
+            if kind == "bool":
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return text.lower() in ("true", "1", "yes")
+            return int(text) if kind == "int" else float(text)
+        except ValueError:
+            raise ConfigError(f"Config key {key} expects {kind}", repr(value),
+                              f"Pass a valid {kind}")
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+        value = float(value) if ok else value
+    elif kind == "str":
+        ok = isinstance(value, str)
+    elif kind == "tuple":
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    else:  # pragma: no cover - every field uses one of the kinds above
+        ok = True
+    if not ok:
+        raise ConfigError(f"Config key {key} expects {kind}", repr(value), f"Pass a {kind}")
+    return value
+
+
+def _unknown(key: str, known: typing.Iterable[str], where: str) -> ConfigError:
+    known = sorted(known)
+    close = difflib.get_close_matches(key.split(".")[-1], known, n=1)
+    hint = f"Did you mean '{close[0]}'?" if close else f"Known keys: {', '.join(known)}"
+    return ConfigError(f"Unknown config key in {where}", key, hint)
+
+
+def from_dict(raw: dict, where: str = "config") -> Config:
+    """Build a Config from nested dicts (TOML), rejecting unknown keys."""
+    top: dict = {}
+    for key, value in raw.items():
+        if key not in SECTIONS:
+            raise _unknown(key, SECTIONS, where)
+        f = SECTIONS[key]
+        if key == "seed":
+            top["seed"] = _coerce(value, "int", "seed")
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"Config section [{key}] must be a table", repr(value),
+                              f"Write it as [{key}] with keys below it")
+        cls = typing.get_type_hints(Config)[key]
+        hints = {g.name: g.type for g in fields(cls)}
+        kwargs = {}
+        for k, v in value.items():
+            if k not in hints:
+                raise _unknown(f"{key}.{k}", [f"{key}.{h}" for h in hints], where)
+            kwargs[k] = _coerce(v, str(hints[k]), f"{key}.{k}")
+        top[key] = kwargs
+    base = Config()
+    sections = {}
+    for name, kwargs in top.items():
+        if name == "seed":
+            continue
+        if name == "model" and ("name" in kwargs or "path" in kwargs):
+            # Setting one of name/path replaces the default zoo model entirely.
+            kwargs = {"name": "", "path": "", **kwargs}
+        sections[name] = dataclasses.replace(getattr(base, name), **kwargs) if kwargs else \
+            getattr(base, name)
+    return dataclasses.replace(base, seed=top.get("seed", base.seed), **sections)
+
+
+def load(recipe: str | os.PathLike | None = None,
+         overrides: dict[str, object] | None = None) -> Config:
+    """Load a recipe (a TOML path, or a zoo model name), then apply dotted-key overrides."""
+    raw: dict = {}
+    where = "defaults"
+    if recipe:
+        path = resolve_recipe(recipe)
+        where = str(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("The recipe is not valid TOML", f"{path} ({exc})",
+                              "Fix the TOML syntax")
+        base = path.parent
+        for section in ("model", "data"):  # recipe-relative file paths
+            p = raw.get(section, {}).get("path") if isinstance(raw.get(section), dict) else None
+            if isinstance(p, str) and p and not os.path.isabs(p):
+                raw[section]["path"] = str((base / p).resolve())
+    for dotted, value in (overrides or {}).items():
+        parts = dotted.split(".")
+        if len(parts) == 1:
+            raw[parts[0]] = value
+            continue
+        if len(parts) != 2:
+            raise ConfigError("Config override keys look like section.key", dotted,
+                              "Use e.g. --set qat.epochs=3")
+        section, key = parts
+        if section not in SECTIONS or section == "seed":
+            raise _unknown(section, [s for s in SECTIONS if s != "seed"], "--set")
+        raw.setdefault(section, {})
+        if section == "model" and key in ("name", "path"):
+            raw["model"].pop("name", None)
+            raw["model"].pop("path", None)
+        if section == "data" and key in ("name", "path"):
+            raw["data"].pop("name", None)
+            raw["data"].pop("path", None)
+        raw[section][key] = value
+    return from_dict(raw, where)
+
+
+def resolve_recipe(recipe: str | os.PathLike) -> Path:
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    from models import recipe_path  # zoo name -> bundled recipe
+
+    bundled = recipe_path(str(recipe))
+    if bundled is not None:
+        return bundled
+    from models import zoo_names
+
+    raise ConfigError("Recipe not found", str(recipe),
+                      f"Pass a TOML file or a bundled model name ({', '.join(zoo_names())})")
+
+
+def dumps_toml(d: dict) -> str:
+    """Minimal TOML writer for the config tree (scalars, string lists, one level of tables)."""
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)  # a JSON string is a valid TOML basic string
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    lines = [f"{k} = {val(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]"] + [f"{kk} = {val(vv)}" for kk, vv in v.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,253 @@
+"""The main job: one function per stage, in order (see DESIGN.md).
+
+    config -> load model -> load + validate data -> [train float baseline for zoo models]
+      -> annotate -> fine-tune (QAT) -> convert -> verify -> gates -> report -> commit
+
+Each stage is a plain function usable from Python; ``run`` strings them together, times each,
+and writes every file through a RunDir.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline import data as data_mod
+from pipeline import modelio
+from pipeline.artifacts import RunDir
+from pipeline.config import Config
+from pipeline.errors import EXIT_GATE_FAILED, EXIT_OK, QatError
+from pipeline.records import SCHEMA_VERSION, GateResult, Variant, VariantResult
+
+FLOAT_MODEL = "keras/float_model.h5"
+QAT_MODEL = "keras/qat_model.h5"
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    run_dir: str
+    report: dict
+    gates: list[GateResult] = field(default_factory=list)
+
+    @property
+    def failed_gates(self) -> list[GateResult]:
+        return [g for g in self.gates if not g.passed]
+
+
+class _Timer:
+    def __init__(self, log):
+        self.times: dict[str, float] = {}
+        self.log = log
+
+    @contextmanager
+    def stage(self, name: str):
+        self.log(f"[{name}] ...")
+        t0 = time.perf_counter()
+        yield
+        self.times[name] = round(time.perf_counter() - t0, 3)
+        self.log(f"[{name}] done in {self.times[name]:.1f} s")
+
+
+def _save_h5(model, path) -> None:
+    """HDF5, not .keras: tf_keras' .keras format cannot reload a QAT model ("Layer
+    'quantize_layer' expected 5 variables, but received 3"), so both models use .h5."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "HDF5 file format is considered legacy"
+        model.save(path, include_optimizer=False)
+
+
+def evaluate_gates(cfg: Config, float_acc: float, variants: dict, agreement: dict) -> list:
+    g = cfg.gates
+    gates = []
+    if g.min_float_accuracy > 0:
+        gates.append(GateResult("min_float_accuracy", float_acc >= g.min_float_accuracy,
+                                round(float_acc, 4), g.min_float_accuracy,
+                                "the float model itself is below the bar"))
+    qat = variants.get(Variant.QAT_INT8)
+    if qat is not None:
+        drop = 100 * (float_acc - qat.accuracy)
+        gates.append(GateResult("max_accuracy_drop_pp", drop <= g.max_accuracy_drop_pp + 1e-9,
+                                round(drop, 3), g.max_accuracy_drop_pp,
+                                "qat_int8.tflite lost too much accuracy vs float"))
+        agree = agreement.get(Variant.QAT_INT8)
+        if agree is not None:
+            gates.append(GateResult("min_agreement", agree.top1_agreement >= g.min_agreement,
+                                    round(agree.top1_agreement, 5), g.min_agreement,
+                                    "Keras QAT and qat_int8.tflite disagree"))
+    if g.require_full_int8:
+        for variant, res in variants.items():
+            if variant.is_int8:
+                gates.append(GateResult(f"full_int8[{variant.value}]", bool(res.full_int8),
+                                        bool(res.full_int8), True,
+                                        "; ".join(res.full_int8_reasons)))
+    return gates
+
+
+def run(cfg: Config, *, resume: bool = False, log=print, model=None,
+        dataset: data_mod.Dataset | None = None) -> RunResult:
+    """Run the whole pipeline. ``model``/``dataset`` let Python callers pass live objects."""
+    from pipeline import annotate, convert, finetune, keras_env, report, verify
+
+    timer = _Timer(log)
+    t_start = time.perf_counter()
+    with timer.stage("load"):
+        env = keras_env.load()
+        keras_env.set_seed(cfg.seed)
+        if model is not None:
+            modelio.check_model_shape(model, "model argument")
+            loaded = modelio.LoadedModel(model, "python:" + model.name, "python", False)
+        else:
+            loaded = modelio.load_model(cfg.model.name, cfg.model.path,
+                                        trust_model=cfg.model.trust_model)
+        if loaded.is_qat:
+            raise QatError("The model is already quantization-aware (a quantize_apply'd model)",
+                           loaded.source, "Pass the float model to `run`, or use `qat convert`")
+        if dataset is None:
+            data_name = cfg.data.name
+            if not data_name and not cfg.data.path and loaded.kind == "zoo":
+                from models import get_model
+
+                data_name = get_model(cfg.model.name).dataset
+            dataset = data_mod.load(data_name, cfg.data.path)
+        in_shape = modelio.input_shape(loaded.model)
+        n_out = modelio.output_size(loaded.model)
+        data_mod.validate(dataset, in_shape, n_out)
+        x_tr, y_tr, x_val, y_val = data_mod.train_val_split(
+            dataset.x_train, dataset.y_train, cfg.data.validation_split, cfg.seed)
+        from_logits = not modelio.outputs_are_probabilities(loaded.model)
+
+    # Inputs are valid: from here on files are written (to the staging directory).
+    run_dir = RunDir(cfg.run_dir, resume=resume, log=log)
+    try:
+        result = _stages(cfg, env, timer, run_dir, loaded, dataset,
+                         (x_tr, y_tr, x_val, y_val), from_logits, resume, log, t_start)
+    except BaseException:
+        # Keep a run that has checkpoints so --resume can continue it; drop anything else.
+        keep = finetune.has_checkpoint(run_dir)
+        run_dir.abort(keep=keep)
+        if keep:
+            log(f"the unfinished run is kept in {run_dir.staging}; rerun with --resume")
+        raise
+    return result
+
+
+def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resume, log,
+            t_start) -> RunResult:
+    from pipeline import annotate, convert, finetune, report, verify
+
+    x_tr, y_tr, x_val, y_val = splits
+    float_model = loaded.model
+    float_info = None
+    run_dir.write_text("config.toml", cfg.to_toml())
+    if loaded.needs_training:
+        with timer.stage("train_float"):
+            saved = run_dir.path(FLOAT_MODEL)
+            if resume and saved.is_file():
+                float_model = env.keras.models.load_model(saved, compile=False)
+                run_dir.record_existing(FLOAT_MODEL)
+                float_info = run_dir.path("keras/float_training.json")
+                import json
+
+                float_info = json.loads(float_info.read_text()) if float_info.is_file() else None
+                log("train_float: reused the float model of the resumed run")
+            else:
+                hist = finetune.train_float(
+                    float_model, x_tr, y_tr, x_val, y_val, epochs=cfg.model.float_epochs,
+                    learning_rate=cfg.model.float_learning_rate,
+                    batch_size=cfg.model.float_batch_size, from_logits=from_logits,
+                    verbose=cfg.qat.verbose)
+                float_info = {"epochs": len(hist.get("loss", [])),
+                              "best_val_accuracy": max(hist.get("val_accuracy", [0.0]))}
+                with run_dir.writing(FLOAT_MODEL) as tmp:
+                    _save_h5(float_model, tmp)
+                run_dir.write_json("keras/float_training.json", float_info)
+
+    with timer.stage("annotate"):
+        qat_model, ann = annotate.apply(float_model)
+        log(f"annotate: {ann.layers_quantized}/{ann.layers_total} layers quantized")
+
+    with timer.stage("finetune"):
+        fit = finetune.fit(qat_model, x_tr, y_tr, x_val, y_val, cfg.qat, run_dir,
+                           from_logits=from_logits, resume=resume, log=log)
+        q_scope = env.tfmot.quantization.keras.quantize_scope
+        with q_scope(), run_dir.writing(QAT_MODEL) as tmp:
+            _save_h5(qat_model, tmp)
+
+    rep = data_mod.representative_sample(dataset.x_train, cfg.convert.representative_samples,
+                                         cfg.seed)
+    converted = {}
+    with timer.stage("convert"):
+        for name in cfg.convert.variants:
+            variant = Variant(name)
+            source = qat_model if variant is Variant.QAT_INT8 else float_model
+            c = convert.convert(variant, source, representative=rep, io=cfg.convert.io)
+            run_dir.write_bytes(variant.filename, c.content)
+            converted[variant] = c
+            extra = "" if c.verdict is None else \
+                f", full-int8: {'yes' if c.verdict.full_int8 else 'NO'}"
+            log(f"convert: {variant.filename} {c.size:,} bytes in {c.seconds:.1f} s{extra}")
+
+    with timer.stage("verify"):
+        vb = cfg.verify.batch_size
+        x_te, y_te = dataset.x_test, dataset.y_test
+        keras_float = verify.score_keras("keras_float", float_model, x_te, y_te, vb)
+        keras_qat = verify.score_keras("keras_qat", qat_model, x_te, y_te, vb)
+        variants, agreement = {}, {}
+        for variant, c in converted.items():
+            s = verify.score_tflite(variant.value, c.content, x_te, y_te, batch_size=vb,
+                                    runtime=cfg.verify.runtime,
+                                    num_threads=cfg.verify.num_threads)
+            ref = keras_qat if variant is Variant.QAT_INT8 else keras_float
+            agreement[variant] = verify.compare(ref, s)
+            variants[variant] = VariantResult(
+                variant.value, variant.filename, c.size, s.accuracy, int(len(y_te)),
+                None if c.verdict is None else c.verdict.full_int8,
+                () if c.verdict is None else c.verdict.reasons, s.input_quant, s.output_quant)
+            log(f"verify: {variant.filename} accuracy {100 * s.accuracy:.2f} %, agreement "
+                f"{100 * agreement[variant].top1_agreement:.2f} %")
+
+    gates = evaluate_gates(cfg, keras_float.accuracy, variants, agreement)
+    status = "passed" if all(g.passed for g in gates) else "gates_failed"
+    deliverable = Variant.QAT_INT8 if Variant.QAT_INT8 in converted else next(iter(converted))
+    from pipeline.runtime import ModelRunner
+
+    io = ModelRunner(converted[deliverable].content, batch_size=1).describe()
+    card = report.model_card(cfg.run_name, deliverable.value, io, dataset.preprocessing,
+                             modelio.output_size(float_model))
+    timings = dict(timer.times)
+    timings["total"] = round(time.perf_counter() - t_start, 3)
+    rep_doc = {
+        "schema_version": SCHEMA_VERSION,
+        "name": cfg.run_name,
+        "status": status,
+        "seed": cfg.seed,
+        "config_sha256": cfg.hash(),
+        "model": {"source": loaded.source, "kind": loaded.kind,
+                  "input_shape": list(modelio.input_shape(float_model)[1:]),
+                  "outputs": modelio.output_size(float_model),
+                  "from_logits": from_logits, "annotation": ann.to_dict()},
+        "data": dataset.summary(),
+        "float_training": float_info,
+        "qat": fit.to_dict(),
+        "keras": {"float_accuracy": keras_float.accuracy, "qat_accuracy": keras_qat.accuracy},
+        "variants": [v.to_dict() for v in variants.values()],
+        "agreement": [a.to_dict() for a in agreement.values()],
+        "gates": [g.to_dict() for g in gates],
+        "timings": timings,
+        "model_card": card,
+    }
+    report.write(run_dir, rep_doc)
+    report.write_manifest(run_dir, config_hash=cfg.hash(), timings=timings, status=status)
+    final = run_dir.commit()
+    log(f"wrote {final}/ ({status})")
+    for g in gates:
+        if not g.passed:
+            log(f"gate failed: {g.name} = {g.value} (threshold {g.threshold}) {g.detail}")
+    return RunResult(EXIT_OK if status == "passed" else EXIT_GATE_FAILED, str(final), rep_doc,
+                     gates)

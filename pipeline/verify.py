@@ -1,0 +1,67 @@
+"""Verify stage: run every .tflite with the LiteRT interpreter and compare with Keras.
+
+Metrics: accuracy of the Keras float model, the Keras QAT model and each .tflite over the whole
+test split (batched: the input tensor is resized to the batch); top-1 agreement and output
+differences in LSB of the candidate's output scale, SQNR and cosine similarity.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.records import Agreement, QuantParams
+from pipeline.runtime import ModelRunner
+
+
+@dataclass
+class Scored:
+    name: str
+    outputs: np.ndarray     # float outputs (dequantized for int8 models)
+    accuracy: float
+    output_quant: QuantParams | None = None
+    input_quant: QuantParams | None = None
+    runtime: str | None = None
+
+
+def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(outputs, axis=-1) == y)) if len(y) else float("nan")
+
+
+def score_keras(name: str, model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Scored:
+    out = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+    return Scored(name, out, accuracy(out, y))
+
+
+def score_tflite(name: str, model: bytes | str | os.PathLike, x: np.ndarray, y: np.ndarray, *,
+                 batch_size: int = 256, runtime: str | None = None,
+                 num_threads: int | None = None) -> Scored:
+    runner = ModelRunner(model, batch_size=batch_size, runtime=runtime,
+                         num_threads=num_threads or None)
+    out = runner.run(x)[0]
+    return Scored(name, out, accuracy(out, y), runner.outputs[0].quant, runner.inputs[0].quant,
+                  runner.runtime)
+
+
+def compare(ref: Scored, cand: Scored) -> Agreement:
+    """How far ``cand`` is from ``ref`` on the same inputs; LSB in ``cand``'s output scale."""
+    a = ref.outputs.astype(np.float64)
+    b = cand.outputs.astype(np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"output shapes differ: {a.shape} vs {b.shape}")
+    diff = np.abs(a - b)
+    noise = float(np.sum((a - b) ** 2))
+    signal = float(np.sum(a ** 2))
+    sqnr = float("inf") if noise == 0 else (10 * np.log10(signal / noise) if signal else 0.0)
+    na, nb = np.linalg.norm(a.ravel()), np.linalg.norm(b.ravel())
+    cosine = float(a.ravel() @ b.ravel() / (na * nb)) if na and nb else float("nan")
+    scale = cand.output_quant.scale if cand.output_quant else None
+    return Agreement(
+        reference=ref.name, candidate=cand.name,
+        top1_agreement=float(np.mean(np.argmax(a, -1) == np.argmax(b, -1))),
+        mean_abs_error=float(diff.mean()), max_abs_error=float(diff.max()),
+        mean_error_lsb=float(diff.mean() / scale) if scale else None,
+        max_error_lsb=float(diff.max() / scale) if scale else None,
+        sqnr_db=sqnr, cosine=cosine, samples=int(len(a)))
