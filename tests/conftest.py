@@ -1,0 +1,90 @@
+"""Shared fixtures: real data (scikit-learn's digits) and tiny real models, built once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Before anything imports TensorFlow (keras_env sets it too; tests may import tf directly).
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def env():
+    from pipeline import keras_env
+
+    return keras_env.load()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from models.digits_cnn import load_dataset
+
+    return load_dataset()
+
+
+@pytest.fixture(scope="session")
+def digits_npz(tmp_path_factory, digits) -> Path:
+    path = tmp_path_factory.mktemp("data") / "digits.npz"
+    np.savez(path, **{k: v for k, v in digits.items() if k != "preprocessing"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_model(env, digits):
+    """digits_cnn trained briefly (seeded): a real float model, accurate enough to compare."""
+    from models.digits_cnn import build
+    from pipeline import finetune, keras_env
+
+    keras_env.set_seed(0)
+    model = build(env.keras)
+    x, y = digits["x_train"], digits["y_train"]
+    finetune.train_float(model, x[:1200], y[:1200], x[1200:], y[1200:], epochs=15,
+                         learning_rate=3e-3, batch_size=32, from_logits=True, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def trained_h5(tmp_path_factory, trained_model) -> Path:
+    from pipeline.run import _save_h5
+
+    path = tmp_path_factory.mktemp("models") / "digits_float.h5"
+    _save_h5(trained_model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qat_model(env, trained_model):
+    from pipeline import annotate
+
+    model, _ = annotate.apply(trained_model)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tflite_variants(trained_model, qat_model, digits):
+    """float32 / ptq_int8 / qat_int8 bytes of the same trained model (QAT not fine-tuned)."""
+    from pipeline import convert
+    from pipeline.records import Variant
+
+    rep = digits["x_train"][:100]
+    return {v: convert.convert(v, qat_model if v is Variant.QAT_INT8 else trained_model,
+                               representative=rep)
+            for v in Variant}
+
+
+def run_cli(*args: str, cwd: Path | None = None, env_extra: dict | None = None,
+            timeout: int = 300, module: str = "pipeline") -> subprocess.CompletedProcess:
+    """Run ``python -m <module> ARGS`` in a child process (the real console entry)."""
+    env = {**os.environ, **(env_extra or {})}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
