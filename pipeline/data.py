@@ -82,6 +82,9 @@ def _load_npz(path: str) -> dict:
                         "Pass a file written with numpy.savez")
     if not os.path.exists(path):
         raise DataError("The data file does not exist", path, "Check the path")
+    if not zipfile.is_zipfile(path):
+        raise DataError("The data file is not a readable .npz archive", path,
+                        "Write it with numpy.savez (x_train, y_train, x_test, y_test)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in REQUIRED_KEYS if k not in npz.files]

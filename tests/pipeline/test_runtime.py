@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from pipeline.errors import ModelFileError, UsageError
+from pipeline.records import QuantParams, Variant
+from pipeline.runtime import ModelRunner, resolve_runtime
+
+
+def test_quant_params_round_trip():
+    q = QuantParams(0.05, -3)
+    x = np.array([-6.3, -0.02, 0.0, 1.234, 6.5], np.float32)
+    r = q.dequantize(q.quantize(x))
+    inside = np.abs(x) < 6.2  # representable range: 0.05 * (-128 + 3) .. 0.05 * (127 + 3)
+    assert np.all(np.abs(r[inside] - x[inside]) <= 0.025 + 1e-7)  # half an LSB
+    assert q.quantize(np.array([100.0])).item() == 127  # saturates
+
+
+@pytest.mark.parametrize("variant", list(Variant))
+@pytest.mark.parametrize("batch", [1, 7, 64, 450])
+def test_batched_equals_one_at_a_time(tflite_variants, digits, variant, batch):
+    """Batching (with a zero-padded last batch) must not change any output."""
+    x = digits["x_test"][:100]
+    content = tflite_variants[variant].content
+    single = ModelRunner(content, batch_size=1).run(x)[0]
+    batched = ModelRunner(content, batch_size=batch).run(x)[0]
+    assert batched.shape == single.shape == (100, 10)
+    np.testing.assert_array_equal(batched, single)
+
+
+def test_int8_inputs_use_the_models_own_quantization(tflite_variants, digits):
+    runner = ModelRunner(tflite_variants[Variant.QAT_INT8].content)
+    spec = runner.inputs[0]
+    assert spec.dtype == np.int8 and spec.quant.scale > 0
+    x = digits["x_test"][:10]
+    pre_quantized = spec.quant.quantize(x)
+    np.testing.assert_array_equal(runner.run(x)[0], runner.run(pre_quantized)[0])
+    raw = runner.run(x, dequantize=False)[0]
+    assert raw.dtype == np.int8
+    np.testing.assert_allclose(runner.outputs[0].quant.dequantize(raw), runner.run(x)[0])
+
+
+def test_runtime_selection():
+    name, mod = resolve_runtime("auto")
+    assert name == "litert" and hasattr(mod, "Interpreter")
+    with pytest.raises(UsageError, match="Unknown interpreter runtime"):
+        resolve_runtime("onnx")
+
+
+def test_tf_lite_fallback_gives_the_same_outputs(tflite_variants, digits):
+    content = tflite_variants[Variant.QAT_INT8].content
+    x = digits["x_test"][:32]
+    a = ModelRunner(content, runtime="litert").run(x)[0]
+    b = ModelRunner(content, runtime="tensorflow").run(x)[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_tflite_runtime_is_optional():
+    try:
+        import tflite_runtime  # noqa: F401
+    except Exception:
+        with pytest.raises(UsageError, match="No LiteRT interpreter"):
+            resolve_runtime("tflite_runtime")
+    else:  # pragma: no cover - only where the optional package is installed
+        assert resolve_runtime("tflite_runtime")[0] == "tflite_runtime"
+
+
+def test_wrong_input_count_and_garbage_model():
+    with pytest.raises(ModelFileError):
+        ModelRunner(b"\x00" * 64)
