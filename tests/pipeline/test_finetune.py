@@ -1,0 +1,79 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pipeline import annotate, finetune
+from pipeline.artifacts import RunDir
+from pipeline.config import QatConfig
+from pipeline.errors import TrainingError
+
+
+def _split(digits, n=400):
+    x, y = digits["x_train"], digits["y_train"]
+    return x[:n], y[:n], x[n:n + 100], y[n:n + 100]
+
+
+def test_nan_loss_stops_with_a_clear_error(env, trained_model, digits, tmp_path):
+    qat, _ = annotate.apply(trained_model)
+    x, y, xv, yv = _split(digits)
+    # One corrupted weight is enough to make the loss NaN on the first batch.
+    kernel = next(w for w in qat.trainable_weights if "kernel" in w.name)
+    kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+    cfg = QatConfig(epochs=2, learning_rate=0.5, verbose=0)
+    run = RunDir(tmp_path / "r", log=lambda *_: None)
+    with pytest.raises(TrainingError) as err:
+        finetune.fit(qat, x, y, xv, yv, cfg, run, from_logits=True)
+    msg = str(err.value)
+    assert "loss became NaN/inf at epoch 1, batch 0" in msg and "qat.learning_rate=0.5" in msg
+    assert not finetune.has_checkpoint(run)  # no checkpoint of a diverged model
+
+
+def test_checkpoint_resume_continues_optimizer_and_schedule(env, trained_model, digits,
+                                                           tmp_path):
+    x, y, xv, yv = _split(digits)
+    steps = math.ceil(len(x) / 32)
+    first, _ = annotate.apply(trained_model)
+    run = RunDir(tmp_path / "r", log=lambda *_: None)
+    res1 = finetune.fit(first, x, y, xv, yv,
+                        QatConfig(epochs=2, early_stopping_patience=0, verbose=0), run,
+                        from_logits=True)
+    assert res1.epochs_run == 2 and res1.resumed_from == 0
+    state = json.loads(run.path(finetune.STATE).read_text())
+    assert state["epochs_done"] == 2 and len(state["history"]["loss"]) == 2
+    run.abort(keep=True)  # as if the process had died here
+
+    # A fresh process would rebuild the QAT model from the float model, then resume.
+    second, _ = annotate.apply(trained_model)
+    logs = []
+    run2 = RunDir(tmp_path / "r", resume=True, log=logs.append)
+    res2 = finetune.fit(second, x, y, xv, yv,
+                        QatConfig(epochs=4, early_stopping_patience=0, verbose=0), run2,
+                        from_logits=True, resume=True, log=logs.append)
+    assert res2.resumed_from == 2 and res2.epochs_run == 2
+    assert any("resumed after epoch 2" in l for l in logs)
+    assert len(res2.history["loss"]) == 4
+    # Adam's step counter continued from the checkpoint (it drives the cosine schedule).
+    reader = env.tf.train.load_checkpoint(str(run2.path("checkpoints/epoch_004/ckpt")))
+    assert int(reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")) == \
+        4 * steps
+    kept = sorted(p.name for p in run2.path(finetune.CKPT_DIR).glob("epoch_*"))
+    assert "epoch_004" in kept and len(kept) <= 2
+
+
+def test_early_stopping_restores_best_epoch(env, trained_model, digits, tmp_path):
+    x, y, xv, yv = _split(digits)
+    qat, _ = annotate.apply(trained_model)
+    run = RunDir(tmp_path / "r", log=lambda *_: None)
+    # A learning rate this high makes validation worse after the first epoch.
+    cfg = QatConfig(epochs=6, learning_rate=0.05, lr_schedule="constant",
+                    early_stopping_patience=1, monitor="val_loss", verbose=0)
+    res = finetune.fit(qat, x, y, xv, yv, cfg, run, from_logits=True, log=lambda *_: None)
+    losses = res.history["val_loss"]
+    assert res.best_epoch == int(np.argmin(losses)) + 1
+    if res.stopped_early:
+        assert res.epochs_run == res.best_epoch + 1
+    # the model now holds the best epoch's weights: its val loss equals the best one
+    qat.compile(loss=env.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert qat.evaluate(xv, yv, verbose=0) == pytest.approx(min(losses), rel=1e-3)
