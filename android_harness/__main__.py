@@ -1,0 +1,3 @@
+from android_harness.cli import console_main
+
+console_main()

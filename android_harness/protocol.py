@@ -1,0 +1,364 @@
+"""The measurement protocol, identical on a phone and on the host.
+
+For every target (a device or this machine): record the conditions; then R rounds, each visiting
+every model x configuration once in a seeded shuffled order (so drift - heating, a background
+job - spreads over all models instead of landing on whichever ran last); each visit is one
+fresh process/interpreter with warm-up, then at least N runs and at least S seconds. Between
+visits: a cooldown (30 s on a device, none on the host) and, optionally, a wait until the
+hottest thermal zone is below a threshold. Thermal zones are read before and after every visit.
+A visit that fails (device gone after one reconnect attempt, tool error) is recorded as failed
+and the run continues.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as _dt
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+from android_harness.benchmark_tool import DELEGATES, file_sha256
+from android_harness.errors import MeasurementFailed, UsageError
+from pipeline.errors import QatError
+
+DEVICE_COOLDOWN_S = 30.0
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    warmup_runs: int = 10
+    warmup_seconds: float = 0.5
+    min_runs: int = 50
+    min_seconds: float = 1.0
+    max_seconds: float = 150.0
+    repeats: int = 5
+    cooldown_s: float | None = None  # None: the backend's default (30 s device, 0 host)
+    max_temp_c: float | None = None  # wait until the hottest zone is below this
+    thermal_timeout_s: float = 300.0
+    thermal_poll_s: float = 5.0
+    reconnect_timeout_s: float = 60.0
+    seed: int = 0
+    stability_cv: float = 0.05
+    op_profiling: bool = False
+    require_full_delegation: bool = False
+    peak_memory: bool = False
+
+    def __post_init__(self):
+        checks = [("warmup_runs", self.warmup_runs >= 0), ("warmup_seconds", self.warmup_seconds >= 0),
+                  ("min_runs", self.min_runs >= 1), ("min_seconds", self.min_seconds >= 0),
+                  ("max_seconds", self.max_seconds > 0), ("repeats", self.repeats >= 1),
+                  ("thermal_timeout_s", self.thermal_timeout_s >= 0),
+                  ("thermal_poll_s", self.thermal_poll_s > 0),
+                  ("reconnect_timeout_s", self.reconnect_timeout_s > 0),
+                  ("stability_cv", 0 < self.stability_cv < 1)]
+        if self.cooldown_s is not None:
+            checks.append(("cooldown_s", self.cooldown_s >= 0))
+        for name, ok in checks:
+            if not ok:
+                raise UsageError(f"Protocol value {name} is out of range", getattr(self, name),
+                                 "See `android-harness bench --help` for the allowed values")
+        if self.max_seconds < self.min_seconds:
+            raise UsageError("--max-seconds is below --min-seconds",
+                             f"{self.max_seconds} < {self.min_seconds}", "Raise --max-seconds")
+
+    def cooldown_for(self, backend: "Backend") -> float:
+        return backend.default_cooldown_s if self.cooldown_s is None else self.cooldown_s
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One configuration of the runtime: threads, delegate, CPU core mask (taskset)."""
+
+    threads: int
+    delegate: str = "xnnpack"
+    core_mask: str | None = None  # hex, taskset style, e.g. "f0" = cores 4-7
+
+    def __post_init__(self):
+        if self.threads < 1:
+            raise UsageError("Thread counts must be at least 1", self.threads,
+                             "Pass e.g. --threads 1,4")
+        if self.delegate not in DELEGATES:
+            raise UsageError("Unknown delegate", self.delegate, f"Use one of: {', '.join(DELEGATES)}")
+        if self.core_mask is not None:
+            try:
+                if int(self.core_mask, 16) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise UsageError("The core mask must be a non-zero hex number (taskset style)",
+                                 self.core_mask, "Pass e.g. --core-mask f0 for cores 4-7")
+
+    @property
+    def key(self) -> str:
+        return f"t{self.threads}/{self.delegate}" + (f"/mask={self.core_mask}"
+                                                       if self.core_mask else "")
+
+    def cores(self) -> list[int]:
+        mask = int(self.core_mask or "0", 16)
+        return [i for i in range(mask.bit_length()) if mask >> i & 1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    label: str
+    path: str
+    sha256: str
+    size_bytes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_infos(paths: Sequence[str | os.PathLike]) -> list[ModelInfo]:
+    """Label each model by its file stem, adding parent folders until labels are unique."""
+    resolved = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise UsageError("Model file does not exist", os.fspath(p), "Check the path")
+        resolved.append(path)
+    if len({p.resolve() for p in resolved}) != len(resolved):
+        raise UsageError("The same model was given twice", [os.fspath(p) for p in resolved],
+                         "Pass each .tflite once")
+    depth = 1
+    while True:
+        labels = ["/".join((*p.resolve().parent.parts[-(depth - 1):], p.stem) if depth > 1
+                           else (p.stem,)) for p in resolved]
+        if len(set(labels)) == len(labels):
+            break
+        depth += 1
+    return [ModelInfo(label, os.fspath(p), file_sha256(p), p.stat().st_size)
+            for label, p in zip(labels, resolved)]
+
+
+@dataclass(frozen=True)
+class Job:
+    model: ModelInfo
+    config: BenchConfig
+    repeat: int  # 0-based round
+    order: int  # position in this target's schedule
+
+
+def make_schedule(models: Sequence[ModelInfo], configs: Sequence[BenchConfig], repeats: int,
+                  seed: int) -> list[Job]:
+    """R rounds; each round visits every (model, config) once, in a seeded shuffled order."""
+    rng = random.Random(seed)
+    jobs: list[Job] = []
+    pairs = [(m, c) for m in models for c in configs]
+    for r in range(repeats):
+        order = list(pairs)
+        rng.shuffle(order)
+        jobs += [Job(m, c, r, len(jobs) + i) for i, (m, c) in enumerate(order)]
+    return jobs
+
+
+@dataclass
+class Measurement:
+    """One visit: one model x config x repeat on one target. Latencies in microseconds."""
+
+    model: str
+    config: str
+    repeat: int
+    order: int
+    status: str = "ok"  # 'ok' | 'failed'
+    error: str | None = None
+    started_at: str | None = None
+    wall_s: float | None = None
+    attempts: int = 1
+    cooldown_s: float = 0.0
+    thermal_wait_s: float = 0.0
+    thermal_wait_timed_out: bool = False
+    thermal_before: dict | None = None
+    thermal_after: dict | None = None
+    latencies_us: list[float] | None = None  # per invoke, where the backend sees them
+    count: int = 0
+    mean_us: float | None = None
+    std_us: float | None = None
+    min_us: float | None = None
+    max_us: float | None = None
+    median_us: float | None = None
+    p5_us: float | None = None
+    p95_us: float | None = None
+    init_us: float | None = None
+    first_us: float | None = None
+    warmup_avg_us: float | None = None
+    warmup_count: int | None = None
+    memory: dict = field(default_factory=dict)
+    delegation: dict | None = None
+    op_profile: list | None = None
+    raw_log: str | None = None
+
+    @classmethod
+    def failed(cls, job: Job, error: str, attempts: int = 1) -> "Measurement":
+        return cls(job.model.label, job.config.key, job.repeat, job.order, status="failed",
+                   error=error, attempts=attempts, started_at=now_iso())
+
+    def to_dict(self, with_latencies: bool = True) -> dict:
+        d = asdict(self)
+        if not with_latencies:
+            d.pop("latencies_us")
+        return d
+
+
+class Backend(abc.ABC):
+    """A place to measure: the host (LiteRT Python interpreter) or one Android device."""
+
+    kind: str = "abstract"
+    default_cooldown_s: float = 0.0
+
+    def __init__(self, target_id: str):
+        self.target_id = target_id
+
+    @abc.abstractmethod
+    def conditions(self) -> dict:
+        """Hardware/software/thermal conditions, recorded at the start and end of a run."""
+
+    @abc.abstractmethod
+    def tool_info(self) -> dict:
+        """What measures: runtime/tool name, version, binary hash."""
+
+    @abc.abstractmethod
+    def thermal(self) -> dict[str, float]:
+        """Thermal-zone temperatures in degC ({} when the target exposes none)."""
+
+    @abc.abstractmethod
+    def prepare(self, models: Sequence[ModelInfo], configs: Sequence[BenchConfig],
+                protocol: Protocol) -> None:
+        """One-off setup (push files, load inputs); raises to fail the whole target."""
+
+    @abc.abstractmethod
+    def measure(self, job: Job, protocol: Protocol) -> Measurement:
+        """One visit; raises MeasurementFailed (the run continues)."""
+
+    def available(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Release resources; must be safe to call twice and after a failure."""
+
+
+@dataclass
+class TargetRun:
+    target: str
+    kind: str
+    status: str = "ok"  # 'ok' | 'failed' (nothing could be measured) | 'cancelled'
+    error: str | None = None
+    conditions_start: dict = field(default_factory=dict)
+    conditions_end: dict = field(default_factory=dict)
+    tool: dict = field(default_factory=dict)
+    started_at: str | None = None
+    finished_at: str | None = None
+    measurements: list[Measurement] = field(default_factory=list)
+    exception: Exception | None = field(default=None, repr=False)  # setup failure, not saved
+
+
+Progress = Callable[[str, int, int, Job, Measurement], None]
+
+
+def _safe_thermal(backend: Backend) -> dict:
+    try:
+        return backend.thermal()
+    except Exception:  # a vanished device has no temperatures; the visit reports why
+        return {}
+
+
+def wait_until_cool(backend: Backend, protocol: Protocol, cancel: threading.Event | None,
+                    sleep: Callable[[float], None] = time.sleep) -> tuple[float, bool]:
+    """Poll until the hottest zone is below max_temp_c; (seconds waited, timed out)."""
+    if protocol.max_temp_c is None:
+        return 0.0, False
+    start = time.monotonic()
+    while True:
+        temps = _safe_thermal(backend)
+        if not temps or max(temps.values()) < protocol.max_temp_c:
+            return time.monotonic() - start, False
+        if time.monotonic() - start >= protocol.thermal_timeout_s or (cancel and cancel.is_set()):
+            return time.monotonic() - start, True
+        sleep(protocol.thermal_poll_s)
+
+
+def run_target(backend: Backend, models: Sequence[ModelInfo], configs: Sequence[BenchConfig],
+               protocol: Protocol, *, progress: Progress | None = None,
+               cancel: threading.Event | None = None) -> TargetRun:
+    run = TargetRun(backend.target_id, backend.kind, started_at=now_iso())
+    try:
+        run.conditions_start = backend.conditions()
+        run.tool = backend.tool_info()
+        backend.prepare(models, configs, protocol)
+    except QatError as exc:  # e.g. ABI mismatch, missing binary, device offline
+        run.status, run.error, run.exception = "failed", str(exc), exc
+        run.finished_at = now_iso()
+        backend.close()
+        return run
+    schedule = make_schedule(models, configs, protocol.repeats, protocol.seed)
+    cooldown = protocol.cooldown_for(backend)
+    lost: str | None = None
+    try:
+        for i, job in enumerate(schedule):
+            if cancel is not None and cancel.is_set():
+                run.status = "cancelled"
+                break
+            if i > 0 and cooldown > 0:
+                (cancel.wait if cancel is not None else time.sleep)(cooldown)
+            waited, timed_out = wait_until_cool(backend, protocol, cancel)
+            # Back to back (no cooldown, no wait): the previous "after" reading is this
+            # "before" - one device round trip less per visit.
+            fresh = i > 0 and cooldown == 0 and waited == 0 and run.measurements
+            before = run.measurements[-1].thermal_after if fresh else _safe_thermal(backend)
+            try:
+                if lost is not None and not backend.available():
+                    raise MeasurementFailed("Skipped: the device was lost earlier in this run",
+                                            lost, "Reconnect it and rerun")
+                m = backend.measure(job, protocol)
+                lost = None
+            except MeasurementFailed as exc:
+                m = Measurement.failed(job, str(exc), getattr(exc, "attempts", 1))
+                if getattr(exc, "device_lost", False):
+                    lost = str(exc)
+            m = replace(m, order=job.order, repeat=job.repeat,
+                        cooldown_s=cooldown if i > 0 else 0.0, thermal_wait_s=waited,
+                        thermal_wait_timed_out=timed_out, thermal_before=before,
+                        thermal_after=_safe_thermal(backend))
+            run.measurements.append(m)
+            if progress is not None:
+                progress(backend.target_id, i + 1, len(schedule), job, m)
+        try:
+            run.conditions_end = backend.conditions()
+        except Exception as exc:
+            run.conditions_end = {"error": str(exc)}
+    finally:
+        backend.close()
+        run.finished_at = now_iso()
+    if run.measurements and all(m.status == "failed" for m in run.measurements) \
+            and run.status == "ok":
+        run.status, run.error = "failed", run.measurements[-1].error
+    return run
+
+
+def run_targets(backends: Sequence[Backend], models: Sequence[ModelInfo],
+                configs: Sequence[BenchConfig], protocol: Protocol, *,
+                progress: Progress | None = None,
+                cancel: threading.Event | None = None) -> list[TargetRun]:
+    """One worker per target, concurrently (each device measures independently)."""
+    if len(backends) == 1:
+        return [run_target(backends[0], models, configs, protocol, progress=progress,
+                           cancel=cancel)]
+    with ThreadPoolExecutor(max_workers=len(backends), thread_name_prefix="target") as pool:
+        futures = [pool.submit(run_target, b, models, configs, protocol, progress=progress,
+                               cancel=cancel) for b in backends]
+        return [f.result() for f in futures]
