@@ -16,7 +16,6 @@ import importlib
 import importlib.metadata as md
 import logging
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
@@ -27,14 +26,12 @@ _TRUTHY = {"1", "true", "yes", "on"}
 
 
 def _prepare_environment() -> None:
-    """Set the variables TensorFlow reads at import; respect an explicit user choice."""
-    if "tensorflow" not in sys.modules:
-        value = os.environ.get("TF_USE_LEGACY_KERAS")
-        if value is not None and value.strip().lower() not in _TRUTHY:
-            # Left as is: load() reports it with the fix, rather than overriding silently.
-            pass
-        else:
-            os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    """Set the variables TensorFlow reads; respect an explicit user choice (load() reports it).
+
+    Even if TensorFlow is already imported, setting the variable still helps as long as
+    nothing has touched ``tf.keras`` yet (it is resolved lazily); load() checks the outcome."""
+    if os.environ.get("TF_USE_LEGACY_KERAS") is None:
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
     # TensorFlow's C++ log lines drown the progress output (tf.data prints spurious E-level
     # "NodeDef mentions attribute use_unbounded_threadpool" lines with TF 2.21); failures
     # still surface as Python exceptions. Set TF_CPP_MIN_LOG_LEVEL=0 to see them all.
