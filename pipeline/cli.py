@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--runtime", default="auto",
                    choices=["auto", "litert", "tflite_runtime", "tensorflow"])
     v.add_argument("--num-threads", type=int, default=0)
+    v.add_argument("--workers", type=int, default=0,
+                   help="interpreters run in parallel over shards (0 = one per core)")
     v.add_argument("--min-accuracy", type=float,
                    help="exit 1 if accuracy is below this fraction")
     v.add_argument("--require-full-int8", action="store_true",
@@ -225,7 +227,7 @@ def cmd_verify(args, out) -> int:
                       int((view.outputs()[0].shape or [0])[-1]))
     scored = verify.score_tflite(os.path.basename(args.model), args.model, x, y,
                                  batch_size=args.batch_size, runtime=args.runtime,
-                                 num_threads=args.num_threads)
+                                 num_threads=args.num_threads, workers=args.workers)
     verdict = view.verdict()
     result = {"schema_version": 1, "model": args.model, "runtime": scored.runtime,
            "split": args.split, "samples": int(len(y)), "accuracy": scored.accuracy,

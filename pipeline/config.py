@@ -113,6 +113,7 @@ class VerifyConfig:
     batch_size: int = 256
     runtime: str = "auto"   # auto | litert | tflite_runtime | tensorflow
     num_threads: int = 0    # 0 = the interpreter's default
+    workers: int = 0        # interpreters run in parallel over shards; 0 = one per CPU core
 
     def __post_init__(self):
         _check(self.batch_size >= 1, "verify.batch_size must be at least 1", self.batch_size,
@@ -122,6 +123,8 @@ class VerifyConfig:
                "Use auto, litert, tflite_runtime or tensorflow")
         _check(self.num_threads >= 0, "verify.num_threads must be >= 0", self.num_threads,
                "Use 0 for the default")
+        _check(self.workers >= 0, "verify.workers must be >= 0", self.workers,
+               "Use 0 for one per CPU core")
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,8 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
         for variant, c in converted.items():
             s = verify.score_tflite(variant.value, c.content, x_te, y_te, batch_size=vb,
                                     runtime=cfg.verify.runtime,
-                                    num_threads=cfg.verify.num_threads)
+                                    num_threads=cfg.verify.num_threads,
+                                    workers=cfg.verify.workers)
             ref = keras_qat if variant is Variant.QAT_INT8 else keras_float
             agreement[variant] = verify.compare(ref, s)
             variants[variant] = VariantResult(

@@ -137,43 +137,82 @@ class TensorSpec:
                 "zero_point": self.quant.zero_point if self.quant else None}
 
 
-class ModelRunner:
-    """Runs a .tflite over whole arrays in batches, (de)quantizing with the model's own params.
+class _Worker:
+    """One interpreter and the batch size its tensors are allocated for."""
 
-    The input tensors are resized once to ``batch_size``; a short last batch is zero-padded and
-    sliced off, so the interpreter re-allocates at most once. Models whose batch dimension
-    cannot be resized fall back to one sample per invoke.
-    """
+    def __init__(self, interpreter, inputs: list[TensorSpec], outputs: list[TensorSpec]):
+        self.interpreter = interpreter
+        self.inputs, self.outputs = inputs, outputs
+        self.batch: int | None = None
 
-    def __init__(self, model: bytes | str | os.PathLike, *, batch_size: int = 256,
-                 runtime: str | None = None, num_threads: int | None = None,
-                 xnnpack: bool = True, preserve_all_tensors: bool = False):
-        if batch_size < 1:
-            raise UsageError("Batch size must be at least 1", batch_size, "Pass --batch-size 1 or more")
-        self.interpreter = make_interpreter(model, runtime=runtime, num_threads=num_threads,
-                                            xnnpack=xnnpack,
-                                            preserve_all_tensors=preserve_all_tensors)
-        self.runtime = resolve_runtime(runtime)[0]
-        self.inputs = [TensorSpec.from_details(d) for d in self.interpreter.get_input_details()]
-        self.outputs = [TensorSpec.from_details(d) for d in self.interpreter.get_output_details()]
-        self.batch_size = int(batch_size)
-        self._allocated_batch: int | None = None
-
-    # -- shape handling -------------------------------------------------------------------
-    def _allocate(self, batch: int) -> int:
-        if self._allocated_batch == batch:
+    def allocate(self, batch: int) -> int:
+        if self.batch == batch:
             return batch
         try:
             for spec in self.inputs:
                 self.interpreter.resize_tensor_input(spec.index, [batch, *spec.shape[1:]],
                                                      strict=False)
             self.interpreter.allocate_tensors()
-            self._allocated_batch = batch
+            self.batch = batch
             return batch
         except (ValueError, RuntimeError):
             if batch == 1:
                 raise
-            return self._allocate(1)
+            return self.allocate(1)  # the batch dimension is fixed: one sample per invoke
+
+    def run_range(self, prepared: list[np.ndarray], start: int, stop: int, batch: int,
+                  dequantize: bool) -> list[list[np.ndarray]]:
+        batch = self.allocate(batch)
+        chunks: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for lo in range(start, stop, batch):
+            hi = min(lo + batch, stop)
+            for spec, arr in zip(self.inputs, prepared):
+                part = arr[lo:hi]
+                if hi - lo < batch:  # zero-pad the short last batch instead of re-allocating
+                    pad = np.zeros((batch - (hi - lo), *part.shape[1:]), dtype=part.dtype)
+                    part = np.concatenate([part, pad])
+                self.interpreter.set_tensor(spec.index, part)
+            self.interpreter.invoke()
+            for k, spec in enumerate(self.outputs):
+                y = self.interpreter.get_tensor(spec.index)[: hi - lo]
+                chunks[k].append(ModelRunner.read_output(spec, y, dequantize))
+        return chunks
+
+
+class ModelRunner:
+    """Runs a .tflite over whole arrays in batches, (de)quantizing with the model's own params.
+
+    The input tensors are resized once to the batch; a short last batch is zero-padded and
+    sliced off, so an interpreter re-allocates at most once. Models whose batch dimension
+    cannot be resized fall back to one sample per invoke. With ``workers`` > 1 the samples are
+    split into contiguous shards, each run by its own interpreter in a thread (LiteRT's
+    ``invoke`` releases the GIL), which uses every core even when the model is too small for
+    the interpreter's own threads to help.
+    """
+
+    def __init__(self, model: bytes | str | os.PathLike, *, batch_size: int = 256,
+                 runtime: str | None = None, num_threads: int | None = None,
+                 xnnpack: bool = True, preserve_all_tensors: bool = False, workers: int = 1):
+        if batch_size < 1:
+            raise UsageError("Batch size must be at least 1", batch_size,
+                             "Pass --batch-size 1 or more")
+        if workers < 1:
+            raise UsageError("Worker count must be at least 1", workers, "Pass 1 or more")
+        if isinstance(model, (str, os.PathLike)):
+            with open(model, "rb") as f:  # read once, shared by every worker's interpreter
+                model = f.read()
+
+        def new():
+            return make_interpreter(model, runtime=runtime, num_threads=num_threads,
+                                    xnnpack=xnnpack, preserve_all_tensors=preserve_all_tensors)
+
+        self.interpreter = new()
+        self.runtime = resolve_runtime(runtime)[0]
+        self.inputs = [TensorSpec.from_details(d) for d in self.interpreter.get_input_details()]
+        self.outputs = [TensorSpec.from_details(d) for d in self.interpreter.get_output_details()]
+        self.batch_size = int(batch_size)
+        self._workers = [_Worker(self.interpreter, self.inputs, self.outputs)]
+        self._workers += [_Worker(new(), self.inputs, self.outputs) for _ in range(workers - 1)]
 
     # -- data conversion ------------------------------------------------------------------
     @staticmethod
@@ -206,24 +245,25 @@ class ModelRunner:
         if any(len(a) != n for a in arrays):
             raise UsageError("Input arrays differ in length", [len(a) for a in arrays],
                              "Pass arrays with the same number of samples")
+        if n == 0:
+            return [np.zeros((0, *s.shape[1:]), np.float32) for s in self.outputs]
         prepared = [self.prepare_input(s, a) for s, a in zip(self.inputs, arrays)]
-        want = max(1, min(batch_size or self.batch_size, n)) if n else 1
-        batch = self._allocate(want)
-        chunks: list[list[np.ndarray]] = [[] for _ in self.outputs]
-        for start in range(0, n, batch):
-            stop = min(start + batch, n)
-            for spec, arr in zip(self.inputs, prepared):
-                part = arr[start:stop]
-                if stop - start < batch:  # zero-pad the short last batch
-                    pad = np.zeros((batch - (stop - start), *part.shape[1:]), dtype=part.dtype)
-                    part = np.concatenate([part, pad])
-                self.interpreter.set_tensor(spec.index, part)
-            self.interpreter.invoke()
-            for k, spec in enumerate(self.outputs):
-                y = self.interpreter.get_tensor(spec.index)[: stop - start]
-                chunks[k].append(self.read_output(spec, y, dequantize))
-        return [np.concatenate(c) if c else np.zeros((0, *s.shape[1:]), np.float32)
-                for c, s in zip(chunks, self.outputs)]
+        batch = max(1, min(batch_size or self.batch_size, n))
+        workers = self._workers[: max(1, min(len(self._workers), -(-n // batch)))]
+        if len(workers) == 1:
+            parts = [workers[0].run_range(prepared, 0, n, batch, dequantize)]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            shard = -(-n // len(workers))
+            batch = min(batch, shard)  # equal shards, no padding waste
+            bounds = [(k * shard, min(n, (k + 1) * shard)) for k in range(len(workers))]
+            with ThreadPoolExecutor(len(workers)) as pool:
+                parts = list(pool.map(
+                    lambda wb: wb[0].run_range(prepared, wb[1][0], wb[1][1], batch, dequantize),
+                    zip(workers, bounds)))
+        return [np.concatenate([c for part in parts for c in part[k]])
+                for k in range(len(self.outputs))]
 
     def describe(self) -> dict:
         return {"runtime": self.runtime,

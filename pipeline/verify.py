@@ -26,6 +26,17 @@ class Scored:
     runtime: str | None = None
 
 
+def default_workers(workers: int = 0) -> int:
+    """0 -> one interpreter per CPU core available to this process (at most 8)."""
+    if workers:
+        return workers
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
 def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(outputs, axis=-1) == y)) if len(y) else float("nan")
 
@@ -37,9 +48,9 @@ def score_keras(name: str, model, x: np.ndarray, y: np.ndarray, batch_size: int 
 
 def score_tflite(name: str, model: bytes | str | os.PathLike, x: np.ndarray, y: np.ndarray, *,
                  batch_size: int = 256, runtime: str | None = None,
-                 num_threads: int | None = None) -> Scored:
+                 num_threads: int | None = None, workers: int = 0) -> Scored:
     runner = ModelRunner(model, batch_size=batch_size, runtime=runtime,
-                         num_threads=num_threads or None)
+                         num_threads=num_threads or None, workers=default_workers(workers))
     out = runner.run(x)[0]
     return Scored(name, out, accuracy(out, y), runner.outputs[0].quant, runner.inputs[0].quant,
                   runner.runtime)

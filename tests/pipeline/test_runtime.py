@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -16,13 +18,15 @@ def test_quant_params_round_trip():
 
 
 @pytest.mark.parametrize("variant", list(Variant))
-@pytest.mark.parametrize("batch", [1, 7, 64, 450])
-def test_batched_equals_one_at_a_time(tflite_variants, digits, variant, batch):
-    """Batching (with a zero-padded last batch) must not change any output."""
+@pytest.mark.parametrize("batch, workers", [(1, 1), (7, 1), (64, 1), (450, 1), (7, 2),
+                                            (64, 3)])
+def test_batched_equals_one_at_a_time(tflite_variants, digits, variant, batch, workers):
+    """Batching (with a zero-padded last batch) and sharding over several interpreters must
+    not change any output."""
     x = digits["x_test"][:100]
     content = tflite_variants[variant].content
     single = ModelRunner(content, batch_size=1).run(x)[0]
-    batched = ModelRunner(content, batch_size=batch).run(x)[0]
+    batched = ModelRunner(content, batch_size=batch, workers=workers).run(x)[0]
     assert batched.shape == single.shape == (100, 10)
     np.testing.assert_array_equal(batched, single)
 
@@ -50,7 +54,9 @@ def test_tf_lite_fallback_gives_the_same_outputs(tflite_variants, digits):
     content = tflite_variants[Variant.QAT_INT8].content
     x = digits["x_test"][:32]
     a = ModelRunner(content, runtime="litert").run(x)[0]
-    b = ModelRunner(content, runtime="tensorflow").run(x)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "tf.lite.Interpreter is deprecated": known, tested
+        b = ModelRunner(content, runtime="tensorflow").run(x)[0]
     np.testing.assert_array_equal(a, b)
 
 
