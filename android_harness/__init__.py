@@ -4,5 +4,3 @@
 Importing the package is cheap and never imports TensorFlow (the heavy modules are imported by
 the commands that need them). See docs/android-harness.md.
 """
-
-__version__ = "0.1.0"

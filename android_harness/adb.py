@@ -233,12 +233,16 @@ class Adb:
     _SHA_SCRIPT = ('for f in "$@"; do h=$(sha256sum "$f" 2>/dev/null) && echo "${h%% *}" '
                    '|| echo -; done')
 
-    def sha256_many(self, remotes: Sequence[PurePosixPath]) -> dict[PurePosixPath, str | None]:
-        """sha256 of device files; None for a missing file or without sha256sum."""
+    def sha256_many(self, remotes: Sequence[PurePosixPath], *,
+                    before: Sequence[str] | None = None) -> dict[PurePosixPath, str | None]:
+        """sha256 of device files; None for a missing file or without sha256sum. ``before``:
+        a command (argument list) run first in the same round trip, e.g. mkdir -p."""
         if not remotes:
             return {}
-        res = self.shell(["sh", "-c", self._SHA_SCRIPT, "sh", *map(str, remotes)], timeout=120,
-                         check=False)
+        cmd = shlex.join(["sh", "-c", self._SHA_SCRIPT, "sh", *map(str, remotes)])
+        if before:
+            cmd = shlex.join(list(before)) + " && " + cmd
+        res = self.run(["shell", cmd], timeout=120, check=False)
         if res.returncode != 0:
             self.raise_for(res, ["shell"])
         lines = res.stdout.split()
@@ -254,10 +258,10 @@ class Adb:
     def ensure_files(self, files: Sequence[tuple[str | os.PathLike, PurePosixPath, bool,
                                                  str | None]]) -> list[PurePosixPath]:
         """Push each (local, remote, executable, sha256-or-None) unless the device copy has the
-        same sha256; returns the remotes pushed. Three round trips plus one per push."""
+        same sha256; returns the remotes pushed. Two round trips plus one per push."""
         want = {remote: sha or file_sha256(local) for local, remote, _, sha in files}
-        self.mkdir(*sorted({r.parent for r in want}))
-        have = self.sha256_many(list(want))
+        parents = sorted({str(r.parent) for r in want})
+        have = self.sha256_many(list(want), before=["mkdir", "-p", *parents])
         pushed = []
         for local, remote, _, _ in files:
             if have[remote] == want[remote]:
@@ -266,16 +270,15 @@ class Adb:
             self.push(local, remote)
             pushed.append(remote)
         if pushed:
-            got = self.sha256_many(pushed)
+            executables = [str(r) for _, r, x, _ in files if x and r in pushed]
+            got = self.sha256_many(pushed, before=["chmod", "755", *executables]
+                                   if executables else None)
             bad = [r for r in pushed if got[r] is not None and got[r] != want[r]]
             if bad:
                 raise AdbError("A pushed file differs from the local one", f"{bad[0]}: "
                                f"sha256 {got[bad[0]][:12]} != {want[bad[0]][:12]}",
                                "Check the device storage (adb shell df /data/local/tmp) and "
                                "rerun")
-        executables = [str(r) for _, r, x, _ in files if x and r in pushed]
-        if executables:
-            self.shell(["chmod", "755", *executables])
         return pushed
 
     def mkdir(self, *remotes: PurePosixPath) -> None:

@@ -23,12 +23,20 @@ import threading
 import traceback
 from pathlib import Path
 
-from android_harness import __version__
 from android_harness.errors import (EXIT_BAD_INPUT, EXIT_GATE_FAILED, DeviceUnavailable,
                                     HarnessError, UsageError)
 from pipeline.errors import QatError
 
 EXIT_INTERRUPTED = 130
+
+
+def harness_version() -> str:
+    """The installed distribution's version (the harness ships inside qat-deploy)."""
+    import importlib.metadata as md
+    try:
+        return md.version("qat-deploy")
+    except md.PackageNotFoundError:
+        return "0+unknown"
 
 
 def _int_list(text: str) -> list[int]:
@@ -72,6 +80,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="before each run, wait until the hottest thermal zone is below this")
     g.add_argument("--thermal-timeout", type=float, default=300.0, metavar="SECONDS",
                    help="give up waiting for --max-temp after this long (default 300)")
+    g.add_argument("--thermal-poll", type=float, default=5.0, metavar="SECONDS",
+                   help="read the temperatures this often while waiting (default 5)")
     g.add_argument("--seed", type=int, default=0, help="seed of the shuffle, random inputs "
                    "and bootstrap (default 0)")
     g.add_argument("--inputs", default=None, metavar="FILE.npz[:KEY]",
@@ -100,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="android-harness", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="See docs/android-harness.md for the on-device workflow.")
-    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {harness_version()}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("devices", help="list attached devices with their state and info")
     _adb_opt(p)
@@ -150,6 +160,7 @@ def _protocol(args):
                     min_runs=args.min_runs, min_seconds=args.min_seconds,
                     max_seconds=args.max_seconds, repeats=args.repeats, cooldown_s=args.cooldown,
                     max_temp_c=args.max_temp, thermal_timeout_s=args.thermal_timeout,
+                    thermal_poll_s=args.thermal_poll,
                     reconnect_timeout_s=getattr(args, "reconnect_timeout", 60.0), seed=args.seed,
                     stability_cv=args.stability_cv,
                     op_profiling=getattr(args, "op_profiling", False),
@@ -173,15 +184,15 @@ def _progress(quiet: bool):
 
 
 def _pick_serials(args, adb) -> list[str]:
+    serial = args.serial or (None if args.all else os.environ.get("ANDROID_SERIAL"))
+    if serial:
+        return [serial]
     entries = adb.devices()
     if args.all:
         if not entries:
             raise DeviceUnavailable("No Android device is attached", "adb devices -l is empty",
                                     "Connect a phone with USB debugging enabled", state="none")
         return [e.serial for e in entries]
-    serial = args.serial or os.environ.get("ANDROID_SERIAL")
-    if serial:
-        return [serial]
     if not entries:
         raise DeviceUnavailable("No Android device is attached", "adb devices -l is empty",
                                 "Connect a phone with USB debugging enabled", state="none")
@@ -225,7 +236,7 @@ def _run(args, command: str) -> int:
     doc = results.build(run_id=run_id, command=command, started_at=started,
                         finished_at=now_iso(), protocol=protocol, models=models,
                         configs=configs, runs=runs, baseline=args.baseline,
-                        harness_version=__version__)
+                        harness_version=harness_version())
     if len(runs) == 1 and runs[0].status == "failed" and not runs[0].measurements:
         # Nothing was measured on the only target: report it as the error it is.
         raise runs[0].exception

@@ -95,7 +95,8 @@ class DeviceBackend(Backend):
 
     # -- Backend API -------------------------------------------------------------------------
     def conditions(self) -> dict:
-        self._require_online()
+        # No separate get-state: a device that is not usable fails this read with adb's own
+        # message, which raise_for turns into DeviceUnavailable (offline, unauthorized, ...).
         return self.device.conditions()
 
     def tool_info(self) -> dict:
@@ -209,11 +210,6 @@ class DeviceBackend(Backend):
             self._tmp = None
 
     # -- helpers -----------------------------------------------------------------------------
-    def _require_online(self) -> None:
-        state = self.adb.get_state()
-        if state != "device":
-            raise self.adb.unavailable(state, f"adb get-state -> {state}")
-
     def _remove_workdir(self) -> None:
         self.adb.remove_tree(self.workdir)
 

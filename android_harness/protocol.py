@@ -298,8 +298,8 @@ def run_target(backend: Backend, models: Sequence[ModelInfo], configs: Sequence[
     run = TargetRun(backend.target_id, backend.kind, started_at=now_iso())
     try:
         run.conditions_start = backend.conditions()
-        run.tool = backend.tool_info()
         backend.prepare(models, configs, protocol)
+        run.tool = backend.tool_info()  # after prepare: e.g. the APK it installed
     except QatError as exc:  # e.g. ABI mismatch, missing binary, device offline
         run.status, run.error, run.exception = "failed", str(exc), exc
         run.finished_at = now_iso()

@@ -129,8 +129,9 @@ class Device:
         (self.fs / "proc").mkdir(exist_ok=True)
         (self.fs / "proc" / "cpuinfo").write_text("Hardware\t: Fake SoC\n")
         self.dir.mkdir(parents=True, exist_ok=True)
-        state = {"state": initial_state, "bm_runs": 0, "thermal_reads": 0,
-                 "apk": os.environ.get("FAKE_ADB_APK_INSTALLED") == "1", "logcat": []}
+        state = {"state": initial_state, "bm_runs": 0, "thermal_reads": 0, "logcat": []}
+        if os.environ.get("FAKE_ADB_APK_INSTALLED") == "1":
+            (self.dir / "apk_installed").write_text("1\n")
         self.state_file.write_text(json.dumps(state))
 
     def thermal_tick(self):
@@ -272,8 +273,7 @@ def cmd_install(dev, args):
     if not apk.is_file() or APK_MARKER not in apk.read_bytes():
         die("adb: failed to install {}: Failure [INSTALL_PARSE_FAILED_NOT_APK: Failed to parse "
             "{}]".format(apk, apk))
-    dev.state["apk"] = True
-    dev.save()
+    (dev.dir / "apk_installed").write_text("1\n")
     print("Success")
 
 
@@ -296,23 +296,65 @@ def is_fake_binary(dev, token):
         return False
 
 
+BATTERY = ("Current Battery Service state:\n  AC powered: false\n  USB powered: true\n"
+           "  Wireless powered: false\n  Max charging current: 500000\n  status: 2\n"
+           "  health: 2\n  present: true\n  level: 81\n  scale: 100\n  voltage: 4123\n"
+           "  temperature: 291\n  technology: Li-ion\n")
+
+
 def tool_dir(dev):
-    """Directory of device tools put first on the shell's PATH."""
-    d = root() / "bin"
+    """Per-device tools put first on the shell's PATH. The frequent ones (getprop, dumpsys,
+    pm, taskset) are small sh scripts, so a conditions read does not start Python thrice."""
+    d = dev.dir / "bin"
     d.mkdir(exist_ok=True)
-    tools = ["getprop", "dumpsys", "am", "pm", "taskset", "logcat", "fake_bm_exec"]
+    cores = int(env_for("FAKE_ADB_CORES", dev.serial, "8"))
+    props = "".join(f"[{k}]: [{v}]\n" for k, v in sorted(dev.props().items()))
+    zone0 = dev.fs / "sys" / "class" / "thermal" / "thermal_zone0" / "temp"
+    if os.environ.get("FAKE_ADB_NO_THERMALSERVICE") == "1":
+        thermal = "echo \"Can't find service: thermalservice\""
+    else:
+        thermal = (f"t=$(cat '{zone0}'); "
+                   "awk -v t=\"$t\" 'BEGIN { printf \"IsStatusOverride: false\\n"
+                   "ThermalEventListeners:\\n\\tcallbacks: 1\\nThermal Status: 0\\n"
+                   "Cached temperatures:\\n\\tTemperature{mValue=99.0, mType=0, mName=stale, "
+                   "mStatus=3}\\nHAL Ready: true\\nHAL connection:\\n\\tThermalHAL 2.0 "
+                   "connected: yes\\nCurrent temperatures from HAL:\\n\\tTemperature{mValue=%.1f,"
+                   " mType=0, mName=CPU0, mStatus=0}\\n\\tTemperature{mValue=%.1f, mType=3, "
+                   "mName=VIRTUAL-SKIN, mStatus=0}\\nCurrent cooling devices from HAL:\\n"
+                   "\\tCoolingDevice{mValue=0, mType=2, mName=thermal-cpufreq-0}\\n\", t/1000, "
+                   "t/1000-4 }'")
+    apk = dev.dir / "apk_installed"
+    scripts = {
+        "getprop": f"""if [ $# -eq 0 ]; then printf '%s' '{props}'; else printf '%s' '{props}' \
+| sed -n "s/^\\[$1\\]: \\[\\(.*\\)\\]$/\\1/p"; fi""",
+        "dumpsys": f"""case "$1" in
+battery) printf '%s' '{BATTERY}';;
+thermalservice) {thermal};;
+package) if [ "$2" = {APK_PACKAGE} ] && [ -f '{apk}' ]; then
+  printf 'Packages:\\n  Package [{APK_PACKAGE}] (1a2b3c):\\n    versionCode=1\\n    versionName=2.16.1-fake\\n'; fi;;
+*) echo "Can't find service: $1";;
+esac""",
+        "pm": f"""if [ "$1 $2" = "list packages" ] && [ -f '{apk}' ]; then echo package:{APK_PACKAGE}; fi""",
+        "taskset": f"""mask=$1; shift
+case "$mask" in ''|*[!0-9a-fA-Fx]*) echo "taskset: bad mask" >&2; exit 1;; esac
+if [ $(( 0x${{mask#0x}} >> {cores} )) -ne 0 ]; then
+  echo "taskset: sched_setaffinity: Invalid argument" >&2; exit 1; fi
+exec "$@" """,
+    }
+    for name in ("am", "logcat"):
+        scripts[name] = f'exec "{PY[0]}" -S "{LAUNCHER}" --fake-tool {name} "$@"'
+    scripts["fake_bm_exec"] = f'exec "{PY[0]}" -S "{LAUNCHER}" --fake-benchmark-model "$@"'
     if os.environ.get("FAKE_ADB_NO_SHA256SUM") == "1":
-        tools.append("sha256sum")
-    for name in tools:
-        extra = "--fake-benchmark-model" if name == "fake_bm_exec" else f"--fake-tool {name}"
+        scripts["sha256sum"] = 'echo "/system/bin/sh: sha256sum: not found" >&2; exit 127'
+    stale = d / "sha256sum"
+    if "sha256sum" not in scripts and stale.exists():
+        stale.unlink()
+    for name, body in scripts.items():
         w = d / name
-        text = f'#!/bin/sh\nexec "{PY[0]}" -S "{LAUNCHER}" {extra} "$@"\n'
+        text = "#!/bin/sh\n" + body + "\n"
         if not w.exists() or w.read_text() != text:
             w.write_text(text)
             w.chmod(0o755)
-    stale = d / "sha256sum"
-    if "sha256sum" not in tools and stale.exists():
-        stale.unlink()
     return d
 
 
@@ -361,51 +403,7 @@ def cmd_shell(dev, args):
 # -- device tools (run inside the fake shell) -------------------------------------------------
 def tool(name, args):
     dev = Device(os.environ["FAKE_DEVICE_SERIAL"], "device")
-    if name == "getprop":
-        props = dev.props()
-        if args:
-            print(props.get(args[0], ""))
-        else:
-            for k in sorted(props):
-                print(f"[{k}]: [{props[k]}]")
-    elif name == "dumpsys":
-        service = args[0] if args else ""
-        if service == "battery":
-            print("Current Battery Service state:\n  AC powered: false\n  USB powered: true\n"
-                  "  Wireless powered: false\n  Max charging current: 500000\n  status: 2\n"
-                  "  health: 2\n  present: true\n  level: 81\n  scale: 100\n  voltage: 4123\n"
-                  "  temperature: 291\n  technology: Li-ion")
-        elif service == "thermalservice":
-            if os.environ.get("FAKE_ADB_NO_THERMALSERVICE") == "1":
-                print("Can't find service: thermalservice")
-                return 0
-            t = dev.thermal_tick()
-            print("IsStatusOverride: false\nThermalEventListeners:\n\tcallbacks: 1\n"
-                  "Thermal Status: 0\nCached temperatures:\n"
-                  "\tTemperature{mValue=99.0, mType=0, mName=stale, mStatus=3}\n"
-                  "HAL Ready: true\nHAL connection:\n\tThermalHAL 2.0 connected: yes\n"
-                  "Current temperatures from HAL:\n"
-                  f"\tTemperature{{mValue={t:.1f}, mType=0, mName=CPU0, mStatus=0}}\n"
-                  f"\tTemperature{{mValue={t - 4:.1f}, mType=3, mName=VIRTUAL-SKIN, mStatus=0}}\n"
-                  "Current cooling devices from HAL:\n"
-                  "\tCoolingDevice{mValue=0, mType=2, mName=thermal-cpufreq-0}")
-        elif service == "package" and args[1:2] == [APK_PACKAGE] and dev.state["apk"]:
-            print(f"Packages:\n  Package [{APK_PACKAGE}] (1a2b3c):\n    versionCode=1\n"
-                  "    versionName=2.16.1-fake")
-        else:
-            print(f"Can't find service: {service}")
-    elif name == "pm":
-        if args[:2] == ["list", "packages"] and dev.state["apk"] and \
-                (len(args) < 3 or args[2] in APK_PACKAGE):
-            print(f"package:{APK_PACKAGE}")
-    elif name == "taskset":
-        if len(args) < 2 or not re.fullmatch(r"(0x)?[0-9a-fA-F]+", args[0]):
-            die("taskset: bad mask")
-        cores = int(env_for("FAKE_ADB_CORES", dev.serial, "8"))
-        if int(args[0], 16) >> cores:
-            die(f"taskset: sched_setaffinity: Invalid argument", 1)
-        return subprocess.run(args[1:]).returncode
-    elif name == "logcat":
+    if name == "logcat":
         if "-c" in args:
             dev.state["logcat"] = []
             dev.save()
@@ -416,7 +414,7 @@ def tool(name, args):
         if args[:1] != ["start"]:
             die("am: unsupported in the fake")
         component = args[args.index("-n") + 1] if "-n" in args else ""
-        if not dev.state["apk"] or not component.startswith(APK_PACKAGE):
+        if not (dev.dir / "apk_installed").exists() or not component.startswith(APK_PACKAGE):
             print(f"Starting: Intent {{ cmp={component} }}")
             print(f"Error type 3\nError: Activity class {{{component}}} does not exist.")
             return 1
@@ -433,8 +431,6 @@ def tool(name, args):
         dev.save()
         print("Status: ok\nLaunchState: COLD\nActivity: " + component + "\nTotalTime: 123\n"
               "WaitTime: 125\nComplete")
-    elif name == "sha256sum":
-        die("/system/bin/sh: sha256sum: not found", 127)
     return 0
 
 

@@ -22,7 +22,8 @@ Environment (set by the tests; FAKE_DEVICE_* and FAKE_BM_RUN_INDEX are set by th
   FAKE_BM_SEED         base seed (default 0)
   FAKE_BM_FORMAT       modern (default; with p5/median/p95) | classic (no percentiles) |
                        bare (no "INFO: " prefixes, older builds) | legacy (TF 1.x "Average
-                       inference timings" line) | garbage (unparseable) | logcat (APK)
+                       inference timings" line) | garbage (another tool's output) |
+                       logcat (the APK's logcat messages, no severity prefix)
   FAKE_BM_DELEGATE_KERNELS  delegate kernels for gpu/nnapi (1 = whole graph; default 1)
   FAKE_BM_SLEEP_S      sleep this long before the regular runs (interrupt tests)
   FAKE_BM_DISCONNECT=1 stop after the warm-up phase and exit 255 (connection dropped)
@@ -137,7 +138,8 @@ def main(argv):
         out.log("Benchmarking failed.", "ERROR")
         return 1
     if style == "garbage":
-        print("Segmentation fault handler installed\n*** stack smashing detected ***")
+        # Output of some other tool or build: nothing the parser knows.
+        print("LiteRT bench 9.9 | model ok\nlatency_ms: 1.23 +- 0.04\n{\"p50\": 1.2}")
         return 0
     graph = flags.get("graph", "")
     if not graph:
