@@ -1,0 +1,167 @@
+"""``android-harness host``: the same protocol on this machine, with the real LiteRT interpreter.
+
+Timing figures (CV, agreement with LiteRT's own benchmark script) live in
+benchmarks/harness_host_bench.py; these tests check what was measured and recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from android_harness.inputs import load_inputs
+from pipeline.runtime import ModelRunner
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_host_run_records_every_invoke(tiny_models, run_cli, fast, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("host", tiny_models["float32"], tiny_models["qat_int8"],
+                                "--threads", "1,2", "--delegate", "xnnpack,cpu", "--repeats", "2",
+                                "--min-runs", "30", "--out", out, *fast)
+    assert code == 0, err
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["schema_version"] == 1 and doc["command"] == "host"
+    t = doc["targets"][0]
+    assert t["kind"] == "host" and t["tool"]["runtime"] == "litert" and t["tool"]["version"]
+    assert t["conditions_start"]["cores"] == os.cpu_count()
+    assert len(doc["results"]) == 8
+    for r in doc["results"]:
+        assert r["status"] == "ok" and r["median_source"] == "per-invoke latencies"
+        lat = np.concatenate([m["latencies_us"] for m in r["repeat_measurements"]])
+        assert r["invokes"] == lat.size >= 60
+        assert r["p50_us"] == pytest.approx(np.median(lat))
+        assert r["p99_us"] == pytest.approx(np.percentile(lat, 99))
+        assert r["min_us"] <= r["p50_us"] <= r["p90_us"] <= r["p99_us"] <= r["max_us"]
+        assert r["ci95_median_us"]["low"] <= r["p50_us"] <= r["ci95_median_us"]["high"]
+        assert r["init_us"] > 0 and r["first_inference_us"] > 0
+        assert r["repeat_medians_us"] == [pytest.approx(np.median(m["latencies_us"]), rel=1e-6)
+                                          for m in r["repeat_measurements"]]
+        for m in r["repeat_measurements"]:
+            assert m["count"] >= 30 and m["warmup_count"] >= 10
+    for cfg in ("t1/xnnpack", "t2/cpu"):
+        f32, i8 = (next(r for r in doc["results"] if r["model"] == m and r["config_key"] == cfg)
+                   for m in ("float32", "qat_int8"))
+        assert f32["ratio_to_baseline"] == 1.0
+        assert i8["ratio_to_baseline"] == pytest.approx(i8["p50_us"] / f32["p50_us"])
+    assert "| host | qat_int8 | t1/xnnpack | 2/2 |" in stdout
+
+
+def test_host_real_inputs_are_quantized_per_model(tiny_models, inputs_npz):
+    x = np.load(inputs_npz)["x_test"]
+    (f32,) = load_inputs(str(inputs_npz), tiny_models["float32"])
+    (i8,) = load_inputs(f"{inputs_npz}:x_test", tiny_models["qat_int8"])
+    assert f32.samples.dtype == np.float32 and np.array_equal(f32.samples, x)
+    spec = ModelRunner(tiny_models["qat_int8"]).inputs[0]
+    assert i8.samples.dtype == np.int8
+    assert np.array_equal(i8.samples, spec.quant.quantize(x))
+    assert f32.count == len(x) and f32.batch(3).shape == (1, 8, 8, 1)
+
+
+def test_host_run_with_real_inputs(tiny_models, inputs_npz, run_cli, fast, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run_cli("host", tiny_models["qat_int8"], "--inputs", inputs_npz,
+                           "--repeats", "1", "--out", out, *fast)
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["results"][0]["status"] == "ok"
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("missing.npz", "does not exist"),
+    ("{npz}:y_wrong", "key is not in the .npz"),
+])
+def test_bad_inputs_are_usage_errors(tiny_models, inputs_npz, run_cli, fast, spec, words):
+    code, _, err = run_cli("host", tiny_models["float32"], "--inputs",
+                           spec.format(npz=inputs_npz), *fast)
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+
+
+def test_wrong_input_shape_is_explained(tiny_models, tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_test=np.zeros((4, 28, 28), np.float32))
+    from android_harness.errors import InputDataError
+
+    with pytest.raises(InputDataError, match=r"shape \(4, 28, 28\) but the model expects "
+                                             r"\(N, 8, 8, 1\)"):
+        load_inputs(str(bad), tiny_models["float32"])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--delegate", "gpu"], "runs on this CPU only"),
+    (["--threads", "0"], "at least 1"),
+    (["--repeats", "0"], "repeats is out of range"),
+    (["--core-mask", "zz"], "non-zero hex"),
+])
+def test_host_usage_errors(tiny_models, run_cli, fast, argv, words):
+    code, _, err = run_cli("host", tiny_models["float32"], *argv, *fast)
+    assert code == 2 and words in err and "Traceback" not in err
+
+
+def test_core_mask_pins_the_host_run(tiny_models, run_cli, fast, tmp_path):
+    before = os.sched_getaffinity(0)
+    code, _, err = run_cli("host", tiny_models["float32"], "--core-mask", "1", "--repeats", "1",
+                           "--out", tmp_path / "o", *fast)
+    assert code == 0, err
+    assert os.sched_getaffinity(0) == before  # restored after the run
+
+
+def _child(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_harness_never_imports_tensorflow(tiny_models, tmp_path):
+    """A whole host measurement plus every harness module, in a fresh interpreter."""
+    code = f"""
+import sys
+import android_harness.cli as cli
+import android_harness.adb, android_harness.device, android_harness.host
+import android_harness.results, android_harness.conditions, android_harness.inputs
+rc = cli.main(cli.parse_args(["host", {str(tiny_models['qat_int8'])!r}, "--repeats", "1",
+                              "--min-seconds", "0.01", "--warmup-seconds", "0", "-q",
+                              "--out", {str(tmp_path / 'o')!r}]))
+assert rc == 0, rc
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras", "keras"))
+assert not heavy, heavy
+print("ok")
+"""
+    res = _child(code)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["host", "--help"], ["bench", "--help"],
+                                  ["devices", "--help"], ["--version"]])
+def test_module_entry_point_help(argv):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-m", "android_harness", *argv], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "android-harness" in res.stdout
+
+
+def test_parse_args_is_separate_from_main():
+    from android_harness import cli
+
+    args = cli.parse_args(["host", "a.tflite", "--threads", "1,4", "--delegate", "cpu,xnnpack"])
+    assert (args.command, args.threads, args.delegate) == ("host", [1, 4], ["cpu", "xnnpack"])
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(["host", "a.tflite", "--threads", "one"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit):
+        cli.parse_args(["bench", "a.tflite", "--serial", "X", "--all"])
+
+
+def test_debug_shows_the_traceback(run_cli, tmp_path):
+    code, _, err = run_cli("host", tmp_path / "missing.tflite")
+    assert code == 2 and err.startswith("error: Model file does not exist")
+    assert "Traceback" not in err
+    code, _, err = run_cli("host", tmp_path / "missing.tflite", "--debug")
+    assert code == 2 and "Traceback" in err
