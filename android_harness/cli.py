@@ -126,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     _adb_opt(g)
     g.add_argument("--benchmark-model", default=None, metavar="PATH",
                    help="TFLite's Android benchmark_model binary (default $BENCHMARK_MODEL_PATH)")
-    g.add_argument("--apk", nargs="?", const=True, default=None, metavar="APK",
-                   help="use the benchmark APK instead (installs APK if given)")
+    g.add_argument("--apk", action="store_true",
+                   help="use the installed benchmark APK instead of the binary")
+    g.add_argument("--install-apk", default=None, metavar="APK",
+                   help="install this benchmark APK first (implies --apk)")
     g.add_argument("--op-profiling", action="store_true", help="per-op profile table")
     g.add_argument("--require-full-delegation", action="store_true",
                    help="fail a run when the delegate leaves ops on the CPU")
@@ -141,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--runtime", default=None, choices=["auto", "litert", "tflite_runtime"],
                    help="interpreter package (default: auto)")
+    p.add_argument("--wait-quiet", type=float, default=None, metavar="CPUS",
+                   help="before each run, wait until other processes use less than this many "
+                   "CPUs (e.g. 0.2; bounded by --thermal-timeout)")
     return ap
 
 
@@ -161,6 +166,7 @@ def _protocol(args):
                     max_seconds=args.max_seconds, repeats=args.repeats, cooldown_s=args.cooldown,
                     max_temp_c=args.max_temp, thermal_timeout_s=args.thermal_timeout,
                     thermal_poll_s=args.thermal_poll,
+                    max_background_cpu=getattr(args, "wait_quiet", None),
                     reconnect_timeout_s=getattr(args, "reconnect_timeout", 60.0), seed=args.seed,
                     stability_cv=args.stability_cv,
                     op_profiling=getattr(args, "op_profiling", False),
@@ -221,10 +227,11 @@ def _run(args, command: str) -> int:
         from android_harness.adb import Adb, find_adb
         from android_harness.device import DeviceBackend
         adb = Adb(find_adb(args.adb))
-        binary = None if args.apk else bt.resolve_binary(args.benchmark_model)
-        apk = Path(args.apk) if isinstance(args.apk, str) else args.apk
+        apk = Path(args.install_apk) if args.install_apk else args.apk
         if isinstance(apk, Path) and not apk.is_file():
-            raise UsageError("The benchmark APK does not exist", os.fspath(apk), "Check --apk")
+            raise UsageError("The benchmark APK does not exist", os.fspath(apk),
+                             "Check --install-apk")
+        binary = None if apk else bt.resolve_binary(args.benchmark_model)
         backends = [DeviceBackend(adb.for_serial(s), run_id=run_id, binary=binary, apk=apk,
                                   inputs=args.inputs, log_dir=out_dir / "logs",
                                   keep_files=args.keep_device_files)

@@ -249,7 +249,7 @@ class DeviceBackend(Backend):
         elif not installed:
             raise BenchmarkToolError("The benchmark APK is not installed on the device",
                                      f"{self.target_id}: no package {bt.APK_PACKAGE}",
-                                     f"Pass --apk PATH ({bt.NIGHTLY}"
+                                     f"Pass --install-apk PATH ({bt.NIGHTLY}"
                                      "android_aarch64_benchmark_model.apk)")
 
     def _flags(self, job: Job, protocol: Protocol) -> list[str]:

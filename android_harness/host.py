@@ -16,6 +16,7 @@ import glob
 import importlib.metadata as md
 import os
 import platform
+import resource
 import sys
 import time
 from typing import Sequence
@@ -46,6 +47,38 @@ def rss_mb() -> float | None:
     if not text:
         return None
     return int(text.split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def cpu_busy_seconds() -> float | None:
+    """CPU time spent busy by the whole machine, all CPUs (/proc/stat first line)."""
+    line = (_read("/proc/stat") or "").split("\n", 1)[0].split()
+    if not line or line[0] != "cpu":
+        return None
+    v = [int(x) for x in line[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    steal = v[7] if len(v) > 7 else 0  # time the hypervisor gave to someone else
+    return (sum(v[:8]) - idle - steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (a benchmark it ran)."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+class BackgroundMeter:
+    """CPUs' worth of work done by other processes between start() and stop(): the host
+    analogue of a phone's thermal state - on a shared 2-core machine another process on the
+    sibling CPU slows every invoke by ~35 % (measured with benchmarks/harness_host_bench.py)."""
+
+    def start(self) -> None:
+        self.t0, self.busy0, self.own0 = time.monotonic(), cpu_busy_seconds(), own_cpu_seconds()
+
+    def stop(self) -> float | None:
+        busy, wall = cpu_busy_seconds(), time.monotonic() - self.t0
+        if busy is None or self.busy0 is None or wall <= 0:
+            return None
+        return max(0.0, (busy - self.busy0) - (own_cpu_seconds() - self.own0)) / wall
 
 
 def thermal_zones(root: str = "/sys/class/thermal") -> dict[str, float]:
@@ -133,6 +166,12 @@ class HostBackend(Backend):
     def thermal(self) -> dict[str, float]:
         return thermal_zones()
 
+    def background_load(self, sample_s: float = 0.5) -> float | None:
+        meter = BackgroundMeter()
+        meter.start()
+        time.sleep(sample_s)
+        return meter.stop()
+
     def prepare(self, models: Sequence[ModelInfo], configs: Sequence[BenchConfig],
                 protocol: Protocol) -> None:
         for c in configs:
@@ -172,6 +211,8 @@ class HostBackend(Backend):
     def _measure(self, job: Job, protocol: Protocol) -> Measurement:
         cfg, pc = job.config, time.perf_counter_ns
         started, wall0 = now_iso(), time.monotonic()
+        meter = BackgroundMeter()
+        meter.start()
         rss0 = rss_mb()
         t0 = pc()
         interp = make_interpreter(job.model.path, runtime=self.runtime_name,
@@ -228,6 +269,7 @@ class HostBackend(Backend):
         finally:
             if gc_was_enabled:
                 gc.enable()
+        background = meter.stop()
         us = np.asarray(lat, dtype=np.float64) / 1e3
         rss_end = rss_mb()
         memory = {}
@@ -242,5 +284,6 @@ class HostBackend(Backend):
             p5_us=float(np.percentile(us, 5)), p95_us=float(np.percentile(us, 95)),
             init_us=init_us, first_us=first_us, warmup_avg_us=float(np.mean(warm)),
             warmup_count=len(warm), memory=memory,
+            background_cpu=None if background is None else round(background, 3),
             delegation={"delegate": "XNNPACK", "status": "default"} if cfg.delegate == "xnnpack"
             else {"delegate": None, "status": "builtin kernels"})

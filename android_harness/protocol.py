@@ -44,6 +44,7 @@ class Protocol:
     repeats: int = 5
     cooldown_s: float | None = None  # None: the backend's default (30 s device, 0 host)
     max_temp_c: float | None = None  # wait until the hottest zone is below this
+    max_background_cpu: float | None = None  # host: wait until other processes use less
     thermal_timeout_s: float = 300.0
     thermal_poll_s: float = 5.0
     reconnect_timeout_s: float = 60.0
@@ -63,6 +64,8 @@ class Protocol:
                   ("stability_cv", 0 < self.stability_cv < 1)]
         if self.cooldown_s is not None:
             checks.append(("cooldown_s", self.cooldown_s >= 0))
+        if self.max_background_cpu is not None:
+            checks.append(("max_background_cpu", self.max_background_cpu > 0))
         for name, ok in checks:
             if not ok:
                 raise UsageError(f"Protocol value {name} is out of range", getattr(self, name),
@@ -181,8 +184,9 @@ class Measurement:
     wall_s: float | None = None
     attempts: int = 1
     cooldown_s: float = 0.0
-    thermal_wait_s: float = 0.0
-    thermal_wait_timed_out: bool = False
+    wait_s: float = 0.0  # waiting to cool down (--max-temp) or for quiet (--wait-quiet)
+    wait_timed_out: bool = False
+    background_cpu: float | None = None  # CPUs' worth of other processes during the visit
     thermal_before: dict | None = None
     thermal_after: dict | None = None
     latencies_us: list[float] | None = None  # per invoke, where the backend sees them
@@ -248,6 +252,10 @@ class Backend(abc.ABC):
     def available(self) -> bool:
         return True
 
+    def background_load(self) -> float | None:
+        """CPUs' worth of work by other processes right now (None: not measurable)."""
+        return None
+
     def close(self) -> None:
         """Release resources; must be safe to call twice and after a failure."""
 
@@ -279,13 +287,19 @@ def _safe_thermal(backend: Backend) -> dict:
 
 def wait_until_cool(backend: Backend, protocol: Protocol, cancel: threading.Event | None,
                     sleep: Callable[[float], None] = time.sleep) -> tuple[float, bool]:
-    """Poll until the hottest zone is below max_temp_c; (seconds waited, timed out)."""
-    if protocol.max_temp_c is None:
+    """Poll until the hottest zone is below max_temp_c (and, where measurable, other
+    processes use less than max_background_cpu); (seconds waited, timed out)."""
+    if protocol.max_temp_c is None and protocol.max_background_cpu is None:
         return 0.0, False
     start = time.monotonic()
     while True:
-        temps = _safe_thermal(backend)
-        if not temps or max(temps.values()) < protocol.max_temp_c:
+        temps = _safe_thermal(backend) if protocol.max_temp_c is not None else {}
+        hot = bool(temps) and max(temps.values()) >= protocol.max_temp_c
+        busy = False
+        if protocol.max_background_cpu is not None:
+            load = backend.background_load()
+            busy = load is not None and load >= protocol.max_background_cpu
+        if not hot and not busy:
             return time.monotonic() - start, False
         if time.monotonic() - start >= protocol.thermal_timeout_s or (cancel and cancel.is_set()):
             return time.monotonic() - start, True
@@ -331,8 +345,8 @@ def run_target(backend: Backend, models: Sequence[ModelInfo], configs: Sequence[
                 if getattr(exc, "device_lost", False):
                     lost = str(exc)
             m = replace(m, order=job.order, repeat=job.repeat,
-                        cooldown_s=cooldown if i > 0 else 0.0, thermal_wait_s=waited,
-                        thermal_wait_timed_out=timed_out, thermal_before=before,
+                        cooldown_s=cooldown if i > 0 else 0.0, wait_s=waited,
+                        wait_timed_out=timed_out, thermal_before=before,
                         thermal_after=_safe_thermal(backend))
             run.measurements.append(m)
             if progress is not None:
@@ -358,7 +372,15 @@ def run_targets(backends: Sequence[Backend], models: Sequence[ModelInfo],
     if len(backends) == 1:
         return [run_target(backends[0], models, configs, protocol, progress=progress,
                            cancel=cancel)]
-    with ThreadPoolExecutor(max_workers=len(backends), thread_name_prefix="target") as pool:
-        futures = [pool.submit(run_target, b, models, configs, protocol, progress=progress,
-                               cancel=cancel) for b in backends]
-        return [f.result() for f in futures]
+    pool = ThreadPoolExecutor(max_workers=len(backends), thread_name_prefix="target")
+    futures = [pool.submit(run_target, b, models, configs, protocol, progress=progress,
+                           cancel=cancel) for b in backends]
+    try:
+        runs = [f.result() for f in futures]
+    except BaseException:  # Ctrl-C in the main thread: stop the workers between visits
+        if cancel is not None:
+            cancel.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return runs

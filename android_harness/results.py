@@ -74,7 +74,9 @@ def summarize(ms: Sequence, *, seed: int = 0, stability_cv: float = 0.05) -> dic
                memory_overall_mb=_median([m.memory.get("overall_mb") for m in ok]),
                memory_peak_mb=max((m.memory["peak_mb"] for m in ok if "peak_mb" in m.memory),
                                   default=None),
-               delegation=next((m.delegation for m in ok if m.delegation), None))
+               delegation=next((m.delegation for m in ok if m.delegation), None),
+               background_cpu_max=max((m.background_cpu for m in ok
+                                       if m.background_cpu is not None), default=None))
     return out
 
 
@@ -141,9 +143,20 @@ def table_rows(doc: dict) -> list[dict]:
                      "p99_us": r.get("p99_us"), "ci95_low_us": ci.get("low"),
                      "ci95_high_us": ci.get("high"),
                      "cv_pct": None if cv is None else 100 * cv,
-                     "stability": (r.get("stability") or {}).get("label", r["status"]),
+                     "stability": _stability_label(r),
                      "init_us": r.get("init_us"), "ratio": r.get("ratio_to_baseline")})
     return rows
+
+
+BUSY_HOST_CPU = 0.25  # other processes used a quarter of a CPU or more during a repeat
+
+
+def _stability_label(r: dict) -> str:
+    label = (r.get("stability") or {}).get("label", r["status"])
+    busy = r.get("background_cpu_max")
+    if label.startswith("unstable") and busy is not None and busy >= BUSY_HOST_CPU:
+        label = label[:-1] + f"; other processes used up to {busy:.1f} CPU)"
+    return label
 
 
 def _us(v: float | None) -> str:

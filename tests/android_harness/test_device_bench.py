@@ -294,7 +294,7 @@ def test_thermal_wait_before_each_run(fake_devices, fake_binary, tiny_models, ru
                            "45", "--thermal-poll", "0.05", "--out", out, *fast)
     assert code == 0, err
     ms = result(load(out), "float32")["repeat_measurements"]
-    assert ms[0]["thermal_wait_s"] > 0 and not ms[0]["thermal_wait_timed_out"]
+    assert ms[0]["wait_s"] > 0 and not ms[0]["wait_timed_out"]
     for m in ms:
         assert max(m["thermal_before"].values()) < 45
         assert m["thermal_after"]
@@ -323,8 +323,8 @@ def test_benchmark_apk(fake_devices, tiny_models, run_cli, fast, tmp_path):
     assert "android_aarch64_benchmark_model.apk" in err
     apk = tmp_path / "android_aarch64_benchmark_model.apk"
     apk.write_bytes(b"PK\x03\x04 FAKE-TFLITE-BENCHMARK-APK")
-    code, _, err = run_cli("bench", tiny_models["float32"], "--adb", fake_devices.adb, "--apk",
-                           apk, "--repeats", "1", "--out", out, *fast)
+    code, _, err = run_cli("bench", tiny_models["float32"], "--adb", fake_devices.adb,
+                           "--install-apk", apk, "--repeats", "1", "--out", out, *fast)
     assert code == 0, err
     doc = load(out)
     assert doc["targets"][0]["tool"]["name"] == "benchmark_model APK"

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,25 @@ def test_debug_shows_the_traceback(run_cli, tmp_path):
     assert "Traceback" not in err
     code, _, err = run_cli("host", tmp_path / "missing.tflite", "--debug")
     assert code == 2 and "Traceback" in err
+
+
+@pytest.fixture
+def spinner():
+    """Another process keeping one CPU busy, as a neighbour's test run does."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    time.sleep(0.2)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_background_cpu_is_recorded_and_waited_for(tiny_models, run_cli, fast, tmp_path,
+                                                   spinner):
+    out = tmp_path / "out"
+    code, _, err = run_cli("host", tiny_models["float32"], "--repeats", "1", "--wait-quiet",
+                           "0.5", "--thermal-poll", "0.1", "--thermal-timeout", "0.5",
+                           "--out", out, *fast, "--min-seconds", "0.3")  # the last one wins
+    assert code == 0, err
+    (m,) = json.loads((out / "results.json").read_text())["results"][0]["repeat_measurements"]
+    assert m["background_cpu"] >= 0.5  # the spinner's CPU, not ours
+    assert m["wait_timed_out"] and m["wait_s"] >= 0.5
