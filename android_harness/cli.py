@@ -1,4 +1,4 @@
-"""``android-harness``: on-device latency over adb, and the same protocol on the host.
+"""android-harness: on-device latency over adb, and the same protocol on the host.
 
     android-harness devices
     android-harness bench artifacts/digits_cnn/*.tflite --serial R58M1234 --threads 1,4
