@@ -118,8 +118,7 @@ class RunDir:
         return self.write_bytes(rel, text.encode("utf-8"))
 
     def write_json(self, rel: str, obj) -> Path:
-        return self.write_text(rel, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable)
-                               + "\n")
+        return self.write_text(rel, dumps_json(obj) + "\n")
 
     @contextmanager
     def writing(self, rel: str):
@@ -162,6 +161,25 @@ class RunDir:
         (self.staging / ".lock").unlink(missing_ok=True)
         if not keep:
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def dumps_json(obj) -> str:
+    """Strict JSON: NaN/inf (e.g. the SQNR of identical tensors) become null, numpy scalars
+    and arrays become numbers and lists."""
+    return json.dumps(_finite(json.loads(json.dumps(obj, default=_jsonable))), indent=2,
+                      allow_nan=False)
+
+
+def _finite(o):
+    import math
+
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _alive(pid: int) -> bool:

@@ -1,4 +1,4 @@
-"""Command line: ``qat run | convert | verify`` (also ``python -m pipeline``).
+"""Command line: ``qat run | convert | verify | inspect`` (also ``python -m pipeline``).
 
 ``parse_args(argv)`` is separate from ``main(args) -> int``; the console script exits with that
 code: 0 ok, 1 a quality gate failed, 2 bad input or usage, 3 internal error (a bug). Errors are
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import traceback
 
 from pipeline import __version__
+from pipeline.artifacts import dumps_json
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, QatError, UsageError
 
 EXIT_INTERNAL = 3
@@ -76,23 +76,56 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     _common(c)
 
-    v = sub.add_parser("verify", help="run a .tflite over a dataset and report accuracy",
-                       description="Run a .tflite with the LiteRT interpreter over a dataset's "
-                       "test split (batched) and inspect it.")
+    v = sub.add_parser(
+        "verify", help="check a .tflite: accuracy on data, layer parity, or a reference bundle",
+        description="Run a .tflite with the LiteRT interpreter (in a child process by default, "
+        "so a corrupt file cannot crash this one). With --data: accuracy over a dataset split "
+        "(batched). With --reference DIR: compare with the expected outputs the pipeline saved "
+        "(needs only numpy and ai-edge-litert). With --layers: layer-by-layer parity against "
+        "the Keras QAT model.")
     v.add_argument("model", help=".tflite file")
-    v.add_argument("--data", required=True, help="zoo dataset name or .npz")
+    v.add_argument("--data", help="zoo dataset name or .npz")
+    v.add_argument("--reference", metavar="DIR",
+                   help="run directory (or its reference/ folder) written by `qat run`")
+    v.add_argument("--variant", help="which variant of the reference this model is "
+                   "(default: matched by sha256, then by file name)")
+    v.add_argument("--tolerance-lsb", type=float,
+                   help="max int8 output difference vs the reference (default 1)")
+    v.add_argument("--layers", action="store_true",
+                   help="layer-by-layer parity with the Keras QAT model (needs TensorFlow)")
+    v.add_argument("--keras", metavar="QAT_MODEL",
+                   help="Keras QAT model for --layers (default: keras/qat_model.h5 beside "
+                   "the .tflite)")
+    v.add_argument("--threshold-lsb", type=float, default=1.0,
+                   help="--layers: mean error above which a layer diverges (default 1)")
     v.add_argument("--split", choices=["test", "train"], default="test")
     v.add_argument("--batch-size", type=int, default=256)
     v.add_argument("--runtime", default="auto",
                    choices=["auto", "litert", "tflite_runtime", "tensorflow"])
     v.add_argument("--num-threads", type=int, default=0)
     v.add_argument("--workers", type=int, default=0,
-                   help="interpreters run in parallel over shards (0 = one per core)")
+                   help="interpreters run in parallel over shards with --no-isolate "
+                   "(0 = one per core)")
+    v.add_argument("--no-isolate", action="store_true",
+                   help="run the interpreter in this process (only for files you trust)")
+    v.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds the isolated interpreter may take (default 60)")
     v.add_argument("--min-accuracy", type=float,
                    help="exit 1 if accuracy is below this fraction")
     v.add_argument("--require-full-int8", action="store_true",
                    help="exit 1 if the model is not full-int8")
     _common(v)
+
+    i = sub.add_parser("inspect", help="what is inside a .tflite (no TensorFlow needed)",
+                       description="Ops, tensors by dtype, inputs/outputs with quantization, "
+                       "signatures, size breakdown and the full-int8 verdict with its reasons.")
+    i.add_argument("model", help=".tflite file")
+    i.add_argument("--allow-float-io", action="store_true",
+                   help="judge full-int8 allowing float model inputs/outputs")
+    i.add_argument("--require-full-int8", action="store_true",
+                   help="exit 1 if the model is not full-int8")
+    i.add_argument("--tensors", action="store_true", help="list every tensor")
+    _common(i)
     return parser
 
 
@@ -151,8 +184,8 @@ def cmd_run(args, out) -> int:
     cfg = config.load(args.recipe, overrides)
     result = run(cfg, resume=args.resume, log=_log)
     if args.json:
-        print(json.dumps({"exit_code": result.exit_code, "run_dir": result.run_dir,
-                          "report": result.report}, indent=2, default=str), file=out)
+        print(dumps_json({"exit_code": result.exit_code, "run_dir": result.run_dir,
+                          "report": result.report}), file=out)
     else:
         print(f"{result.run_dir}/report.md", file=out)
     return result.exit_code
@@ -202,7 +235,7 @@ def cmd_convert(args, out) -> int:
                 f"  full-int8: {'yes' if c.verdict.full_int8 else 'NO'}"
             print(f"{path}  {c.size:,} bytes{flag}", file=out)
     if args.json:
-        print(json.dumps({"schema_version": 1, "outputs": results}, indent=2), file=out)
+        print(dumps_json({"schema_version": 1, "outputs": results}), file=out)
     return EXIT_GATE_FAILED if bad and not args.allow_float else EXIT_OK
 
 
@@ -213,48 +246,124 @@ def _datasets() -> list[str]:
 
 
 def cmd_verify(args, out) -> int:
-    from pipeline import data as data_mod, verify
+    from pipeline import verify
+    from pipeline.tflite_model import TFLiteModel, read_file
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1", args.batch_size, "Use e.g. 256")
+    if not (args.data or args.reference):
+        raise UsageError("verify needs --data or --reference", "neither",
+                         "Pass --data digits (or an .npz), or --reference artifacts/NAME")
+    content = read_file(args.model)
+    view = TFLiteModel.from_bytes(content, source=args.model)  # structural pre-check
+    verdict = view.verdict()
+    isolate = not args.no_isolate
+    result: dict = {"schema_version": 1, "model": args.model, "size_bytes": view.file_size,
+                    "full_int8": verdict.full_int8, "full_int8_reasons": list(verdict.reasons),
+                    "isolated": isolate, "input": view.inputs()[0].to_dict(),
+                    "output": view.outputs()[0].to_dict()}
+    failures = []
+    lines = []
+    if args.reference:
+        from pipeline import reference
+
+        ref, doc, x, y = reference.load(args.reference)
+        name, how = reference.pick_variant(doc, content, args.model, args.variant)
+        raw = _run_raw(content, x, args, isolate)
+        chk = reference.check(raw, ref, doc, name, y, how, tolerance_lsb=args.tolerance_lsb)
+        result["reference"] = chk.to_dict()
+        lines.append(f"{args.model}: reference check {'PASSED' if chk.passed else 'FAILED'} "
+                     f"as {name} (matched by {how}): {100 * chk.exact_fraction:.2f} % of "
+                     f"outputs identical, max difference "
+                     f"{'%g LSB' % chk.max_error_lsb if chk.max_error_lsb is not None else '%.3g' % chk.max_abs_error}, "
+                     f"top-1 agreement {100 * chk.top1_agreement:.2f} %, accuracy "
+                     f"{100 * chk.accuracy:.2f} % (expected {100 * chk.expected_accuracy:.2f} %)")
+        failures += list(chk.reasons)
+    if args.data:
+        from pipeline import data as data_mod
+
+        kind, val = _source(args.data, "dataset", _datasets())
+        ds = data_mod.load(**{kind: val})
+        x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
+        inp = view.inputs()[0]
+        data_mod.validate(ds, tuple(inp.shape_signature or inp.shape),
+                          int((view.outputs()[0].shape or [0])[-1]))
+        scored = verify.score_tflite(os.path.basename(args.model), content, x, y,
+                                     batch_size=args.batch_size, runtime=args.runtime,
+                                     num_threads=args.num_threads, workers=args.workers,
+                                     isolate=isolate, timeout=args.timeout)
+        result.update(runtime=scored.runtime, split=args.split, samples=int(len(y)),
+                      accuracy=scored.accuracy)
+        lines.append(f"{args.model}: accuracy {100 * scored.accuracy:.2f} % on {len(y)} "
+                     f"{args.split} samples ({scored.runtime}); full-int8: "
+                     f"{'yes' if verdict.full_int8 else 'no'}")
+        lines += [f"  - {r}" for r in verdict.reasons]
+        if args.min_accuracy is not None and scored.accuracy < args.min_accuracy:
+            failures.append(f"accuracy {scored.accuracy:.4f} < {args.min_accuracy}")
+        if args.layers:
+            from pipeline import modelio, parity
+
+            keras_path = args.keras or os.path.join(os.path.dirname(os.path.abspath(
+                args.model)), "keras", "qat_model.h5")
+            if not os.path.exists(keras_path):
+                raise UsageError("--layers needs the Keras QAT model", keras_path,
+                                 "Pass --keras path/to/qat_model.h5")
+            # the isolated run above proved the file loads without crashing this process
+            loaded = modelio.load_model(path=keras_path)
+            if not loaded.is_qat:
+                raise UsageError("--keras must be a QAT model (saved after quantize_apply)",
+                                 keras_path, "Use keras/qat_model.h5 of the run")
+            par = parity.compare_layers(loaded.model, content, x, batch_size=args.batch_size,
+                                        threshold_lsb=args.threshold_lsb, runtime=args.runtime)
+            result["layers"] = par.to_dict()
+            lines += ["", par.markdown()]
+            if par.first_divergent:
+                failures.append(f"layer {par.first_divergent} diverges")
+    elif args.layers:
+        raise UsageError("--layers needs --data", "no --data", "Pass --data digits")
+    if args.require_full_int8 and not verdict.full_int8:
+        failures.append("not full-int8: " + "; ".join(verdict.reasons))
+    if failures:
+        result["gate_failed"] = "; ".join(failures)
+        lines.append(f"gate failed: {result['gate_failed']}")
+    if args.json:
+        print(dumps_json(result), file=out)
+    else:
+        print("\n".join(lines), file=out)
+    return EXIT_GATE_FAILED if failures else EXIT_OK
+
+
+def _run_raw(content: bytes, x, args, isolate: bool) -> list:
+    """Raw (not dequantized) outputs of the model on x."""
+    if isolate:
+        from pipeline.isolated import run_isolated
+
+        return run_isolated(content, x, batch_size=args.batch_size, dequantize=False,
+                            runtime=args.runtime, num_threads=args.num_threads or None,
+                            timeout=args.timeout)[0]
+    from pipeline.runtime import ModelRunner
+
+    return ModelRunner(content, batch_size=args.batch_size, runtime=args.runtime,
+                       num_threads=args.num_threads or None).run(x, dequantize=False)
+
+
+def cmd_inspect(args, out) -> int:
+    from pipeline import inspect_report
     from pipeline.tflite_model import TFLiteModel
 
     view = TFLiteModel.from_file(args.model)
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1", args.batch_size, "Use e.g. 256")
-    kind, val = _source(args.data, "dataset", _datasets())
-    ds = data_mod.load(**{kind: val})
-    x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
-    inp = view.inputs()[0]
-    data_mod.validate(ds, tuple(inp.shape_signature or inp.shape),
-                      int((view.outputs()[0].shape or [0])[-1]))
-    scored = verify.score_tflite(os.path.basename(args.model), args.model, x, y,
-                                 batch_size=args.batch_size, runtime=args.runtime,
-                                 num_threads=args.num_threads, workers=args.workers)
-    verdict = view.verdict()
-    result = {"schema_version": 1, "model": args.model, "runtime": scored.runtime,
-           "split": args.split, "samples": int(len(y)), "accuracy": scored.accuracy,
-           "size_bytes": view.file_size, "full_int8": verdict.full_int8,
-           "full_int8_reasons": list(verdict.reasons),
-           "input": inp.to_dict(), "output": view.outputs()[0].to_dict()}
-    code = EXIT_OK
-    if args.min_accuracy is not None and scored.accuracy < args.min_accuracy:
-        result["gate_failed"] = f"accuracy {scored.accuracy:.4f} < {args.min_accuracy}"
-        code = EXIT_GATE_FAILED
-    if args.require_full_int8 and not verdict.full_int8:
-        result["gate_failed"] = "not full-int8: " + "; ".join(verdict.reasons)
-        code = EXIT_GATE_FAILED
+    doc = inspect_report.build(view, allow_float_io=args.allow_float_io, tensors=args.tensors)
     if args.json:
-        print(json.dumps(result, indent=2), file=out)
+        print(dumps_json(doc), file=out)
     else:
-        print(f"{args.model}: accuracy {100 * scored.accuracy:.2f} % on {len(y)} {args.split} "
-              f"samples ({scored.runtime}); full-int8: {'yes' if verdict.full_int8 else 'no'}",
-              file=out)
-        for r in verdict.reasons:
-            print(f"  - {r}", file=out)
-        if "gate_failed" in result:
-            print(f"gate failed: {result['gate_failed']}", file=out)
-    return code
+        print(inspect_report.text(doc), file=out)
+    if args.require_full_int8 and not doc["verdict"]["full_int8"]:
+        return EXIT_GATE_FAILED
+    return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "convert": cmd_convert, "verify": cmd_verify}
+COMMANDS = {"run": cmd_run, "convert": cmd_convert, "verify": cmd_verify,
+            "inspect": cmd_inspect}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -271,6 +380,10 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _log("interrupted")
         return 130
+    except BrokenPipeError:  # `qat inspect x | head`: the reader left; behave like SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Exception as exc:  # a bug: say so, one line unless --debug
         if args.debug:
             traceback.print_exc()

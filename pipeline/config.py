@@ -67,10 +67,10 @@ class QatConfig:
     # float optimum (tfmot's QAT guide fine-tunes for a few epochs at a low rate).
     epochs: int = 8
     batch_size: int = 32
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-5
     lr_schedule: str = "cosine"   # cosine | constant
     early_stopping_patience: int = 3
-    monitor: str = "val_accuracy"  # val_accuracy | val_loss
+    monitor: str = "val_loss"  # val_loss | val_accuracy (accuracy ties on small splits)
     verbose: int = -1  # Keras fit verbosity; -1 = progress bar on a terminal, one line per epoch otherwise
 
     def __post_init__(self):
@@ -79,7 +79,7 @@ class QatConfig:
         _check(self.batch_size >= 1, "qat.batch_size must be at least 1", self.batch_size,
                "Set qat.batch_size = 32")
         _check(0 < self.learning_rate < 1, "qat.learning_rate must be in (0, 1)",
-               self.learning_rate, "QAT fine-tuning wants a small rate, e.g. 1e-4")
+               self.learning_rate, "QAT fine-tuning wants a small rate, e.g. 3e-5")
         _check(self.lr_schedule in ("cosine", "constant"), "Unknown qat.lr_schedule",
                self.lr_schedule, "Use 'cosine' or 'constant'")
         _check(self.early_stopping_patience >= 0, "qat.early_stopping_patience must be >= 0",

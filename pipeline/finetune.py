@@ -101,7 +101,9 @@ def train_float(model, x, y, x_val, y_val, *, epochs: int, learning_rate: float,
     model.compile(keras.optimizers.Adam(_schedule(keras, learning_rate, "cosine", steps)),
                   loss, metrics)
     guard = _NanGuard()
-    stop = keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=patience,
+    # val_loss, not val_accuracy: on small validation splits accuracy saturates and ties,
+    # which stops training long before the model is good.
+    stop = keras.callbacks.EarlyStopping("val_loss", mode="min", patience=patience,
                                          restore_best_weights=True)
     hist = model.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size,
                      shuffle=True, verbose=_verbose(verbose),

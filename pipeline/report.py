@@ -84,12 +84,22 @@ def markdown(report: dict) -> str:
     lines += ["## Output differences", "",
               "| reference | candidate | top-1 agreement | mean |Δ| (LSB) | max |Δ| (LSB) | "
               "SQNR (dB) | cosine |", "|---|---|---:|---:|---:|---:|---:|"]
-    for a in r["agreement"]:
+    for a in r["agreement"] + r.get("comparisons", []):
         f = lambda x, p=2: "—" if x is None else f"{x:.{p}f}"
         lines.append(f"| {a['reference']} | {a['candidate']} | {_pct(a['top1_agreement'])} | "
                      f"{f(a['mean_error_lsb'])} | {f(a['max_error_lsb'])} | {f(a['sqnr_db'], 1)} "
                      f"| {f(a['cosine'], 5)} |")
     lines += ["", "LSB = one step of the candidate's int8 output scale.", ""]
+    lp = r.get("layer_parity")
+    if lp:
+        from pipeline.parity import LayerParity, LayerRow
+
+        rows = [LayerRow(**{**row, "shape": tuple(row["shape"])}) for row in lp["layers"]]
+        view = LayerParity(rows, lp["threshold_lsb"], lp["samples"], lp["first_divergent"])
+        lines += ["## Layer parity: Keras QAT vs qat_int8.tflite", "",
+                  f"Each quantized layer's output in Keras vs the matching tensor of the "
+                  f".tflite on the {lp['samples']} test images, in LSB of that tensor's scale.",
+                  "", view.markdown(), ""]
     lines += ["## Quality gates", "", "| gate | value | threshold | result |", "|---|---:|---:|---|"]
     for g in r["gates"]:
         lines.append(f"| {g['name']} | {g['value']} | {g['threshold']} | "

@@ -139,7 +139,7 @@ def run(cfg: Config, *, resume: bool = False, log=print, model=None,
 
 def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resume, log,
             t_start) -> RunResult:
-    from pipeline import annotate, convert, finetune, report, verify
+    from pipeline import annotate, convert, finetune, parity, reference, report, verify
 
     x_tr, y_tr, x_val, y_val = splits
     float_model = loaded.model
@@ -198,12 +198,13 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
         x_te, y_te = dataset.x_test, dataset.y_test
         keras_float = verify.score_keras("keras_float", float_model, x_te, y_te, vb)
         keras_qat = verify.score_keras("keras_qat", qat_model, x_te, y_te, vb)
-        variants, agreement = {}, {}
+        variants, agreement, scored = {}, {}, {}
         for variant, c in converted.items():
             s = verify.score_tflite(variant.value, c.content, x_te, y_te, batch_size=vb,
                                     runtime=cfg.verify.runtime,
                                     num_threads=cfg.verify.num_threads,
                                     workers=cfg.verify.workers)
+            scored[variant] = s
             ref = keras_qat if variant is Variant.QAT_INT8 else keras_float
             agreement[variant] = verify.compare(ref, s)
             variants[variant] = VariantResult(
@@ -212,6 +213,32 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
                 () if c.verdict is None else c.verdict.reasons, s.input_quant, s.output_quant)
             log(f"verify: {variant.filename} accuracy {100 * s.accuracy:.2f} %, agreement "
                 f"{100 * agreement[variant].top1_agreement:.2f} %")
+        # the other pairs users ask about: what QAT changed in Keras, and QAT .tflite vs float
+        extra_pairs = [verify.compare(keras_float, keras_qat)]
+        if Variant.QAT_INT8 in scored:
+            extra_pairs.append(verify.compare(keras_float, scored[Variant.QAT_INT8]))
+
+    layer_parity = None
+    if Variant.QAT_INT8 in converted:
+        with timer.stage("layer_parity"):
+            layer_parity = parity.compare_layers(
+                qat_model, converted[Variant.QAT_INT8].content, x_te, batch_size=vb,
+                runtime=cfg.verify.runtime)
+            log("layer parity: " + (f"first divergent layer {layer_parity.first_divergent}"
+                                    if layer_parity.first_divergent else
+                                    f"{len(layer_parity.compared)} layers within "
+                                    f"{layer_parity.threshold_lsb} LSB"))
+
+    with timer.stage("reference"):
+        from pipeline.runtime import ModelRunner as _Runner
+
+        bundle = {}
+        for variant, c in converted.items():
+            runner = _Runner(c.content, batch_size=vb)
+            raw = runner.run(x_te, dequantize=False)
+            bundle[variant.value] = (c.content, raw, scored[variant].accuracy,
+                                     [o.to_dict() for o in runner.outputs])
+        reference.save(run_dir, x_te, y_te, bundle)
 
     gates = evaluate_gates(cfg, keras_float.accuracy, variants, agreement)
     status = "passed" if all(g.passed for g in gates) else "gates_failed"
@@ -239,6 +266,8 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
         "keras": {"float_accuracy": keras_float.accuracy, "qat_accuracy": keras_qat.accuracy},
         "variants": [v.to_dict() for v in variants.values()],
         "agreement": [a.to_dict() for a in agreement.values()],
+        "comparisons": [a.to_dict() for a in extra_pairs],
+        "layer_parity": None if layer_parity is None else layer_parity.to_dict(),
         "gates": [g.to_dict() for g in gates],
         "timings": timings,
         "model_card": card,

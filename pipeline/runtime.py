@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -102,7 +103,10 @@ def make_interpreter(model: bytes | str | os.PathLike, *, runtime: str | None = 
     else:
         kwargs["model_path"] = os.fspath(model)
     try:
-        with quiet_native_output():
+        with quiet_native_output(), warnings.catch_warnings():
+            # "Enabling experimental_preserve_all_tensors ... for debugging purposes only":
+            # layer parity is exactly that use.
+            warnings.simplefilter("ignore", UserWarning)
             return mod.Interpreter(**kwargs)
     except (ValueError, RuntimeError) as exc:
         where = "<bytes>" if "model_content" in kwargs else kwargs["model_path"]
@@ -161,9 +165,13 @@ class _Worker:
             return self.allocate(1)  # the batch dimension is fixed: one sample per invoke
 
     def run_range(self, prepared: list[np.ndarray], start: int, stop: int, batch: int,
-                  dequantize: bool) -> list[list[np.ndarray]]:
+                  dequantize: bool, extra: dict[int, TensorSpec] | None = None
+                  ) -> list[list[np.ndarray]]:
+        """Outputs (then the ``extra`` tensors, in key order) for samples [start, stop)."""
         batch = self.allocate(batch)
-        chunks: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        extra = extra or {}
+        specs = self.outputs + list(extra.values())
+        chunks: list[list[np.ndarray]] = [[] for _ in specs]
         for lo in range(start, stop, batch):
             hi = min(lo + batch, stop)
             for spec, arr in zip(self.inputs, prepared):
@@ -173,7 +181,7 @@ class _Worker:
                     part = np.concatenate([part, pad])
                 self.interpreter.set_tensor(spec.index, part)
             self.interpreter.invoke()
-            for k, spec in enumerate(self.outputs):
+            for k, spec in enumerate(specs):
                 y = self.interpreter.get_tensor(spec.index)[: hi - lo]
                 chunks[k].append(ModelRunner.read_output(spec, y, dequantize))
         return chunks
@@ -207,6 +215,7 @@ class ModelRunner:
                                     xnnpack=xnnpack, preserve_all_tensors=preserve_all_tensors)
 
         self.interpreter = new()
+        self._preserve = preserve_all_tensors
         self.runtime = resolve_runtime(runtime)[0]
         self.inputs = [TensorSpec.from_details(d) for d in self.interpreter.get_input_details()]
         self.outputs = [TensorSpec.from_details(d) for d in self.interpreter.get_output_details()]
@@ -264,6 +273,31 @@ class ModelRunner:
                     zip(workers, bounds)))
         return [np.concatenate([c for part in parts for c in part[k]])
                 for k in range(len(self.outputs))]
+
+    def run_with_tensors(self, x: np.ndarray | Sequence[np.ndarray], indices: Sequence[int],
+                         *, dequantize: bool = True) -> tuple[list[np.ndarray], dict]:
+        """Outputs plus the (dequantized) values of intermediate tensors ``indices``.
+
+        Needs ``preserve_all_tensors=True`` (otherwise LiteRT reuses intermediate buffers and
+        the values read after ``invoke`` are garbage)."""
+        if not self._preserve:
+            raise UsageError("Reading intermediate tensors needs preserve_all_tensors=True",
+                             list(indices)[:5], "Create the ModelRunner with it")
+        details = {d["index"]: d for d in self.interpreter.get_tensor_details()}
+        extra = {}
+        for i in indices:
+            if i not in details:
+                raise UsageError("No such tensor in the model", i, "Pass tensor indices "
+                                 "from the model's own tensor list")
+            extra[i] = TensorSpec.from_details(details[i])
+        arrays = [x] if isinstance(x, np.ndarray) else list(x)
+        prepared = [self.prepare_input(s, a) for s, a in zip(self.inputs, arrays)]
+        n = len(prepared[0])
+        chunks = self._workers[0].run_range(prepared, 0, n, max(1, min(self.batch_size, n)),
+                                            dequantize, extra)
+        merged = [np.concatenate(c) for c in chunks]
+        k = len(self.outputs)
+        return merged[:k], dict(zip(extra, merged[k:]))
 
     def describe(self) -> dict:
         return {"runtime": self.runtime,

@@ -272,19 +272,7 @@ class TFLiteModel:
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "TFLiteModel":
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            raise ModelFileError("Expected a .tflite file but got a directory", path,
-                                 "Pass the path of a .tflite file")
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise ModelFileError("The .tflite file does not exist", path, "Check the path")
-        except OSError as exc:
-            raise ModelFileError("The .tflite file cannot be read", f"{path} ({exc.strerror})",
-                                 "Check the path and its permissions")
-        return cls.from_bytes(data, source=path)
+        return cls.from_bytes(read_file(path), source=os.fspath(path))
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "TFLiteModel":
@@ -504,6 +492,22 @@ class TFLiteModel:
             reasons.append(f"{len(hybrid)} hybrid (dynamic-range) op(s): {', '.join(hybrid[:3])}")
         return Verdict(not reasons, tuple(reasons), tuple(float_acts), tuple(quant_ops),
                        tuple(hybrid), tuple(float_io))
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a .tflite file, with one-line errors for the usual path mistakes."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ModelFileError("Expected a .tflite file but got a directory", path,
+                             "Pass the path of a .tflite file")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ModelFileError("The .tflite file does not exist", path, "Check the path")
+    except OSError as exc:
+        raise ModelFileError("The .tflite file cannot be read", f"{path} ({exc.strerror})",
+                             "Check the path and its permissions")
 
 
 def check_header(data: bytes, source: str = "<bytes>") -> None:

@@ -48,12 +48,27 @@ def score_keras(name: str, model, x: np.ndarray, y: np.ndarray, batch_size: int 
 
 def score_tflite(name: str, model: bytes | str | os.PathLike, x: np.ndarray, y: np.ndarray, *,
                  batch_size: int = 256, runtime: str | None = None,
-                 num_threads: int | None = None, workers: int = 0) -> Scored:
+                 num_threads: int | None = None, workers: int = 0,
+                 isolate: bool = False, timeout: float | None = None) -> Scored:
+    """Accuracy of a .tflite on (x, y). ``isolate`` runs it in a child process (for files
+    this process did not write: a crash of the interpreter becomes a ModelFileError)."""
+    if isolate:
+        from pipeline.isolated import DEFAULT_TIMEOUT_S, run_isolated
+
+        outs, desc = run_isolated(model, x, batch_size=batch_size, runtime=runtime,
+                                  num_threads=num_threads or None,
+                                  timeout=timeout or DEFAULT_TIMEOUT_S)
+        q = [_quant(d) for d in (desc["outputs"][0], desc["inputs"][0])]
+        return Scored(name, outs[0], accuracy(outs[0], y), q[0], q[1], desc["runtime"])
     runner = ModelRunner(model, batch_size=batch_size, runtime=runtime,
                          num_threads=num_threads or None, workers=default_workers(workers))
     out = runner.run(x)[0]
     return Scored(name, out, accuracy(out, y), runner.outputs[0].quant, runner.inputs[0].quant,
                   runner.runtime)
+
+
+def _quant(d: dict) -> QuantParams | None:
+    return QuantParams(d["scale"], d["zero_point"], d["dtype"]) if d.get("scale") else None
 
 
 def compare(ref: Scored, cand: Scored) -> Agreement:

@@ -47,7 +47,7 @@ def trained_model(env, digits):
     keras_env.set_seed(0)
     model = build(env.keras)
     x, y = digits["x_train"], digits["y_train"]
-    finetune.train_float(model, x[:1200], y[:1200], x[1200:], y[1200:], epochs=15,
+    finetune.train_float(model, x[:1200], y[:1200], x[1200:], y[1200:], epochs=25,
                          learning_rate=3e-3, batch_size=32, from_logits=True, verbose=0)
     return model
 

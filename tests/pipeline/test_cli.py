@@ -145,11 +145,11 @@ def test_convert_and_verify_commands(tmp_path, trained_h5, digits_npz, capsys):
 
     # verify runs in a child process on the real console entry, stdout = JSON only
     r = run_cli("verify", str(out_dir / "ptq_int8.tflite"), "--data", str(digits_npz),
-                "--json", "--min-accuracy", "0.9", "--require-full-int8")
+                "--json", "--min-accuracy", "0.85", "--require-full-int8")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["full_int8"] is True and result["samples"] == 450
-    assert result["accuracy"] >= 0.9
+    assert result["accuracy"] >= 0.85
     assert result["input"]["dtype"] == "INT8"
     r = run_cli("verify", str(out_dir / "float32.tflite"), "--data", str(digits_npz),
                 "--require-full-int8")
