@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--runtime", default=None, choices=["auto", "litert", "tflite_runtime"],
                    help="interpreter package (default: auto)")
+    p.add_argument("--contiguous", action="store_true",
+                   help="one repeat after the other, as on a phone (default: all repeats "
+                   "interleaved in shuffled time slices, robust to a host whose speed drifts)")
+    p.add_argument("--slice-ms", type=float, default=20.0, metavar="MS",
+                   help="time slice of the interleaved mode (default 20)")
     p.add_argument("--wait-quiet", type=float, default=None, metavar="CPUS",
                    help="before each run, wait until other processes use less than this many "
                    "CPUs (e.g. 0.2; bounded by --thermal-timeout)")
@@ -155,7 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # -----------------------------------------------------------------------------------------------
 def _configs(args):
-    from android_harness.protocol import BenchConfig
+    from android_harness.records import BenchConfig
     return [BenchConfig(t, d, args.core_mask) for t in args.threads for d in args.delegate]
 
 
@@ -167,6 +172,8 @@ def _protocol(args):
                     max_temp_c=args.max_temp, thermal_timeout_s=args.thermal_timeout,
                     thermal_poll_s=args.thermal_poll,
                     max_background_cpu=getattr(args, "wait_quiet", None),
+                    interleave=args.command == "host" and not args.contiguous,
+                    slice_s=getattr(args, "slice_ms", 20.0) / 1000.0,
                     reconnect_timeout_s=getattr(args, "reconnect_timeout", 60.0), seed=args.seed,
                     stability_cv=args.stability_cv,
                     op_profiling=getattr(args, "op_profiling", False),
@@ -179,6 +186,10 @@ def _progress(quiet: bool):
 
     def report(target, i, n, job, m):
         if quiet:
+            return
+        if job is None:  # interleaved: one notice before everything is measured at once
+            print(f"[{target}] measuring {n} repeats interleaved, about {m:.0f} s",
+                  file=sys.stderr, flush=True)
             return
         what = (f"p50 {m.median_us:.2f} us, {m.count} invokes" if m.status == "ok" and
                 m.median_us is not None else f"mean {m.mean_us:.2f} us, {m.count} invokes"
@@ -211,7 +222,8 @@ def _pick_serials(args, adb) -> list[str]:
 
 def _run(args, command: str) -> int:
     from android_harness import results
-    from android_harness.protocol import model_infos, now_iso, run_targets
+    from android_harness.protocol import run_targets
+    from android_harness.records import model_infos, now_iso
 
     run_id = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-"
               + secrets.token_hex(2))

@@ -30,8 +30,8 @@ from android_harness.conditions import Device
 from android_harness.errors import (BenchmarkToolError, DeviceUnavailable, HarnessError,
                                     MeasurementFailed, UsageError)
 from android_harness.inputs import ModelInput, load_inputs
-from android_harness.protocol import (Backend, BenchConfig, Job, Measurement, ModelInfo,
-                                      Protocol, now_iso)
+from android_harness.protocol import Backend, Job, Protocol
+from android_harness.records import BenchConfig, Measurement, ModelInfo, now_iso
 
 log = logging.getLogger("android_harness.device")
 

@@ -11,11 +11,13 @@ other integers in [0, 99].
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import glob
 import importlib.metadata as md
 import os
 import platform
+import random
 import resource
 import sys
 import time
@@ -25,8 +27,8 @@ import numpy as np
 
 from android_harness.errors import MeasurementFailed, UsageError
 from android_harness.inputs import ModelInput, load_inputs
-from android_harness.protocol import (Backend, BenchConfig, Job, Measurement, ModelInfo,
-                                      Protocol, now_iso)
+from android_harness.protocol import Backend, Job, Protocol
+from android_harness.records import BenchConfig, Measurement, ModelInfo, now_iso
 from pipeline.errors import QatError
 from pipeline.runtime import make_interpreter, resolve_runtime
 
@@ -67,9 +69,11 @@ def own_cpu_seconds() -> float:
 
 
 class BackgroundMeter:
-    """CPUs' worth of work done by other processes between start() and stop(): the host
-    analogue of a phone's thermal state - on a shared 2-core machine another process on the
-    sibling CPU slows every invoke by ~35 % (measured with benchmarks/harness_host_bench.py)."""
+    """CPUs' worth of work done by other processes between start() and stop(), from
+    /proc/stat minus this process and its children. Recorded with every host repeat: like a
+    phone's temperature, it is a condition that can explain a slow or unstable figure (on the
+    shared 2-core development VM it did not explain the largest swings - those come from the
+    hypervisor's host, see benchmarks/harness_host_bench.py)."""
 
     def start(self) -> None:
         self.t0, self.busy0, self.own0 = time.monotonic(), cpu_busy_seconds(), own_cpu_seconds()
@@ -195,95 +199,166 @@ class HostBackend(Backend):
                 self._inputs[m.label] = load_inputs(self.inputs_spec, m.path)
 
     def measure(self, job: Job, protocol: Protocol) -> Measurement:
-        cfg = job.config
-        old_affinity = os.sched_getaffinity(0) if cfg.core_mask else None
+        return self._guarded([job], protocol, lambda: self._contiguous(job, protocol))[0]
+
+    def measure_interleaved(self, jobs: Sequence[Job], protocol: Protocol) -> list[Measurement]:
+        """All visits at once: one fresh interpreter per job, then time slices of
+        ``protocol.slice_s`` in a seeded shuffled order per round until every job has its
+        runs and seconds - each repeat samples the whole run's time span (see Protocol)."""
+        return self._guarded(jobs, protocol, lambda: self._interleaved(jobs, protocol))
+
+    def _guarded(self, jobs, protocol, fn) -> list[Measurement]:
+        masks = {j.config.core_mask for j in jobs}
+        if len(masks) > 1:
+            raise UsageError("Interleaved runs need one core mask", sorted(map(str, masks)),
+                             "Run the masks separately")
+        mask = jobs[0].config
+        old_affinity = os.sched_getaffinity(0) if mask.core_mask else None
         try:
-            if cfg.core_mask:
-                os.sched_setaffinity(0, cfg.cores())
-            return self._measure(job, protocol)
+            if mask.core_mask:
+                os.sched_setaffinity(0, mask.cores())
+            return fn()
         except (ValueError, RuntimeError) as exc:
-            raise MeasurementFailed("The interpreter failed", f"{job.model.label} "
-                                    f"{cfg.key}", str(exc).splitlines()[0])
+            raise MeasurementFailed("The interpreter failed", f"{jobs[0].model.label} "
+                                    f"{jobs[0].config.key}", str(exc).splitlines()[0])
         finally:
             if old_affinity is not None:
                 os.sched_setaffinity(0, old_affinity)
 
-    def _measure(self, job: Job, protocol: Protocol) -> Measurement:
-        cfg, pc = job.config, time.perf_counter_ns
+    def _contiguous(self, job: Job, protocol: Protocol) -> list[Measurement]:
         started, wall0 = now_iso(), time.monotonic()
         meter = BackgroundMeter()
         meter.start()
         rss0 = rss_mb()
-        t0 = pc()
-        interp = make_interpreter(job.model.path, runtime=self.runtime_name,
-                                  num_threads=cfg.threads, xnnpack=cfg.delegate == "xnnpack")
-        interp.allocate_tensors()
-        init_us = (pc() - t0) / 1e3
-        rss_init = rss0 and rss_mb()
-        details = interp.get_input_details()
-        real = self._inputs.get(job.model.label)
-        if real:
-            feeds = [[inp.batch(i) for i in range(inp.count)] for inp in real]
-        else:  # one random sample per input, seeded per model x repeat (reproducible)
-            rng = np.random.default_rng([protocol.seed, job.repeat,
-                                         int(job.model.sha256[:8], 16)])
-            feeds = [[random_input(d["shape"], d["dtype"], rng)] for d in details]
-        indices = [d["index"] for d in details]
-        set_tensor, invoke = interp.set_tensor, interp.invoke
-        n_feeds = max(len(f) for f in feeds)
-
-        def feed(k: int) -> None:
-            for idx, values in zip(indices, feeds):
-                set_tensor(idx, values[k % len(values)])
-
-        max_end = pc() + int(protocol.max_seconds * 1e9)
-        feed(0)
-        t0 = pc()
-        invoke()
-        first_us = (pc() - t0) / 1e3
-        warm = [first_us]
-        warm_end = pc() + int(protocol.warmup_seconds * 1e9)
-        while (len(warm) < protocol.warmup_runs or pc() < warm_end) and pc() < max_end:
-            if n_feeds > 1:
-                feed(len(warm))
-            t0 = pc()
-            invoke()
-            warm.append((pc() - t0) / 1e3)
-        lat: list[int] = []
-        append = lat.append
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            end = pc() + int(protocol.min_seconds * 1e9)
-            k = 0
-            while len(lat) < protocol.min_runs or pc() < end:
-                if n_feeds > 1:
-                    feed(k)
-                    k += 1
-                t0 = pc()
-                invoke()
-                t1 = pc()
-                append(t1 - t0)
-                if t1 > max_end:
-                    break
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-        background = meter.stop()
-        us = np.asarray(lat, dtype=np.float64) / 1e3
+        inst = _Instance(self, job, protocol)
+        with _gc_paused():
+            inst.run(time.perf_counter_ns() + int(protocol.min_seconds * 1e9), protocol.min_runs)
         rss_end = rss_mb()
         memory = {}
         if rss0 is not None:
-            memory = {"init_mb": round(rss_init - rss0, 4), "overall_mb": round(rss_end - rss0, 4),
+            memory = {"init_mb": round(inst.rss_init - rss0, 4),
+                      "overall_mb": round(rss_end - rss0, 4),
                       "source": "RSS delta of this process (/proc/self/statm)"}
+        return [inst.measurement(started, time.monotonic() - wall0, memory, meter.stop())]
+
+    def _interleaved(self, jobs: Sequence[Job], protocol: Protocol) -> list[Measurement]:
+        started, wall0 = now_iso(), time.monotonic()
+        meter = BackgroundMeter()
+        meter.start()
+        instances = []
+        for job in jobs:  # built and warmed up one after the other, in schedule order
+            rss0 = rss_mb()
+            inst = _Instance(self, job, protocol)
+            inst.memory = ({"init_mb": round(inst.rss_init - rss0, 4),
+                            "source": "RSS delta while building this interpreter"}
+                           if rss0 is not None else {})
+            instances.append(inst)
+        rng = random.Random(protocol.seed)
+        need_ns = int(protocol.min_seconds * 1e9)
+        cap_ns = int(protocol.max_seconds * 1e9)
+        slice_ns = int(protocol.slice_s * 1e9)
+        with _gc_paused():
+            while any(i.busy_ns < need_ns or len(i.lat) < protocol.min_runs for i in instances):
+                order = list(instances)
+                rng.shuffle(order)
+                for inst in order:
+                    inst.run(time.perf_counter_ns() + slice_ns, 1)
+                if all(i.busy_ns >= cap_ns for i in instances):
+                    break
+        background = meter.stop()
+        wall = time.monotonic() - wall0
+        return [i.measurement(started, wall, i.memory, background) for i in instances]
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+class _Instance:
+    """One fresh interpreter for one job: built, fed, warmed up, then timed on demand."""
+
+    def __init__(self, backend: HostBackend, job: Job, protocol: Protocol):
+        pc = time.perf_counter_ns
+        self.job, self.protocol = job, protocol
+        cfg = job.config
+        t0 = pc()
+        interp = make_interpreter(job.model.path, runtime=backend.runtime_name,
+                                  num_threads=cfg.threads, xnnpack=cfg.delegate == "xnnpack")
+        interp.allocate_tensors()
+        self.init_us = (pc() - t0) / 1e3
+        self.rss_init = rss_mb()
+        details = interp.get_input_details()
+        real = backend._inputs.get(job.model.label)
+        if real:
+            self.feeds = [[inp.batch(i) for i in range(inp.count)] for inp in real]
+        else:  # one random sample per input, seeded per model x repeat (reproducible)
+            rng = np.random.default_rng([protocol.seed, job.repeat,
+                                         int(job.model.sha256[:8], 16)])
+            self.feeds = [[random_input(d["shape"], d["dtype"], rng)] for d in details]
+        self.indices = [d["index"] for d in details]
+        self.set_tensor, self.invoke = interp.set_tensor, interp.invoke
+        self.interp = interp
+        self.n_feeds = max(len(f) for f in self.feeds)
+        self.k = 0
+        self.lat: list[int] = []
+        self.busy_ns = 0
+        self.memory: dict = {}
+        max_end = pc() + int(protocol.max_seconds * 1e9)
+        self.feed(0)
+        t0 = pc()
+        self.invoke()
+        self.first_us = (pc() - t0) / 1e3
+        self.warm = [self.first_us]
+        warm_end = pc() + int(protocol.warmup_seconds * 1e9)
+        while (len(self.warm) < protocol.warmup_runs or pc() < warm_end) and pc() < max_end:
+            self.feed(len(self.warm))
+            t0 = pc()
+            self.invoke()
+            self.warm.append((pc() - t0) / 1e3)
+
+    def feed(self, k: int) -> None:
+        if k == 0 or self.n_feeds > 1:
+            for idx, values in zip(self.indices, self.feeds):
+                self.set_tensor(idx, values[k % len(values)])
+
+    def run(self, until_ns: int, min_runs: int) -> None:
+        """Timed invokes until ``until_ns`` and at least ``min_runs`` of them (this call),
+        bounded by --max-seconds of timed work in total."""
+        pc, invoke, append = time.perf_counter_ns, self.invoke, self.lat.append
+        cap = int(self.protocol.max_seconds * 1e9)
+        n = 0
+        while n < min_runs or pc() < until_ns:
+            if self.n_feeds > 1:
+                self.feed(self.k)
+                self.k += 1
+            t0 = pc()
+            invoke()
+            dt = pc() - t0
+            append(dt)
+            self.busy_ns += dt
+            n += 1
+            if self.busy_ns > cap:
+                break
+
+    def measurement(self, started: str, wall_s: float, memory: dict,
+                    background: float | None) -> Measurement:
+        job, cfg = self.job, self.job.config
+        us = np.asarray(self.lat, dtype=np.float64) / 1e3
         return Measurement(
             job.model.label, cfg.key, job.repeat, job.order, started_at=started,
-            wall_s=time.monotonic() - wall0, latencies_us=us.round(3).tolist(), count=int(us.size),
+            wall_s=wall_s, latencies_us=us.round(3).tolist(), count=int(us.size),
             mean_us=float(us.mean()), std_us=float(us.std()), min_us=float(us.min()),
             max_us=float(us.max()), median_us=float(np.median(us)),
             p5_us=float(np.percentile(us, 5)), p95_us=float(np.percentile(us, 95)),
-            init_us=init_us, first_us=first_us, warmup_avg_us=float(np.mean(warm)),
-            warmup_count=len(warm), memory=memory,
-            background_cpu=None if background is None else round(background, 3),
+            init_us=self.init_us, first_us=self.first_us,
+            warmup_avg_us=float(np.mean(self.warm)), warmup_count=len(self.warm),
+            memory=memory, background_cpu=None if background is None else round(background, 3),
             delegation={"delegate": "XNNPACK", "status": "default"} if cfg.delegate == "xnnpack"
             else {"delegate": None, "status": "builtin kernels"})

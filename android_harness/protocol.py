@@ -1,4 +1,4 @@
-"""The measurement protocol, identical on a phone and on the host.
+"""The measurement protocol, for a phone and for the host.
 
 For every target (a device or this machine): record the conditions; then R rounds, each visiting
 every model x configuration once in a seeded shuffled order (so drift - heating, a background
@@ -8,30 +8,32 @@ visits: a cooldown (30 s on a device, none on the host) and, optionally, a wait 
 hottest thermal zone is below a threshold. Thermal zones are read before and after every visit.
 A visit that fails (device gone after one reconnect attempt, tool error) is recorded as failed
 and the run continues.
+
+Interleaved mode (the host's default; ``--contiguous`` turns it off): every visit gets its own
+fresh interpreter up front, then the visits take turns in short time slices, in a seeded shuffled order per round,
+until each has its runs and seconds. Each repeat then samples the whole run's time span rather
+than one stretch of it. On a machine whose speed changes by tens of percent every few seconds
+for reasons outside its control (a shared cloud host), contiguous repeats land in different
+speed regimes and their medians disagree; interleaved repeats see the same mix
+(benchmarks/harness_host_bench.py measures both). A phone cannot interleave: each visit is one
+benchmark_model process, and the cooldown between visits is part of the protocol.
 """
 
 from __future__ import annotations
 
 import abc
-import datetime as _dt
-import os
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Callable, Sequence
 
-from android_harness.benchmark_tool import DELEGATES, file_sha256
 from android_harness.errors import MeasurementFailed, UsageError
+from android_harness.records import BenchConfig, Measurement, ModelInfo, now_iso
 from pipeline.errors import QatError
 
 DEVICE_COOLDOWN_S = 30.0
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class Protocol:
     cooldown_s: float | None = None  # None: the backend's default (30 s device, 0 host)
     max_temp_c: float | None = None  # wait until the hottest zone is below this
     max_background_cpu: float | None = None  # host: wait until other processes use less
+    # Host only: run all visits at once in time slices (see the module docstring).
+    interleave: bool = False
+    slice_s: float = 0.02
     thermal_timeout_s: float = 300.0
     thermal_poll_s: float = 5.0
     reconnect_timeout_s: float = 60.0
@@ -61,7 +66,7 @@ class Protocol:
                   ("thermal_timeout_s", self.thermal_timeout_s >= 0),
                   ("thermal_poll_s", self.thermal_poll_s > 0),
                   ("reconnect_timeout_s", self.reconnect_timeout_s > 0),
-                  ("stability_cv", 0 < self.stability_cv < 1)]
+                  ("stability_cv", 0 < self.stability_cv < 1), ("slice_s", self.slice_s > 0)]
         if self.cooldown_s is not None:
             checks.append(("cooldown_s", self.cooldown_s >= 0))
         if self.max_background_cpu is not None:
@@ -79,74 +84,6 @@ class Protocol:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """One configuration of the runtime: threads, delegate, CPU core mask (taskset)."""
-
-    threads: int
-    delegate: str = "xnnpack"
-    core_mask: str | None = None  # hex, taskset style, e.g. "f0" = cores 4-7
-
-    def __post_init__(self):
-        if self.threads < 1:
-            raise UsageError("Thread counts must be at least 1", self.threads,
-                             "Pass e.g. --threads 1,4")
-        if self.delegate not in DELEGATES:
-            raise UsageError("Unknown delegate", self.delegate, f"Use one of: {', '.join(DELEGATES)}")
-        if self.core_mask is not None:
-            try:
-                if int(self.core_mask, 16) <= 0:
-                    raise ValueError
-            except ValueError:
-                raise UsageError("The core mask must be a non-zero hex number (taskset style)",
-                                 self.core_mask, "Pass e.g. --core-mask f0 for cores 4-7")
-
-    @property
-    def key(self) -> str:
-        return f"t{self.threads}/{self.delegate}" + (f"/mask={self.core_mask}"
-                                                       if self.core_mask else "")
-
-    def cores(self) -> list[int]:
-        mask = int(self.core_mask or "0", 16)
-        return [i for i in range(mask.bit_length()) if mask >> i & 1]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    label: str
-    path: str
-    sha256: str
-    size_bytes: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def model_infos(paths: Sequence[str | os.PathLike]) -> list[ModelInfo]:
-    """Label each model by its file stem, adding parent folders until labels are unique."""
-    resolved = []
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise UsageError("Model file does not exist", os.fspath(p), "Check the path")
-        resolved.append(path)
-    if len({p.resolve() for p in resolved}) != len(resolved):
-        raise UsageError("The same model was given twice", [os.fspath(p) for p in resolved],
-                         "Pass each .tflite once")
-    depth = 1
-    while True:
-        labels = ["/".join((*p.resolve().parent.parts[-(depth - 1):], p.stem) if depth > 1
-                           else (p.stem,)) for p in resolved]
-        if len(set(labels)) == len(labels):
-            break
-        depth += 1
-    return [ModelInfo(label, os.fspath(p), file_sha256(p), p.stat().st_size)
-            for label, p in zip(labels, resolved)]
 
 
 @dataclass(frozen=True)
@@ -168,55 +105,6 @@ def make_schedule(models: Sequence[ModelInfo], configs: Sequence[BenchConfig], r
         rng.shuffle(order)
         jobs += [Job(m, c, r, len(jobs) + i) for i, (m, c) in enumerate(order)]
     return jobs
-
-
-@dataclass
-class Measurement:
-    """One visit: one model x config x repeat on one target. Latencies in microseconds."""
-
-    model: str
-    config: str
-    repeat: int
-    order: int
-    status: str = "ok"  # 'ok' | 'failed'
-    error: str | None = None
-    started_at: str | None = None
-    wall_s: float | None = None
-    attempts: int = 1
-    cooldown_s: float = 0.0
-    wait_s: float = 0.0  # waiting to cool down (--max-temp) or for quiet (--wait-quiet)
-    wait_timed_out: bool = False
-    background_cpu: float | None = None  # CPUs' worth of other processes during the visit
-    thermal_before: dict | None = None
-    thermal_after: dict | None = None
-    latencies_us: list[float] | None = None  # per invoke, where the backend sees them
-    count: int = 0
-    mean_us: float | None = None
-    std_us: float | None = None
-    min_us: float | None = None
-    max_us: float | None = None
-    median_us: float | None = None
-    p5_us: float | None = None
-    p95_us: float | None = None
-    init_us: float | None = None
-    first_us: float | None = None
-    warmup_avg_us: float | None = None
-    warmup_count: int | None = None
-    memory: dict = field(default_factory=dict)
-    delegation: dict | None = None
-    op_profile: list | None = None
-    raw_log: str | None = None
-
-    @classmethod
-    def failed(cls, job: Job, error: str, attempts: int = 1) -> "Measurement":
-        return cls(job.model.label, job.config.key, job.repeat, job.order, status="failed",
-                   error=error, attempts=attempts, started_at=now_iso())
-
-    def to_dict(self, with_latencies: bool = True) -> dict:
-        d = asdict(self)
-        if not with_latencies:
-            d.pop("latencies_us")
-        return d
 
 
 class Backend(abc.ABC):
@@ -320,6 +208,8 @@ def run_target(backend: Backend, models: Sequence[ModelInfo], configs: Sequence[
         backend.close()
         return run
     schedule = make_schedule(models, configs, protocol.repeats, protocol.seed)
+    if protocol.interleave:
+        return _run_interleaved(backend, run, schedule, protocol, progress)
     cooldown = protocol.cooldown_for(backend)
     lost: str | None = None
     try:
@@ -361,6 +251,35 @@ def run_target(backend: Backend, models: Sequence[ModelInfo], configs: Sequence[
     if run.measurements and all(m.status == "failed" for m in run.measurements) \
             and run.status == "ok":
         run.status, run.error = "failed", run.measurements[-1].error
+    return run
+
+
+def _run_interleaved(backend: Backend, run: TargetRun, schedule: list[Job], protocol: Protocol,
+                     progress: Progress | None) -> TargetRun:
+    measure = getattr(backend, "measure_interleaved", None)
+    try:
+        if measure is None:
+            raise UsageError("Interleaved runs are a host feature", backend.kind,
+                             "Drop --interleave (phones run one benchmark_model at a time)")
+        waited, timed_out = wait_until_cool(backend, protocol, None)
+        before = _safe_thermal(backend)
+        if progress is not None:
+            estimate = len(schedule) * (protocol.min_seconds + protocol.warmup_seconds)
+            progress(backend.target_id, 0, len(schedule), None, estimate)
+        try:
+            ms = measure(schedule, protocol)
+        except MeasurementFailed as exc:
+            ms = [Measurement.failed(job, str(exc)) for job in schedule]
+        after = _safe_thermal(backend)
+        for job, m in zip(schedule, ms):
+            run.measurements.append(replace(m, thermal_before=before, thermal_after=after,
+                                            wait_s=waited, wait_timed_out=timed_out))
+            if progress is not None:
+                progress(backend.target_id, job.order + 1, len(schedule), job, m)
+        run.conditions_end = backend.conditions()
+    finally:
+        backend.close()
+        run.finished_at = now_iso()
     return run
 
 

@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from android_harness import stats
-from android_harness.protocol import BenchConfig, ModelInfo, Protocol, TargetRun
+from android_harness.protocol import Protocol, TargetRun
+from android_harness.records import BenchConfig, ModelInfo
 
 SCHEMA_VERSION = 1
 # Per-invoke latencies kept in results.json per repeat; the statistics use all of them, the

@@ -22,11 +22,12 @@ from pipeline.runtime import ModelRunner
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_host_run_records_every_invoke(tiny_models, run_cli, fast, tmp_path):
+@pytest.mark.parametrize("mode", [[], ["--contiguous"]], ids=["interleaved", "contiguous"])
+def test_host_run_records_every_invoke(tiny_models, run_cli, fast, tmp_path, mode):
     out = tmp_path / "out"
     code, stdout, err = run_cli("host", tiny_models["float32"], tiny_models["qat_int8"],
                                 "--threads", "1,2", "--delegate", "xnnpack,cpu", "--repeats", "2",
-                                "--min-runs", "30", "--out", out, *fast)
+                                "--min-runs", "30", "--out", out, *fast, *mode)
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
     assert doc["schema_version"] == 1 and doc["command"] == "host"
@@ -53,6 +54,22 @@ def test_host_run_records_every_invoke(tiny_models, run_cli, fast, tmp_path):
         assert f32["ratio_to_baseline"] == 1.0
         assert i8["ratio_to_baseline"] == pytest.approx(i8["p50_us"] / f32["p50_us"])
     assert "| host | qat_int8 | t1/xnnpack | 2/2 |" in stdout
+    assert doc["protocol"]["interleave"] == (mode == [])
+
+
+def test_interleaved_repeats_each_get_their_seconds(tiny_models, run_cli, fast, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run_cli("host", tiny_models["float32"], tiny_models["qat_int8"], "--repeats",
+                           "3", "--out", out, *fast, "--min-seconds", "0.1", "--slice-ms", "5")
+    assert code == 0, err
+    doc = json.loads((out / "results.json").read_text())
+    ms = [m for r in doc["results"] for m in r["repeat_measurements"]]
+    assert len(ms) == 6 and len({m["wall_s"] for m in ms}) == 1  # measured together
+    for m in ms:
+        # at least --min-seconds of timed invokes (count and mean cover every invoke; the
+        # stored series may be subsampled)
+        assert m["count"] * m["mean_us"] >= 0.1e6 * (1 - 1e-9)
+        assert m["memory"]["init_mb"] is not None and m["first_us"] > 0
 
 
 def test_host_real_inputs_are_quantized_per_model(tiny_models, inputs_npz):

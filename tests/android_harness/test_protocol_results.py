@@ -12,8 +12,8 @@ import pytest
 
 from android_harness import results
 from android_harness.errors import UsageError
-from android_harness.protocol import (BenchConfig, Measurement, ModelInfo, Protocol, TargetRun,
-                                      make_schedule, model_infos)
+from android_harness.protocol import Protocol, TargetRun, make_schedule
+from android_harness.records import BenchConfig, Measurement, ModelInfo, model_infos
 
 SEED = 0
 
