@@ -29,6 +29,9 @@ FLOAT_TYPES = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"}
 INT8_TYPES = {"INT8", "UINT8"}
 # Limits that no real mobile model reaches; a crafted file claiming more is rejected early.
 _MAX_ELEMENTS = 1 << 24
+# LiteRT segfaults allocating a tensor whose claimed shape overflows (found by fuzzing:
+# one corrupted dimension of an activation shape); refuse anything over 2 GiB per tensor.
+_MAX_TENSOR_BYTES = 1 << 31
 
 
 class TFLiteFormatError(ModelFileError):
@@ -365,6 +368,17 @@ class TFLiteModel:
             for t in sg.tensors:
                 if any(d < -1 for d in t.shape) or any(d < -1 for d in t.shape_signature):
                     raise buf.fail(f"tensor {t.index} has a negative dimension {t.shape}")
+                nbytes = math.prod(max(d, 1) for d in t.shape) * (_BITS.get(t.dtype) or 8) / 8
+                if nbytes > _MAX_TENSOR_BYTES:
+                    raise buf.fail(f"tensor {t.index} ({t.name!r}) claims shape {list(t.shape)} "
+                                   f"({nbytes / 2**30:.0f} GiB)")
+                q = t.quantization
+                if q is not None and len(q.scales) > 1:
+                    dim = q.quantized_dimension
+                    if not 0 <= dim < len(t.shape) or t.shape[dim] != len(q.scales) or \
+                            len(q.zero_points) not in (0, 1, len(q.scales)):
+                        raise buf.fail(f"tensor {t.index} has {len(q.scales)} per-channel scales "
+                                       f"for dimension {dim} of shape {list(t.shape)}")
                 if t.is_constant and not t.sparse:
                     bits = _BITS.get(t.dtype)
                     elements = math.prod(t.shape) if t.shape else 1

@@ -81,6 +81,16 @@ def tflite_variants(trained_model, qat_model, digits):
             for v in Variant}
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, env):
+    """The README's main job (`qat run digits_cnn`), run once: (exit code, run directory)."""
+    from pipeline.cli import main, parse_args
+
+    out = tmp_path_factory.mktemp("demo")
+    code = main(parse_args(["run", "digits_cnn", "--output", str(out), "--quiet"]))
+    return code, out / "digits_cnn"
+
+
 def run_cli(*args: str, cwd: Path | None = None, env_extra: dict | None = None,
             timeout: int = 300, module: str = "pipeline") -> subprocess.CompletedProcess:
     """Run ``python -m <module> ARGS`` in a child process (the real console entry)."""

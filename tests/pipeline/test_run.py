@@ -24,11 +24,9 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory, env):
-    out = tmp_path_factory.mktemp("demo")
-    code = main(parse_args(["run", "digits_cnn", "--output", str(out), "--quiet"]))
-    return code, out / "digits_cnn"
+@pytest.fixture
+def demo(demo_run):
+    return demo_run
 
 
 def test_demo_writes_every_artifact_and_exits_0(demo):
