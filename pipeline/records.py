@@ -43,13 +43,24 @@ class QuantParams:
         return self.scale != 0.0
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
+        """round(x / scale) + zero_point, saturated, as TFLite's own QUANTIZE kernel does it
+        (reference_ops::AffineQuantize: float32, std::round = half away from zero), in place
+        on one temporary: this runs on every verified sample."""
         info = np.iinfo(self.dtype)
-        q = np.round(np.asarray(x, dtype=np.float64) / self.scale) + self.zero_point
-        return np.clip(q, info.min, info.max).astype(self.dtype)
+        v = np.divide(np.asarray(x, dtype=np.float32), np.float32(self.scale), dtype=np.float32)
+        q = np.abs(v)
+        q += np.float32(0.5)
+        np.floor(q, out=q)
+        np.copysign(q, v, out=q)
+        q += np.float32(self.zero_point)
+        np.clip(q, info.min, info.max, out=q)
+        return q.astype(self.dtype)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
-        return ((np.asarray(q).astype(np.float32) - np.float32(self.zero_point))
-                * np.float32(self.scale))
+        y = np.asarray(q).astype(np.float32)
+        y -= np.float32(self.zero_point)
+        y *= np.float32(self.scale)
+        return y
 
     def to_dict(self) -> dict:
         return asdict(self)

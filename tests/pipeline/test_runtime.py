@@ -15,6 +15,9 @@ def test_quant_params_round_trip():
     inside = np.abs(x) < 6.2  # representable range: 0.05 * (-128 + 3) .. 0.05 * (127 + 3)
     assert np.all(np.abs(r[inside] - x[inside]) <= 0.025 + 1e-7)  # half an LSB
     assert q.quantize(np.array([100.0])).item() == 127  # saturates
+    # half away from zero, like TFLite's QUANTIZE kernel (std::round), not numpy's half-even
+    one = QuantParams(1.0, 0)
+    assert one.quantize(np.array([2.5, -2.5, 0.5, 1.5])).tolist() == [3, -3, 1, 2]
 
 
 @pytest.mark.parametrize("variant", list(Variant))
