@@ -190,8 +190,9 @@ def markdown(doc: dict) -> str:
     head = ["target", "model", "config", "repeats", "p50 us", "p90 us", "p99 us",
             "95% CI of p50 (us)", "CV of repeat medians", "stability", "init us",
             f"x {doc['baseline']}"]
+    order = "interleaved" if doc["protocol"].get("interleave") else "shuffled"
     lines = [f"Run `{doc['run_id']}` ({doc['command']}), median over "
-             f"{doc['protocol']['repeats']} shuffled repeats; ratio = p50 / p50 of "
+             f"{doc['protocol']['repeats']} {order} repeats; ratio = p50 / p50 of "
              f"`{doc['baseline']}` on the same target and config.", ""]
     lines += [_target_line(t) for t in doc["targets"]] + [""]
     lines += ["| " + " | ".join(head) + " |",

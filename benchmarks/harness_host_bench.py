@@ -4,14 +4,21 @@
    per-repeat medians of each model (target <= 3 % on this 2-core machine), in the host's
    default interleaved mode and, for comparison, with ``--contiguous`` (one repeat after the
    other, as on a phone).
-2. Agreement: our host median against LiteRT's own
-   ``ai_edge_litert/tools/benchmark_litert_model.py`` (CompiledModel API, its own timing loop)
-   on the same model and threads, run as a subprocess, as many runs per process as one of our
-   repeats takes, once per repeat (target: within 10 %).
+2. Agreement with LiteRT's own ``ai_edge_litert/tools/benchmark_litert_model.py`` (CompiledModel
+   API, its own timing loop) on the same model and threads (target: within 10 %). Paired
+   design: in each of --repeats rounds, for each model in a shuffled order, one contiguous
+   harness repeat (a ``android-harness host --contiguous --repeats 1`` process) and right after
+   it one run of the LiteRT tool (a subprocess) of the same duration; the figure is the median
+   of the per-pair ratios, so both tools see the same stretch of machine speed.
+   Each tool times a Python call around the model (``Interpreter.invoke()`` for us,
+   ``CompiledModel.run_by_name()`` for LiteRT's tool), so each includes its own per-call cost;
+   a one-op model measures it (it dominates a ~10 us model), and a ~5 ms CNN shows the
+   agreement where compute dominates.
 3. The ratio of each model to float32.
 
 Models: artifacts/digits_cnn/*.tflite when the pipeline has produced them
-(``qat run models/digits_cnn.toml``), else a small CNN of the same shape built here.
+(``qat run models/digits_cnn.toml``), else a digits-sized CNN built here; plus, built here,
+``probe_add`` (one op) and ``cnn64`` (a 64x64x3 CNN).
 
 Why two modes: the development VM's speed changes by ~35 % in both directions every few seconds
 (a digits-sized model alternates between ~11.7 and ~15.6 us per invoke, with the same ratio on
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -36,9 +44,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from android_harness.host import BackgroundMeter  # noqa: E402
 
 # benchmark_litert_model.py rounds its JSON to 0.01 ms, which cannot resolve a ~10 us model.
 # The tool runs unmodified; only the ``round`` it looks up in its own module is shadowed so
@@ -52,63 +57,63 @@ tool.main()
 """
 
 
-def find_models(arg: list[str] | None) -> tuple[list[Path], str]:
-    if arg:
-        return [Path(p) for p in arg], "given on the command line"
-    art = sorted((REPO / "artifacts" / "digits_cnn").glob("*.tflite"))
-    if any(p.stem == "float32" for p in art) and len(art) > 1:
-        return art, "artifacts/digits_cnn (pipeline output)"
-    out = Path(tempfile.mkdtemp(prefix="harness-bench-"))
-    return build_models(out), "built here (no artifacts/digits_cnn yet)"
-
-
-def build_models(out: Path) -> list[Path]:
-    """A digits-sized CNN (8x8x1 -> 10): float32 and full-int8 (named qat_int8)."""
-    import numpy as np
-
+def _tf():
     from pipeline import keras_env
 
     env = keras_env.load()
-    tf, keras = env.tf, env.keras
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inp)
-    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
-    x = keras.layers.Flatten()(x)
-    model = keras.Model(inp, keras.layers.Dense(10)(keras.layers.Dense(64, "relu")(x)))
-    paths = [out / "float32.tflite", out / "qat_int8.tflite"]
-    paths[0].write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    env.keras.utils.set_random_seed(0)
+    return env.tf, env.keras
+
+
+def _int8(tf, model, shape, path: Path) -> None:
+    import numpy as np
+
     rng = np.random.default_rng(0)
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([rng.uniform(0, 1, (1, 8, 8, 1)).astype(np.float32)]
+    conv.representative_dataset = lambda: ([rng.uniform(0, 1, (1, *shape)).astype(np.float32)]
                                            for _ in range(32))
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = conv.inference_output_type = tf.int8
-    paths[1].write_bytes(conv.convert())
+    path.write_bytes(conv.convert())
+
+
+def digits_models(out: Path) -> list[Path]:
+    """A digits-sized CNN (8x8x1 -> 10): float32 and full-int8 (named qat_int8)."""
+    tf, keras = _tf()
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+    x = keras.layers.Dense(64, activation="relu")(keras.layers.Flatten()(x))
+    model = keras.Model(inp, keras.layers.Dense(10)(x))
+    paths = [out / "float32.tflite", out / "qat_int8.tflite"]
+    paths[0].write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    _int8(tf, model, (8, 8, 1), paths[1])
     return paths
 
 
-def wait_quiet(limit: float, timeout: float) -> float | None:
-    """Block until other processes use < limit CPUs (0.5 s samples); the last load seen."""
-    end = time.monotonic() + timeout
-    while True:
-        meter = BackgroundMeter()
-        meter.start()
-        time.sleep(0.5)
-        load = meter.stop()
-        if load is None or load < limit or time.monotonic() > end:
-            return load
+def extra_models(out: Path) -> list[Path]:
+    """probe_add: a single ADD (the per-call cost of each API); cnn64: ~5 ms of convolutions."""
+    tf, keras = _tf()
+    x = keras.Input((4,))
+    probe = keras.Model(x, keras.layers.Add()([x, x]))
+    inp = keras.Input((64, 64, 3))
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inp)
+    h = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(128, 3, padding="same", activation="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    cnn = keras.Model(inp, keras.layers.Dense(10)(h))
+    paths = [out / "probe_add.tflite", out / "cnn64.tflite"]
+    paths[0].write_bytes(tf.lite.TFLiteConverter.from_keras_model(probe).convert())
+    paths[1].write_bytes(tf.lite.TFLiteConverter.from_keras_model(cnn).convert())
+    return paths
 
 
-def run_harness(models: list[Path], args, out: Path, *extra: str) -> dict:
+def harness(models: list[Path], args, out: Path, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "android_harness", "host", *map(str, models),
-           "--threads", str(args.threads), "--repeats", str(args.repeats),
-           "--min-seconds", str(args.min_seconds), "--seed", "0", "--json", "-q",
-           "--out", str(out), *extra]
-    if args.wait_quiet is not None:
-        cmd += ["--wait-quiet", str(args.wait_quiet), "--thermal-poll", "0.5",
-                "--thermal-timeout", str(args.quiet_timeout)]
+           "--threads", str(args.threads), "--min-seconds", str(args.min_seconds),
+           "--seed", "0", "--json", "-q", "--out", str(out), *extra]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     if res.returncode not in (0, 1):
@@ -116,19 +121,41 @@ def run_harness(models: list[Path], args, out: Path, *extra: str) -> dict:
     return json.loads(res.stdout)
 
 
-def run_reference(model: Path, args, runs: int, out: Path) -> tuple[float, float | None]:
-    """One benchmark_litert_model.py process; (median us, background CPU during it)."""
-    meter = BackgroundMeter()
-    meter.start()
+def reference(model: Path, args, runs: int, out: Path) -> float:
+    """One benchmark_litert_model.py process; its median in us."""
     res = subprocess.run([sys.executable, "-c", REFERENCE_DRIVER, "--model", str(model),
                           "--num_threads", str(args.threads), "--num_runs", str(runs),
                           "--warmup_runs", "50", "--result_json", str(out)],
                          capture_output=True, text=True)
-    load = meter.stop()  # the child's own CPU time is counted as ours (RUSAGE_CHILDREN)
     if res.returncode != 0:
         sys.exit(f"benchmark_litert_model.py failed: {res.stderr.strip()[-500:]}")
-    median_us = json.loads(out.read_text())["latency"]["median_ms"] * 1000.0
-    return median_us, load
+    return json.loads(out.read_text())["latency"]["median_ms"] * 1000.0
+
+
+def stability(models: list[Path], args, tmp: Path) -> dict[str, dict[str, dict]]:
+    out = {}
+    for mode, extra in (("interleaved", ()), ("contiguous", ("--contiguous",))):
+        doc = harness(models, args, tmp / mode, "--repeats", str(args.repeats), *extra)
+        out[mode] = {r["model"]: r for r in doc["results"]}
+        out["_target"] = doc["targets"][0]
+    return out
+
+
+def agreement(models: list[Path], args, tmp: Path) -> dict[str, list[tuple[float, float]]]:
+    """(ours, LiteRT tool) median pairs, adjacent in time, per model."""
+    pairs: dict[str, list[tuple[float, float]]] = {p.stem: [] for p in models}
+    rng = random.Random(0)
+    for r in range(args.repeats):
+        order = list(models)
+        rng.shuffle(order)
+        for path in order:
+            doc = harness([path], args, tmp / f"pair_{r}_{path.stem}", "--contiguous",
+                          "--repeats", "1")
+            ours = doc["results"][0]["p50_us"]
+            runs = max(50, round(args.min_seconds * 1e6 / ours))
+            theirs = reference(path, args, runs, tmp / f"ref_{r}_{path.stem}.json")
+            pairs[path.stem].append((ours, theirs))
+    return pairs
 
 
 def main() -> int:
@@ -137,76 +164,77 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--min-seconds", type=float, default=3.0)
-    ap.add_argument("--wait-quiet", type=float, default=None, metavar="CPUS",
-                    help="wait until other processes use less than this before each run")
-    ap.add_argument("--quiet-timeout", type=float, default=120.0, metavar="SECONDS")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
 
-    models, source = find_models(args.models)
-    print(f"models: {', '.join(p.name for p in models)} ({source}); threads {args.threads}; "
-          f"{args.repeats} repeats of >= {args.min_seconds:g} s", flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix="harness-bench-out-"))
-    t0 = time.monotonic()
-    doc = run_harness(models, args, tmp / "interleaved")
-    ours = {r["model"]: r for r in doc["results"]}
-    contiguous = {r["model"]: r for r in run_harness(models, args, tmp / "contiguous",
-                                                     "--contiguous")["results"]}
-    print(f"harness, both modes: {time.monotonic() - t0:.0f} s", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="harness-bench-"))
+    if args.models:
+        models, source = [Path(p) for p in args.models], "given on the command line"
+    else:
+        art = sorted((REPO / "artifacts" / "digits_cnn").glob("*.tflite"))
+        if any(p.stem == "float32" for p in art) and len(art) > 1:
+            models, source = art, "artifacts/digits_cnn (pipeline output)"
+        else:
+            models, source = digits_models(tmp), "built here (no artifacts/digits_cnn yet)"
+    extras = extra_models(tmp)
+    print(f"models: {', '.join(p.name for p in models)} ({source}) + probe_add, cnn64 "
+          f"(built here); threads {args.threads}; {args.repeats} repeats of >= "
+          f"{args.min_seconds:g} s", flush=True)
 
-    # Reference: as many runs as our repeats take, repeated as often, each one started on a
-    # quiet machine, models interleaved like our shuffled rounds.
-    refs: dict[str, list[tuple[float, float | None]]] = {m: [] for m in ours}
-    for r in range(args.repeats):
-        for path in models:
-            label = next(m for m in ours if m.split("/")[-1] == path.stem)
-            runs = max(50, round(args.min_seconds * 1e6 / ours[label]["p50_us"]))
-            if args.wait_quiet is not None:
-                wait_quiet(args.wait_quiet, args.quiet_timeout)
-            refs[label].append(run_reference(path, args, runs, tmp / f"ref_{r}_{path.stem}.json"))
+    t0 = time.monotonic()
+    stab = stability(models, args, tmp)
+    print(f"stability runs: {time.monotonic() - t0:.0f} s", flush=True)
+    pairs = agreement(models + extras, args, tmp)
     print(f"total: {time.monotonic() - t0:.0f} s\n")
 
-    rows = []
     print("| model | mode | p50 us | repeat medians us | CV | other CPU (max) | x float32 |")
     print("|---|---|--:|---|--:|--:|--:|")
-    for label in ours:
-        for mode, res in (("interleaved", ours), ("contiguous", contiguous)):
-            r = res[label]
+    figures: dict = {"models": source, "stability": {}, "agreement": {}}
+    for label in stab["interleaved"]:
+        for mode in ("interleaved", "contiguous"):
+            r = stab[mode][label]
             bg = max((m["background_cpu"] for m in r["repeat_measurements"]
                       if m.get("background_cpu") is not None), default=None)
+            figures["stability"][f"{label}/{mode}"] = {
+                "p50_us": r["p50_us"], "repeat_medians_us": r["repeat_medians_us"],
+                "cv": r["cv_of_repeat_medians"], "background_cpu_max": bg,
+                "ratio_to_float32": r["ratio_to_baseline"]}
             print(f"| {label} | {mode} | {r['p50_us']:.2f} | "
                   f"{', '.join(f'{v:.2f}' for v in r['repeat_medians_us'])} | "
                   f"{100 * r['cv_of_repeat_medians']:.2f} % | "
                   + ("-" if bg is None else f"{bg:.2f}") + " | "
                   + (f"{r['ratio_to_baseline']:.2f}x" if r["ratio_to_baseline"] else "-") + " |")
-    print()
-    print("| model | our p50 us (interleaved) | LiteRT tool median us | tool runs' medians us "
-          "| ours / tool |")
-    print("|---|--:|--:|---|--:|")
-    for label, r in ours.items():
-        ref_medians = [m for m, _ in refs[label]]
-        ref = statistics.median(ref_medians)
-        row = {"model": label, "p50_us": r["p50_us"], "repeat_medians_us": r["repeat_medians_us"],
-               "cv": r["cv_of_repeat_medians"],
-               "contiguous_p50_us": contiguous[label]["p50_us"],
-               "contiguous_repeat_medians_us": contiguous[label]["repeat_medians_us"],
-               "contiguous_cv": contiguous[label]["cv_of_repeat_medians"],
-               "reference_median_us": ref, "reference_medians_us": ref_medians,
-               "reference_background_cpu": [b for _, b in refs[label]],
-               "agreement": r["p50_us"] / ref - 1.0,
-               "ratio_to_float32": r["ratio_to_baseline"]}
-        rows.append(row)
-        print(f"| {label} | {r['p50_us']:.2f} | {ref:.2f} | "
-              f"{', '.join(f'{v:.2f}' for v in ref_medians)} | {100 * row['agreement']:+.1f} % |")
-    print(f"\nworst CV of repeat medians: interleaved {100 * max(r['cv'] for r in rows):.2f} %, "
-          f"contiguous {100 * max(r['contiguous_cv'] for r in rows):.2f} % (target <= 3 %)")
-    print(f"worst disagreement with benchmark_litert_model.py: "
-          f"{100 * max(abs(r['agreement']) for r in rows):.1f} % (target <= 10 %)")
-    print(f"host: {doc['targets'][0]['conditions_start'].get('cpu_model')}, "
-          f"{doc['targets'][0]['conditions_start'].get('cores')} cores; "
-          f"{doc['targets'][0]['tool']['name']} {doc['targets'][0]['tool']['version']}")
+
+    over_ours = statistics.median(o for o, _ in pairs["probe_add"])
+    over_ref = statistics.median(t for _, t in pairs["probe_add"])
+    print(f"\nper-call cost (one-op model): ours {over_ours:.2f} us "
+          f"(Interpreter.invoke), LiteRT tool {over_ref:.2f} us (CompiledModel.run_by_name)\n")
+    print("| model | pairs: ours us | pairs: LiteRT tool us | ours / tool (median of pair "
+          "ratios) | ours interleaved p50 / tool median |")
+    print("|---|---|---|--:|--:|")
+    for label, pr in pairs.items():
+        raw = statistics.median(o / t for o, t in pr) - 1.0
+        tool = statistics.median(t for _, t in pr)
+        inter = stab["interleaved"].get(label, {}).get("p50_us")
+        figures["agreement"][label] = {"pairs_us": pr, "median_pair_ratio": raw,
+                                       "interleaved_p50_over_tool_median":
+                                           None if inter is None else inter / tool - 1.0}
+        print(f"| {label} | {', '.join(f'{o:.2f}' for o, _ in pr)} | "
+              f"{', '.join(f'{t:.2f}' for _, t in pr)} | {100 * raw:+.1f} % | "
+              + ("-" if inter is None else f"{100 * (inter / tool - 1):+.1f} %") + " |")
+    cv_i = max(v["cv"] for k, v in figures["stability"].items() if k.endswith("/interleaved"))
+    cv_c = max(v["cv"] for k, v in figures["stability"].items() if k.endswith("/contiguous"))
+    print(f"\nworst CV of repeat medians: interleaved (default) {100 * cv_i:.2f} %, "
+          f"contiguous {100 * cv_c:.2f} % (target <= 3 %)")
+    print(f"agreement with benchmark_litert_model.py on cnn64 (compute-bound): "
+          f"{100 * figures['agreement']['cnn64']['median_pair_ratio']:+.1f} % (target within "
+          f"10 %); on the us-scale models the tools differ by their per-call cost")
+    target = stab["_target"]
+    print(f"host: {target['conditions_start'].get('cpu_model')}, "
+          f"{target['conditions_start'].get('cores')} cores; {target['tool']['name']} "
+          f"{target['tool']['version']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"models": source, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0
 
 
