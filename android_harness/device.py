@@ -92,6 +92,7 @@ class DeviceBackend(Backend):
         self._cleanup_key: int | None = None
         self._binary_sha = bt.file_sha256(binary) if binary else None
         self.pushed_log: list[list[str]] = []  # remotes pushed by each sync (for the record)
+        self._last_output: str | None = None
 
     # -- Backend API -------------------------------------------------------------------------
     def conditions(self) -> dict:
@@ -170,8 +171,10 @@ class DeviceBackend(Backend):
                     self._sync_files()  # a reboot may have wiped /data/local/tmp
                 except DeviceUnavailable as again:
                     raise self._failed("Device lost while restoring its files", again, attempts)
-            except HarnessError as exc:  # tool error, parse error: no retry
-                raise MeasurementFailed(str(exc).rstrip(".")) from exc
+            except HarnessError as exc:  # the tool failed: no retry; keep what it printed
+                raw = self._save_log(job, self._last_output) if self._last_output else None
+                raise MeasurementFailed(str(exc).rstrip(".") + (f" (log: {raw})" if raw
+                                                                else "")) from exc
         raw = self._save_log(job, text)
         try:
             rep = bt.parse_output(text)
@@ -272,7 +275,9 @@ class DeviceBackend(Backend):
         argv = [str(self.remote_binary), *flags]
         if job.config.core_mask:
             argv = ["taskset", job.config.core_mask, *argv]
+        self._last_output = None
         res = self.adb.shell(argv, timeout=self._timeout(protocol), check=False)
+        self._last_output = res.output
         if res.returncode != 0 and self.adb.get_state() != "device":
             raise self.adb.unavailable(self.adb.get_state(),
                                         f"benchmark_model exited {res.returncode} mid-run")
@@ -286,6 +291,7 @@ class DeviceBackend(Backend):
         if any(re.search(r"\s", f) for f in flags):
             raise UsageError("The benchmark APK cannot take arguments containing whitespace",
                              [f for f in flags if re.search(r"\s", f)], "Use the native binary")
+        self._last_output = None
         self.adb.shell(["logcat", "-c"])
         res = self.adb.shell(["am", "start", "-S", "-W", "-n", bt.APK_ACTIVITY, "--es", "args",
                               " ".join(flags)], check=False)
@@ -299,6 +305,7 @@ class DeviceBackend(Backend):
         while True:
             out = self.adb.shell(["logcat", "-d", "-v", "brief", "-s", "tflite:V"],
                                  timeout=60).stdout
+            self._last_output = out
             if "Inference timings in us" in out or "Average inference timings" in out:
                 return out
             if re.search(r"Benchmarking failed|Disallowed CPU fallback|Failed to ", out):

@@ -259,6 +259,8 @@ def test_partial_delegation_with_require_full_delegation(fake_devices, fake_bina
     assert code == 1
     r = result(load(tmp_path / "strict"), "float32", "t1/gpu")
     assert r["status"] == "failed" and "Disallowed CPU fallback detected" in r["errors"][0]
+    log = Path(r["errors"][0].split("(log: ")[1].rstrip(")."))
+    assert "Disallowed CPU fallback detected." in log.read_text()  # kept for inspection
 
 
 def test_real_inputs_are_pushed_as_raw_tensors(fake_devices, fake_binary, tiny_models,
