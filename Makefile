@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench bench-harness venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/pipeline_bench.py
+	$(PY) benchmarks/verifier_bench.py
+	$(PY) benchmarks/fuzz_bench.py
+
+bench-harness: $(STAMP)
+	$(PY) benchmarks/harness_host_bench.py
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--runtime", default=None, choices=["auto", "litert", "tflite_runtime"],
                    help="interpreter package (default: auto)")
+    p.add_argument("--engine", default="interpreter", choices=["interpreter", "compiled"],
+                   help="interpreter: the Interpreter API (default); compiled: LiteRT's "
+                   "CompiledModel API, the engine benchmark_litert_model.py times")
     p.add_argument("--contiguous", action="store_true",
                    help="one repeat after the other, as on a phone (default: all repeats "
                    "interleaved in shuffled time slices, robust to a host whose speed drifts)")
@@ -233,7 +236,7 @@ def _run(args, command: str) -> int:
     if command == "host":
         from android_harness.host import HostBackend
         backends = [HostBackend(runtime=None if args.runtime in (None, "auto") else args.runtime,
-                                inputs=args.inputs)]
+                                inputs=args.inputs, engine=args.engine)]
     else:
         from android_harness import benchmark_tool as bt
         from android_harness.adb import Adb, find_adb

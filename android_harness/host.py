@@ -33,6 +33,44 @@ from pipeline.errors import QatError
 from pipeline.runtime import make_interpreter, resolve_runtime
 
 HOST_DELEGATES = ("cpu", "xnnpack")
+# interpreter: the classic Interpreter API (what most Android apps call);
+# compiled: LiteRT's CompiledModel API, the engine LiteRT's own Python benchmark
+# (ai_edge_litert/tools/benchmark_litert_model.py) times - same model, a different per-call
+# overhead (buffers looked up by signature name), which matters for ~10 us models.
+ENGINES = ("interpreter", "compiled")
+
+
+class _CompiledModel:
+    """The CompiledModel API behind the two calls _Instance needs: set_tensor and invoke."""
+
+    def __init__(self, path: str, threads: int):
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.environment import Environment, EnvironmentOptions
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+        from ai_edge_litert.options import CpuOptions, Options
+
+        env = Environment.create(options=EnvironmentOptions())
+        opts = Options(hardware_accelerators=HardwareAccelerator(HardwareAccelerator.CPU),
+                       cpu_options=CpuOptions(num_threads=threads))
+        self.model = CompiledModel.from_file(path, environment=env, options=opts)
+        self.sig = next(iter(self.model.get_signature_list()), "serving_default")
+        self.in_details = self.model.get_input_tensor_details(self.sig)
+        self.names = list(self.in_details)
+        self.inputs = {n: self.model.create_input_buffer_by_name(self.sig, n)
+                       for n in self.names}
+        self.outputs = {n: self.model.create_output_buffer_by_name(self.sig, n)
+                        for n in self.model.get_output_tensor_details(self.sig)}
+        model, sig, ins, outs = self.model, self.sig, self.inputs, self.outputs
+        # exactly the call benchmark_litert_model.py times
+        self.invoke = lambda: model.run_by_name(sig, ins, outs)
+
+    def get_input_details(self) -> list[dict]:
+        return [{"index": k, "shape": list(self.in_details[n]["shape"]),
+                 "dtype": np.dtype(self.in_details[n]["dtype"])}
+                for k, n in enumerate(self.names)]
+
+    def set_tensor(self, index: int, value: np.ndarray) -> None:
+        self.inputs[self.names[index]].write(np.ascontiguousarray(value))
 
 
 def _read(path: str) -> str | None:
@@ -147,9 +185,16 @@ class HostBackend(Backend):
     kind = "host"
     default_cooldown_s = 0.0
 
-    def __init__(self, *, runtime: str | None = None, inputs: str | None = None):
+    def __init__(self, *, runtime: str | None = None, inputs: str | None = None,
+                 engine: str = "interpreter"):
         super().__init__("host")
-        self.runtime_name, _ = resolve_runtime(runtime)
+        if engine not in ENGINES:
+            raise UsageError("Unknown host engine", engine, f"Use one of: {', '.join(ENGINES)}")
+        if engine == "compiled" and runtime not in (None, "auto", "litert"):
+            raise UsageError("The compiled engine is part of ai-edge-litert", runtime,
+                             "Use --runtime litert (or auto) with --engine compiled")
+        self.engine = engine
+        self.runtime_name, _ = resolve_runtime("litert" if engine == "compiled" else runtime)
         self.inputs_spec = inputs
         self._inputs: dict[str, list[ModelInput]] = {}
         self._paths: dict[str, str] = {}
@@ -164,7 +209,9 @@ class HostBackend(Backend):
             version = md.version(package)
         except md.PackageNotFoundError:
             version = None
-        return {"name": "LiteRT Python interpreter", "runtime": self.runtime_name,
+        name = ("LiteRT CompiledModel (run_by_name)" if self.engine == "compiled"
+                else "LiteRT Python interpreter")
+        return {"name": name, "engine": self.engine, "runtime": self.runtime_name,
                 "package": package, "version": version, "timer": "time.perf_counter_ns"}
 
     def thermal(self) -> dict[str, float]:
@@ -182,6 +229,11 @@ class HostBackend(Backend):
             if c.delegate not in HOST_DELEGATES:
                 raise UsageError("The host backend runs on this CPU only", f"--delegate {c.delegate}",
                                  "Use --delegate cpu or xnnpack on the host, gpu/nnapi with bench")
+            if self.engine == "compiled" and c.delegate != "xnnpack":
+                raise UsageError("The compiled engine always uses LiteRT's CPU accelerator "
+                                 "(XNNPACK)", f"--delegate {c.delegate}",
+                                 "Use --delegate xnnpack, or --engine interpreter for builtin "
+                                 "kernels")
             if c.core_mask and max(c.cores()) >= (os.cpu_count() or 1):
                 raise UsageError("The core mask names cores this machine does not have",
                                  f"--core-mask {c.core_mask} on {os.cpu_count()} cores",
@@ -189,7 +241,10 @@ class HostBackend(Backend):
         for m in models:
             self._paths[m.label] = m.path
             try:  # load once up front so a broken model fails the run, not each visit
-                make_interpreter(m.path, runtime=self.runtime_name).allocate_tensors()
+                if self.engine == "compiled":
+                    _CompiledModel(m.path, 1)
+                else:
+                    make_interpreter(m.path, runtime=self.runtime_name).allocate_tensors()
             except QatError:
                 raise
             except (ValueError, RuntimeError) as exc:
@@ -289,10 +344,15 @@ class _Instance:
         self.job, self.protocol = job, protocol
         cfg = job.config
         t0 = pc()
-        interp = make_interpreter(job.model.path, runtime=backend.runtime_name,
-                                  num_threads=cfg.threads, xnnpack=cfg.delegate == "xnnpack")
-        interp.allocate_tensors()
+        if backend.engine == "compiled":
+            interp = _CompiledModel(job.model.path, cfg.threads)
+        else:
+            interp = make_interpreter(job.model.path, runtime=backend.runtime_name,
+                                      num_threads=cfg.threads,
+                                      xnnpack=cfg.delegate == "xnnpack")
+            interp.allocate_tensors()
         self.init_us = (pc() - t0) / 1e3
+        self.engine = backend.engine
         self.rss_init = rss_mb()
         details = interp.get_input_details()
         real = backend._inputs.get(job.model.label)
@@ -360,5 +420,7 @@ class _Instance:
             init_us=self.init_us, first_us=self.first_us,
             warmup_avg_us=float(np.mean(self.warm)), warmup_count=len(self.warm),
             memory=memory, background_cpu=None if background is None else round(background, 3),
-            delegation={"delegate": "XNNPACK", "status": "default"} if cfg.delegate == "xnnpack"
-            else {"delegate": None, "status": "builtin kernels"})
+            delegation=({"delegate": "LiteRT CPU accelerator (XNNPACK)", "status": "compiled"}
+                        if self.engine == "compiled" else
+                        {"delegate": "XNNPACK", "status": "default"} if cfg.delegate == "xnnpack"
+                        else {"delegate": None, "status": "builtin kernels"}))

@@ -205,3 +205,20 @@ def test_background_cpu_is_recorded_and_waited_for(tiny_models, run_cli, fast, t
     (m,) = json.loads((out / "results.json").read_text())["results"][0]["repeat_measurements"]
     assert m["background_cpu"] >= 0.5  # the spinner's CPU, not ours
     assert m["wait_timed_out"] and m["wait_s"] >= 0.5
+
+
+def test_compiled_engine_times_litert_compiled_model(tiny_models, run_cli, fast, tmp_path):
+    """--engine compiled: the CompiledModel API that LiteRT's own benchmark script times."""
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("host", tiny_models["float32"], tiny_models["qat_int8"],
+                                "--engine", "compiled", "--repeats", "2", "--min-runs", "30",
+                                "--out", out, *fast)
+    assert code == 0, err
+    doc = json.loads((out / "results.json").read_text())
+    tool = doc["targets"][0]["tool"]
+    assert tool["engine"] == "compiled" and "CompiledModel" in tool["name"]
+    for r in doc["results"]:
+        assert r["status"] == "ok" and r["invokes"] >= 60 and r["p50_us"] > 0
+    code, _, err = run_cli("host", tiny_models["float32"], "--engine", "compiled",
+                           "--delegate", "cpu", "--out", tmp_path / "o2", *fast)
+    assert code == 2 and "compiled engine always uses LiteRT's CPU accelerator" in err
