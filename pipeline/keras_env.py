@@ -141,3 +141,26 @@ def set_seed(seed: int) -> None:
         env.tf.config.experimental.enable_op_determinism()
     except Exception:  # older TF or already-initialised runtime: seeds still apply
         pass
+
+
+def load_keras3() -> ModuleType:
+    """Import Keras 3 (the ``keras`` package) next to tf_keras, to read Keras 3 models.
+
+    Keras 3 and tf_keras are separate packages with separate import paths: ``import keras`` is
+    Keras 3 (a TensorFlow >= 2.16 dependency) whatever TF_USE_LEGACY_KERAS says, the variable
+    only picks what ``tf.keras`` means (TF 2.16 release notes). load() runs first so that
+    ``tf.keras`` is already fixed to tf_keras when Keras 3 imports TensorFlow."""
+    load()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            keras3 = importlib.import_module("keras")
+    except ImportError as exc:
+        raise KerasEnvError("Keras 3 is needed to read a Keras 3 model but cannot be imported",
+                            f"import keras: {exc}", "pip install 'keras>=3'")
+    version = str(getattr(keras3, "__version__", ""))
+    if not version.startswith("3."):
+        raise KerasEnvError("Keras 3 is needed to read a Keras 3 model but `import keras` gave "
+                            "another version", f"keras=={version or '?'}",
+                            "pip install 'keras>=3' (it installs next to tf-keras)")
+    return keras3
