@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/pipeline_bench.py
+	$(PY) benchmarks/pipeline_bench.py --output artifacts
 	$(PY) benchmarks/verifier_bench.py
 	$(PY) benchmarks/fuzz_bench.py
 
