@@ -1,61 +1,120 @@
-"""Annotate stage: mark layers for quantization and apply tfmot's default 8-bit QAT scheme.
+"""Annotate stage: decide per layer how QAT treats it, then ``quantize_apply``.
 
-``apply(model)`` annotates the whole model (``quantize_annotate_model``) and calls
-``quantize_apply``. ``policy`` is the seam for selective QAT: a callable deciding per layer
-whether it is annotated (layers it rejects stay float).
+1. ``graph.rebuild``: nested models are flattened and TFOpLambda arithmetic becomes plain
+   layers (same function, checked by tests).
+2. ``fallbacks.plan``: per layer, tfmot's registry, a fold into a conv, a pass-through, or a
+   fallback QuantizeConfig for what tfmot refuses.
+3. The policy (``[annotate]`` in the config) narrows it: ``include`` / ``exclude`` by
+   full-match regular expression on the layer name or class.
+4. ``quantize_annotate_layer`` on each chosen layer (with the fallback config where needed)
+   and tfmot's ``quantize_apply`` with its default 8-bit scheme.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import re
 
-from pipeline.errors import ConversionError
+from pipeline.coverage import Coverage
+from pipeline.errors import ConfigError, ConversionError
+from pipeline.fallbacks import (CALIBRATED, EXCLUDED, FALLBACK, FOLDED, INPUT, PASSTHROUGH,
+                                QUANTIZED, LayerPlan)
 
-
-@dataclass(frozen=True)
-class AnnotationSummary:
-    layers_total: int
-    layers_quantized: int
-    params_total: int
-    params_quantized: int
-    quantized_layers: tuple[str, ...]
-
-    def to_dict(self) -> dict:
-        return {"layers_total": self.layers_total, "layers_quantized": self.layers_quantized,
-                "params_total": self.params_total, "params_quantized": self.params_quantized,
-                "quantized_layers": list(self.quantized_layers)}
+_ANNOTATED = {QUANTIZED, FOLDED, PASSTHROUGH, FALLBACK}
 
 
-def apply(model, policy: Callable[[object], bool] | None = None):
-    """Return (qat_model, summary). The float model is left untouched."""
-    from pipeline import keras_env
+def _matches(pattern: str, layer: LayerPlan) -> bool:
+    return bool(re.fullmatch(pattern, layer.name) or re.fullmatch(pattern, layer.cls))
+
+
+def apply_policy(plans: list[LayerPlan], policy) -> list[LayerPlan]:
+    """Mark layers the policy leaves out as EXCLUDED; unknown patterns are errors."""
+    if policy is None:
+        return plans
+    from dataclasses import replace
+
+    for key in ("include", "exclude"):
+        for pattern in getattr(policy, key):
+            if not any(_matches(pattern, p) for p in plans if p.status != INPUT):
+                names = ", ".join([p.name for p in plans if p.status != INPUT][:8])
+                raise ConfigError(f"annotate.{key} pattern matches no layer", repr(pattern),
+                                  f"Patterns must match a whole layer name or class, e.g. "
+                                  f"'{plans[-1].name}' or '{plans[-1].cls}' (layers: {names}, …)")
+    out = []
+    for p in plans:
+        if p.status == INPUT:
+            out.append(p)
+            continue
+        left_out = (policy.include and not any(_matches(x, p) for x in policy.include)) or \
+            any(_matches(x, p) for x in policy.exclude)
+        if left_out:
+            p = replace(p, status=EXCLUDED, detail="excluded by annotate policy; the "
+                        "converter still quantizes it from the representative data")
+        elif p.status == FALLBACK and not policy.fallbacks:
+            raise ConversionError(f"tfmot cannot quantize layer {p.name} ({p.cls}) and "
+                                  "fallbacks are disabled", "annotate.fallbacks = false",
+                                  "Enable annotate.fallbacks or exclude the layer")
+        out.append(p)
+    # A BatchNormalization is folded into its conv by tfmot's transforms only when both are
+    # annotated: follow the conv's fate.
+    by_name = {p.name: p for p in out}
+    return [replace(p, status=EXCLUDED, detail="its conv is excluded")
+            if p.status == FOLDED and _conv_excluded(p, by_name) else p for p in out]
+
+
+def _conv_excluded(bn: LayerPlan, by_name: dict) -> bool:
+    return any(by_name.get(n) is not None and by_name[n].status == EXCLUDED
+               for n in bn.inbound)
+
+
+def prepare(model, policy=None):
+    """Graph rewrites and the per-layer plan, without touching tfmot's quantize_apply:
+    (model to annotate, Coverage). Cheap; run at the start of every run so a bad policy
+    fails before any training."""
+    from pipeline import fallbacks, graph
+
+    rewritten = graph.rebuild(model)
+    notes = []
+    if rewritten.flattened:
+        notes.append(f"flattened nested model(s): {', '.join(rewritten.flattened)}")
+    if rewritten.replaced:
+        kinds = sorted({v.split("(")[0] for v in rewritten.replaced.values()})
+        notes.append(f"rewrote {len(rewritten.replaced)} TFOpLambda op(s) as "
+                     f"{', '.join(kinds)} layers")
+    plans = apply_policy(fallbacks.plan(rewritten.model), policy)
+    if not any(p.status in _ANNOTATED - {PASSTHROUGH} for p in plans):
+        raise ConfigError("No layer is left to quantize", "the annotate policy excludes all",
+                          "Loosen annotate.include / annotate.exclude")
+    return rewritten.model, Coverage(model.name, plans, notes)
+
+
+def apply(model, policy=None):
+    """Return (qat_model, coverage). ``policy`` is an AnnotateConfig (or None: all layers)."""
+    from pipeline import fallbacks, keras_env
 
     env = keras_env.load()
     q = env.tfmot.quantization.keras
     keras = env.keras
+    source, coverage = prepare(model, policy)
+    status = {p.name: p for p in coverage.layers}
+    cls = fallbacks.config_class()
+
+    def annotate_layer(layer):
+        p = status.get(layer.name)
+        if p is None or p.status not in _ANNOTATED:
+            return layer
+        if p.status == FALLBACK:
+            return q.quantize_annotate_layer(layer, cls(p.weight_attrs, p.quantize_output))
+        return q.quantize_annotate_layer(layer)
+
+    plain = source is model and policy is None and not any(
+        p.status in (FALLBACK, CALIBRATED, EXCLUDED) for p in coverage.layers)
     try:
-        if policy is None:
-            annotated = q.quantize_annotate_model(model)
-        else:
-            annotated = keras.models.clone_model(
-                model, clone_function=lambda layer: (q.quantize_annotate_layer(layer)
-                                                     if policy(layer) else layer))
-        with q.quantize_scope():
+        with q.quantize_scope(fallbacks.custom_objects()):
+            annotated = q.quantize_annotate_model(model) if plain else \
+                keras.models.clone_model(source, clone_function=annotate_layer)
             qat_model = q.quantize_apply(annotated)
-    except (RuntimeError, ValueError, TypeError) as exc:
+    except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConversionError("tfmot could not annotate the model for QAT", msg[:300],
-                              "Remove or replace the unsupported layer (see the message), or "
-                              "exclude it with a policy")
-    return qat_model, summarize(model, qat_model)
-
-
-def summarize(float_model, qat_model) -> AnnotationSummary:
-    wrapped = [l for l in qat_model.layers if type(l).__name__.startswith("QuantizeWrapper")]
-    names = tuple(l.layer.name for l in wrapped)
-    float_layers = [l for l in float_model.layers if type(l).__name__ != "InputLayer"]
-    params_total = sum(int(l.count_params()) for l in float_layers)
-    by_name = {l.name: l for l in float_layers}
-    params_q = sum(int(by_name[n].count_params()) for n in names if n in by_name)
-    return AnnotationSummary(len(float_layers), len(wrapped), params_total, params_q, names)
+                              "Exclude the layer named in the message with annotate.exclude")
+    return qat_model, coverage

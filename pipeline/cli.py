@@ -116,10 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 if the model is not full-int8")
     _common(v)
 
-    i = sub.add_parser("inspect", help="what is inside a .tflite (no TensorFlow needed)",
+    i = sub.add_parser("inspect", help="what is inside a .tflite (no TensorFlow needed), or "
+                       "a Keras model's QAT coverage (--coverage)",
                        description="Ops, tensors by dtype, inputs/outputs with quantization, "
-                       "signatures, size breakdown and the full-int8 verdict with its reasons.")
-    i.add_argument("model", help=".tflite file")
+                       "signatures, size breakdown and the full-int8 verdict with its reasons. "
+                       "With --coverage MODEL (a Keras model file or zoo name): for each layer, "
+                       "whether tfmot quantizes it, passes it through, or needs a fallback.")
+    i.add_argument("model", help=".tflite file (or a Keras model with --coverage)")
+    i.add_argument("--coverage", action="store_true",
+                   help="QAT coverage of a Keras model (.h5/.keras/SavedModel or zoo name)")
+    i.add_argument("--trust-model", action="store_true",
+                   help="--coverage: allow Lambda layers (their stored code runs on load)")
     i.add_argument("--allow-float-io", action="store_true",
                    help="judge full-int8 allowing float model inputs/outputs")
     i.add_argument("--require-full-int8", action="store_true",
@@ -351,6 +358,9 @@ def cmd_inspect(args, out) -> int:
     from pipeline import inspect_report
     from pipeline.tflite_model import TFLiteModel
 
+    if args.coverage:
+        return _coverage(args, out)
+
     view = TFLiteModel.from_file(args.model)
     doc = inspect_report.build(view, allow_float_io=args.allow_float_io, tensors=args.tensors)
     if args.json:
@@ -359,6 +369,21 @@ def cmd_inspect(args, out) -> int:
         print(inspect_report.text(doc), file=out)
     if args.require_full_int8 and not doc["verdict"]["full_int8"]:
         return EXIT_GATE_FAILED
+    return EXIT_OK
+
+
+def _coverage(args, out) -> int:
+    from models import zoo_names
+    from pipeline import annotate, modelio
+
+    kind, val = _source(args.model, "model", zoo_names())
+    loaded = modelio.load_model(**{kind: val}, trust_model=args.trust_model)
+    _, cov = annotate.prepare(loaded.model)
+    if args.json:
+        print(dumps_json(cov.to_dict()), file=out)
+    else:
+        print(f"{args.model}: QAT coverage ({loaded.kind})\n", file=out)
+        print(cov.markdown(), file=out)
     return EXIT_OK
 
 

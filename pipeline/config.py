@@ -91,6 +91,28 @@ class QatConfig:
 
 
 @dataclass(frozen=True)
+class AnnotateConfig:
+    """Which layers QAT annotates. Patterns are regular expressions that must match a layer's
+    whole name or its class name (e.g. "block3_.*", "Dense"); a pattern matching nothing is
+    an error, so a typo cannot silently change the model."""
+
+    include: tuple[str, ...] = ()     # only these are annotated (empty: all)
+    exclude: tuple[str, ...] = ()     # never annotated (the converter still makes them int8)
+    fallbacks: bool = True            # QuantizeConfigs for layers tfmot refuses
+
+    def __post_init__(self):
+        import re
+
+        for key in ("include", "exclude"):
+            for pattern in getattr(self, key):
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ConfigError(f"annotate.{key} has an invalid regular expression",
+                                      repr(pattern), f"Fix it ({exc})")
+
+
+@dataclass(frozen=True)
 class ConvertConfig:
     variants: tuple[str, ...] = ("float32", "ptq_int8", "qat_int8")
     representative_samples: int = 200  # drawn from the train split, for PTQ calibration
@@ -155,6 +177,7 @@ class Config:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="digits_cnn"))
     data: DataConfig = field(default_factory=DataConfig)
     qat: QatConfig = field(default_factory=QatConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
@@ -175,6 +198,8 @@ class Config:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["convert"]["variants"] = list(self.convert.variants)
+        d["annotate"] = {k: list(v) if isinstance(v, tuple) else v
+                         for k, v in d["annotate"].items()}
         return d
 
     def to_toml(self) -> str:

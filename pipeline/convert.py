@@ -36,9 +36,12 @@ class Converted:
 
 
 def _representative(x: np.ndarray):
+    # float data is fed as float32; integer inputs (token ids) keep their integer type
+    x = x if x.dtype.kind in "iu" else x.astype(np.float32)
+
     def gen():
         for i in range(len(x)):
-            yield [x[i: i + 1].astype(np.float32)]
+            yield [x[i: i + 1]]
     return gen
 
 

@@ -98,7 +98,12 @@ def load() -> KerasEnv:
             "tensorflow-model-optimization is not installed", "no such distribution",
             "pip install 'tensorflow-model-optimization==0.8.*'")
 
-    with warnings.catch_warnings():
+    from pipeline.runtime import quiet_native_output
+
+    # quiet_native_output: TensorFlow's C++ prints "All log messages before
+    # absl::InitializeLog()" and the CUDA-stub notice at import whatever TF_CPP_MIN_LOG_LEVEL
+    # says; the text is replayed if the import fails.
+    with warnings.catch_warnings(), quiet_native_output():
         warnings.simplefilter("ignore")
         tf = importlib.import_module("tensorflow")
         keras = importlib.import_module("tf_keras")

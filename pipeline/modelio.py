@@ -24,6 +24,7 @@ class LoadedModel:
     kind: str                 # zoo | h5 | keras | savedmodel
     needs_training: bool      # zoo architectures ship untrained
     is_qat: bool = False      # the file already holds a quantize_apply'd model
+    translation: object | None = None  # keras3.Translated for a Keras 3 model
 
 
 def _find_lambdas(config) -> list[str]:
@@ -98,7 +99,7 @@ def read_stored_config(path: str) -> tuple[str, dict | None, str | None]:
 
 
 def load_model(name: str = "", path: str = "", *, trust_model: bool = False,
-               custom_objects: dict | None = None) -> LoadedModel:
+               custom_objects: dict | None = None, seed: int = 0) -> LoadedModel:
     from pipeline import keras_env
 
     env = keras_env.load()
@@ -113,10 +114,17 @@ def load_model(name: str = "", path: str = "", *, trust_model: bool = False,
 
     kind, config, keras_version = read_stored_config(path)
     if keras_version and str(keras_version).startswith("3."):
-        raise ModelFileError(
-            "The file was saved by Keras 3; tfmot needs a Keras 2 (tf_keras) model",
-            f"{path} (keras_version {keras_version})",
-            "Re-save it with tf_keras, or rebuild the model in tf_keras and copy its weights")
+        # Keras 3: rebuilt as tf_keras and checked equal on random inputs (keras3.py). Lambda
+        # layers are always refused there, --trust-model or not.
+        if kind != "keras":
+            raise ModelFileError("Only .keras files saved by Keras 3 are supported", path,
+                                 "Re-save it with Keras 3: model.save('model.keras')")
+        from pipeline import keras3
+
+        t = keras3.translate_keras3_file(path, seed=seed)
+        check_model_shape(t.model, path)
+        return LoadedModel(t.model, os.fspath(path), "keras3", needs_training=False,
+                           translation=t)
     lambdas = config.get("_lambdas", []) if kind == "savedmodel" else _find_lambdas(config)
     if lambdas and not trust_model:
         raise ModelFileError(
@@ -126,10 +134,13 @@ def load_model(name: str = "", path: str = "", *, trust_model: bool = False,
             "built-in layer")
     keras = env.keras
     quantize_scope = env.tfmot.quantization.keras.quantize_scope
+    from pipeline import fallbacks
+
+    objects = {**fallbacks.custom_objects(), **(custom_objects or {})}  # QAT models' configs
     try:
         from tf_keras.src.saving import serialization_lib
 
-        with quantize_scope(custom_objects or {}), \
+        with quantize_scope(objects), \
                 serialization_lib.SafeModeScope(not trust_model):
             model = keras.models.load_model(path, compile=False,
                                             **({"safe_mode": not trust_model}

@@ -133,11 +133,24 @@ def markdown(report: dict) -> str:
         lines.append(f"- QAT: {q['epochs_run']} epoch(s) this run, resumed from epoch "
                      f"{q['resumed_from_epoch']}, best epoch {q['best_epoch']}, stopped early: "
                      f"{q['stopped_early']}")
-    ann = r["model"].get("annotation")
-    if ann:
-        lines.append(f"- annotated {ann['layers_quantized']}/{ann['layers_total']} layers "
-                     f"({ann['params_quantized']}/{ann['params_total']} parameters) with tfmot's "
-                     "default 8-bit scheme")
+    cov = r["model"].get("coverage")
+    if cov:
+        lines.append(f"- QAT covers {cov['layers_quantized']}/{cov['layers']} layers "
+                     f"({cov['params_quantized']:,}/{cov['params']:,} parameters); see QAT "
+                     "coverage below")
+    k3 = r["model"].get("keras3_translation")
+    if k3:
+        lines.append(f"- rebuilt from Keras 3 as tf_keras: {k3['layers']} layers, outputs equal "
+                     f"within {k3['max_abs_diff']:.1e} on random inputs"
+                     + (f" ({'; '.join(k3['notes'])})" if k3["notes"] else ""))
+    if cov:
+        from pipeline.coverage import Coverage
+        from pipeline.fallbacks import LayerPlan
+
+        plans = [LayerPlan(**{**l, "weight_attrs": tuple(l["weight_attrs"]),
+                              "inbound": tuple(l["inbound"])}) for l in cov["per_layer"]]
+        lines += ["", "## QAT coverage", "",
+                  Coverage(cov["model"], plans, cov["notes"]).markdown()]
     lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---:|"]
     for stage, sec in r["timings"].items():
         lines.append(f"| {stage} | {sec:.1f} |")

@@ -62,6 +62,14 @@ def _save_h5(model, path) -> None:
         model.save(path, include_optimizer=False)
 
 
+def _translation(loaded) -> dict | None:
+    t = getattr(loaded, "translation", None)
+    if t is None:
+        return None
+    return {"max_abs_diff": t.max_abs_diff, "max_layer_rel_diff": t.max_layer_rel_diff,
+            "layers": t.layers, "notes": list(t.notes)}
+
+
 def evaluate_gates(cfg: Config, float_acc: float, variants: dict, agreement: dict) -> list:
     g = cfg.gates
     gates = []
@@ -100,11 +108,19 @@ def run(cfg: Config, *, resume: bool = False, log=print, model=None,
         env = keras_env.load()
         keras_env.set_seed(cfg.seed)
         if model is not None:
+            from pipeline import keras3
+
+            translation = None
+            if keras3.is_keras3_model(model):  # a live Keras 3 model: rebuilt as tf_keras
+                translation = keras3.to_tf_keras(model, seed=cfg.seed)
+                model = translation.model
             modelio.check_model_shape(model, "model argument")
-            loaded = modelio.LoadedModel(model, "python:" + model.name, "python", False)
+            loaded = modelio.LoadedModel(model, "python:" + model.name,
+                                         "keras3" if translation else "python", False,
+                                         translation=translation)
         else:
             loaded = modelio.load_model(cfg.model.name, cfg.model.path,
-                                        trust_model=cfg.model.trust_model)
+                                        trust_model=cfg.model.trust_model, seed=cfg.seed)
         if loaded.is_qat:
             raise QatError("The model is already quantization-aware (a quantize_apply'd model)",
                            loaded.source, "Pass the float model to `run`, or use `qat convert`")
@@ -121,6 +137,15 @@ def run(cfg: Config, *, resume: bool = False, log=print, model=None,
         x_tr, y_tr, x_val, y_val = data_mod.train_val_split(
             dataset.x_train, dataset.y_train, cfg.data.validation_split, cfg.seed)
         from_logits = not modelio.outputs_are_probabilities(loaded.model)
+        # the QAT plan before any training: a policy typo fails here, and the user sees
+        # which layers need fallbacks before waiting for training
+        from pipeline import annotate
+
+        _, planned = annotate.prepare(loaded.model, cfg.annotate)
+        s = planned.share()
+        log(f"coverage: {s['layers_quantized']}/{s['layers']} layers, "
+            f"{100 * s['params_quantized_share']:.1f} % of parameters quantized by QAT"
+            + (f"; fallbacks: {planned.fallbacks()}" if planned.fallbacks() else ""))
 
     # Inputs are valid: from here on files are written (to the staging directory).
     run_dir = RunDir(cfg.run_dir, resume=resume, log=log)
@@ -169,8 +194,8 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
                 run_dir.write_json("keras/float_training.json", float_info)
 
     with timer.stage("annotate"):
-        qat_model, ann = annotate.apply(float_model)
-        log(f"annotate: {ann.layers_quantized}/{ann.layers_total} layers quantized")
+        qat_model, coverage = annotate.apply(float_model, cfg.annotate)
+        run_dir.write_json("coverage.json", coverage.to_dict())
 
     with timer.stage("finetune"):
         fit = finetune.fit(qat_model, x_tr, y_tr, x_val, y_val, cfg.qat, run_dir,
@@ -259,7 +284,8 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
         "model": {"source": loaded.source, "kind": loaded.kind,
                   "input_shape": list(modelio.input_shape(float_model)[1:]),
                   "outputs": modelio.output_size(float_model),
-                  "from_logits": from_logits, "annotation": ann.to_dict()},
+                  "from_logits": from_logits, "coverage": coverage.to_dict(),
+                  "keras3_translation": _translation(loaded)},
         "data": dataset.summary(),
         "float_training": float_info,
         "qat": fit.to_dict(),

@@ -1,0 +1,161 @@
+"""Coverage benchmark: every tf_keras.applications architecture (weights=None, small input),
+and the same list built in Keras 3 and saved as .keras, through the QAT path:
+
+    annotate (with fallbacks) -> a few QAT steps on random data -> full-int8 .tflite
+    -> top-1 agreement and mean error (LSB) Keras QAT vs .tflite on random inputs
+
+    python benchmarks/coverage.py [--only MobileNetV2,ResNet50] [--keras 2|3|both] [--jobs 2]
+
+Each architecture runs in its own process (TensorFlow's memory is returned, a crash is a
+row). Prints a Markdown table; target: every row annotates and converts to full-int8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# name -> input side (each architecture's minimum or a small size it accepts)
+ARCHS = {
+    "MobileNet": 64, "MobileNetV2": 64, "MobileNetV3Small": 64, "MobileNetV3Large": 64,
+    "EfficientNetB0": 64, "EfficientNetV2B0": 64, "ResNet50": 64, "ResNet50V2": 64,
+    "DenseNet121": 64, "NASNetMobile": 64, "Xception": 71, "InceptionV3": 75,
+    "ConvNeXtTiny": 64, "RegNetX002": 64,
+}
+CLASSES = 10
+
+
+def one(arch: str, keras_major: int, out: str) -> None:
+    """Child process: run one architecture, write a JSON row to ``out``."""
+    import numpy as np
+
+    from pipeline import annotate, convert, keras_env
+    from pipeline.records import Variant
+    from pipeline.runtime import ModelRunner
+
+    row = {"arch": arch, "keras": keras_major, "ok": False}
+    t0 = time.perf_counter()
+    try:
+        env = keras_env.load()
+        keras_env.set_seed(0)
+        side = ARCHS[arch]
+        shape = (side, side, 3)
+        if keras_major == 3:
+            from pipeline import keras3
+
+            k3 = keras_env.load_keras3()
+            m3 = getattr(k3.applications, arch)(weights=None, input_shape=shape,
+                                                classes=CLASSES)
+            path = Path(tempfile.mkdtemp()) / f"{arch}.keras"
+            m3.save(path)
+            t = keras3.translate_keras3_file(str(path))
+            model = t.model
+            row["translate_max_abs_diff"] = t.max_abs_diff
+        else:
+            model = getattr(env.keras.applications, arch)(weights=None, input_shape=shape,
+                                                          classes=CLASSES)
+        row["params"] = int(model.count_params())
+        qat, cov = annotate.apply(model)
+        share = cov.share()
+        row.update(layers=share["layers"], layers_q=share["layers_quantized_share"],
+                   params_q=share["params_quantized_share"], fallbacks=cov.fallbacks(),
+                   annotate_ok=True, notes=cov.notes)
+        rng = np.random.default_rng(0)
+        x = rng.uniform(0, 255, (16, *shape)).astype(np.float32)
+        y = rng.integers(0, CLASSES, 16)
+        qat.compile(env.keras.optimizers.Adam(1e-4),
+                    env.keras.losses.SparseCategoricalCrossentropy(
+                        from_logits=not _softmax(qat)))
+        qat.fit(x, y, batch_size=4, epochs=1, verbose=0)  # 4 QAT steps: ranges move off init
+        c = convert.convert(Variant.QAT_INT8, qat, representative=x)
+        row.update(full_int8=c.verdict.full_int8, reasons=list(c.verdict.reasons),
+                   tflite_bytes=c.size)
+        xt = rng.uniform(0, 255, (32, *shape)).astype(np.float32)
+        runner = ModelRunner(c.content, batch_size=8)
+        got = runner.run(xt)[0]
+        ref = np.asarray(qat.predict(xt, batch_size=8, verbose=0))
+        scale = runner.outputs[0].quant.scale
+        row.update(agreement=float(np.mean(got.argmax(-1) == ref.argmax(-1))),
+                   mean_lsb=float(np.abs(got - ref).mean() / scale),
+                   ok=bool(c.verdict.full_int8))
+    except Exception as exc:  # a row, not a crash of the benchmark
+        row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    Path(out).write_text(json.dumps(row))
+
+
+def _softmax(model) -> bool:
+    last = model.layers[-1]
+    last = getattr(last, "layer", last)
+    act = getattr(last, "activation", None)
+    return getattr(act, "__name__", "") == "softmax"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", help="comma list of architectures")
+    ap.add_argument("--keras", choices=["2", "3", "both"], default="both")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        one(args._child[0], int(args._child[1]), args._child[2])
+        return 0
+    archs = args.only.split(",") if args.only else list(ARCHS)
+    majors = [2, 3] if args.keras == "both" else [int(args.keras)]
+    tmp = Path(tempfile.mkdtemp(prefix="coverage-"))
+    jobs = [(a, k) for k in majors for a in archs]
+
+    def run(job):
+        a, k = job
+        out = tmp / f"{a}-{k}.json"
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        p = subprocess.run([sys.executable, __file__, "--_child", a, str(k), str(out)],
+                           capture_output=True, text=True, env=env)
+        if out.is_file():
+            row = json.loads(out.read_text())
+        else:
+            row = {"arch": a, "keras": k, "ok": False,
+                   "error": f"process died (exit {p.returncode}): {p.stderr.strip()[-200:]}"}
+        print(f"  {a} (Keras {k}): {'ok' if row.get('ok') else 'FAILED'} in "
+              f"{row.get('seconds', '?')} s", file=sys.stderr, flush=True)
+        return row
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(run, jobs))
+    print("| architecture | Keras | params | annotate | layers quantized | params quantized "
+          "| fallbacks used | full-int8 | agreement | mean LSB | s |")
+    print("|---|---|--:|---|--:|--:|---|---|--:|--:|--:|")
+    for r in rows:
+        fb = ", ".join(f"{k} ×{v}" for k, v in sorted(r.get("fallbacks", {}).items())) or "—"
+        if r.get("error"):
+            print(f"| {r['arch']} | {r['keras']} | {r.get('params', '—'):,} | "
+                  f"{'ok' if r.get('annotate_ok') else 'FAIL'} | | | {fb} | **{r['error']}** "
+                  f"| | | {r.get('seconds', '')} |" if isinstance(r.get('params'), int) else
+                  f"| {r['arch']} | {r['keras']} | — | FAIL | | | | **{r['error']}** | | | "
+                  f"{r.get('seconds', '')} |")
+            continue
+        print(f"| {r['arch']} | {r['keras']} | {r['params']:,} | ok | "
+              f"{100 * r['layers_q']:.0f} % | {100 * r['params_q']:.1f} % | {fb} | "
+              f"{'yes' if r['full_int8'] else 'NO: ' + '; '.join(r['reasons'])[:80]} | "
+              f"{100 * r['agreement']:.1f} % | {r['mean_lsb']:.2f} | {r['seconds']} |")
+    ok = sum(bool(r.get("ok")) for r in rows)
+    print(f"\n{ok}/{len(rows)} rows annotate and convert to full-int8")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0 if ok == len(rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
