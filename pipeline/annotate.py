@@ -108,8 +108,11 @@ def apply(model, policy=None):
 
     plain = source is model and policy is None and not any(
         p.status in (FALLBACK, CALIBRATED, EXCLUDED) for p in coverage.layers)
+    # quantize_apply clones the model through its config: the model's own layer classes
+    # (e.g. ConvNeXt's LayerScale in tf_keras.applications) must be resolvable by name.
+    own = {type(l).__name__: type(l) for l in source.layers}
     try:
-        with q.quantize_scope(fallbacks.custom_objects()):
+        with q.quantize_scope({**own, **fallbacks.custom_objects()}):
             annotated = q.quantize_annotate_model(model) if plain else \
                 keras.models.clone_model(source, clone_function=annotate_layer)
             qat_model = q.quantize_apply(annotated)

@@ -33,7 +33,12 @@ _WEIGHT_ATTRS = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
 _ACTIVATION_OK = {"relu", "swish", "gelu", "relu6", "linear", "softmax", "sigmoid", "tanh"}
 # Activation names QuantizeAwareActivation accepts inside Dense/Conv (0.8.1).
 _INNER_ACTIVATION_OK = {"softmax", "sigmoid", "tanh", "gelu", "linear", "relu", "swish"}
-_CONVS = {"Conv2D", "DepthwiseConv2D"}
+# Layers a BatchNormalization right after them is folded into (tfmot's Conv2DBatchNorm*,
+# DenseBatchNorm* transforms; SeparableConv is first split into depthwise + pointwise convs).
+_CONVS = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "SeparableConv1D", "Dense"}
+# Not in the registry but rewritten by tfmot's layout transforms into layers that are
+# (SeparableConvQuantize / SeparableConv1DQuantize): annotate them like any supported layer.
+_TRANSFORMED = {"SeparableConv2D", "SeparableConv1D"}
 # TFLite's int8 AVERAGE_POOL_2D requires the output scale to equal the input scale, but tfmot's
 # registry gives AveragePooling an output quantizer of its own; after a conv the two ranges
 # differ and the converter fails ("quantization parameters violate the same scale
@@ -159,6 +164,8 @@ def plan_layer(layer, registry) -> LayerPlan:
     if _takes_integers(layer):
         return mk(CALIBRATED, f"{cls} reads integer ids: tfmot's input quantizer cannot take "
                               "them; the converter quantizes its table from the data")
+    if cls in _TRANSFORMED:
+        return mk(QUANTIZED, "split into depthwise + pointwise convs by tfmot's transforms")
     if cls in _SAME_SCALE:
         return mk(FALLBACK, "same-scale op in TFLite: no output quantizer, it keeps its "
                             "input's scale", quantize_output=False)
