@@ -16,8 +16,8 @@ import re
 
 from pipeline.coverage import Coverage
 from pipeline.errors import ConfigError, ConversionError
-from pipeline.fallbacks import (CALIBRATED, EXCLUDED, FALLBACK, FOLDED, INPUT, PASSTHROUGH,
-                                QUANTIZED, LayerPlan)
+from pipeline.fallbacks import (CALIBRATED, EXCLUDED, FALLBACK, FOLDED, INPUT, KEEP_FLOAT,
+                                PASSTHROUGH, QUANTIZED, LayerPlan)
 
 _ANNOTATED = {QUANTIZED, FOLDED, PASSTHROUGH, FALLBACK}
 
@@ -32,7 +32,7 @@ def apply_policy(plans: list[LayerPlan], policy) -> list[LayerPlan]:
         return plans
     from dataclasses import replace
 
-    for key in ("include", "exclude"):
+    for key in ("include", "exclude", "keep_float"):
         for pattern in getattr(policy, key):
             if not any(_matches(pattern, p) for p in plans if p.status != INPUT):
                 names = ", ".join([p.name for p in plans if p.status != INPUT][:8])
@@ -46,7 +46,10 @@ def apply_policy(plans: list[LayerPlan], policy) -> list[LayerPlan]:
             continue
         left_out = (policy.include and not any(_matches(x, p) for x in policy.include)) or \
             any(_matches(x, p) for x in policy.exclude)
-        if left_out:
+        if any(_matches(x, p) for x in policy.keep_float):
+            p = replace(p, status=KEEP_FLOAT, detail="kept float by policy: trains in float "
+                        "and runs float32 between DEQUANTIZE/QUANTIZE in the .tflite")
+        elif left_out:
             p = replace(p, status=EXCLUDED, detail="excluded by annotate policy; the "
                         "converter still quantizes it from the representative data")
         elif p.status == FALLBACK and not policy.fallbacks:
@@ -57,13 +60,21 @@ def apply_policy(plans: list[LayerPlan], policy) -> list[LayerPlan]:
     # A BatchNormalization is folded into its conv by tfmot's transforms only when both are
     # annotated: follow the conv's fate.
     by_name = {p.name: p for p in out}
-    return [replace(p, status=EXCLUDED, detail="its conv is excluded")
-            if p.status == FOLDED and _conv_excluded(p, by_name) else p for p in out]
+    return [replace(p, status=by_name[_conv_of(p, by_name)].status,
+                    detail=f"follows its conv {_conv_of(p, by_name)}")
+            if p.status == FOLDED and _conv_of(p, by_name) else p for p in out]
 
 
-def _conv_excluded(bn: LayerPlan, by_name: dict) -> bool:
-    return any(by_name.get(n) is not None and by_name[n].status == EXCLUDED
-               for n in bn.inbound)
+def _conv_of(bn: LayerPlan, by_name: dict) -> str | None:
+    """The excluded / kept-float conv a folded BatchNormalization follows, if any."""
+    for n in bn.inbound:
+        if by_name.get(n) is not None and by_name[n].status in (EXCLUDED, KEEP_FLOAT):
+            return n
+    return None
+
+
+def keep_float_layers(coverage) -> list[str]:
+    return [p.name for p in coverage.layers if p.status == KEEP_FLOAT]
 
 
 def prepare(model, policy=None):
@@ -107,7 +118,7 @@ def apply(model, policy=None):
         return q.quantize_annotate_layer(layer)
 
     plain = source is model and policy is None and not any(
-        p.status in (FALLBACK, CALIBRATED, EXCLUDED) for p in coverage.layers)
+        p.status in (FALLBACK, CALIBRATED, EXCLUDED, KEEP_FLOAT) for p in coverage.layers)
     # quantize_apply clones the model through its config: the model's own layer classes
     # (e.g. ConvNeXt's LayerScale in tf_keras.applications) must be resolvable by name.
     own = {type(l).__name__: type(l) for l in source.layers}

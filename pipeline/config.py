@@ -98,12 +98,13 @@ class AnnotateConfig:
 
     include: tuple[str, ...] = ()     # only these are annotated (empty: all)
     exclude: tuple[str, ...] = ()     # never annotated (the converter still makes them int8)
+    keep_float: tuple[str, ...] = ()  # not annotated and left float32 in the int8 .tflite
     fallbacks: bool = True            # QuantizeConfigs for layers tfmot refuses
 
     def __post_init__(self):
         import re
 
-        for key in ("include", "exclude"):
+        for key in ("include", "exclude", "keep_float"):
             for pattern in getattr(self, key):
                 try:
                     re.compile(pattern)

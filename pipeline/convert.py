@@ -29,6 +29,8 @@ class Converted:
     model: TFLiteModel
     verdict: Verdict | None  # None for float32 (not meant to be int8)
     seconds: float
+    islands: object | None = None       # islands.IslandReport when layers were kept float
+    islands_only: bool | None = None    # not full-int8 only because of those islands
 
     @property
     def size(self) -> int:

@@ -104,6 +104,13 @@ def markdown(report: dict) -> str:
     for g in r["gates"]:
         lines.append(f"| {g['name']} | {g['value']} | {g['threshold']} | "
                      f"{'pass' if g['passed'] else '**FAIL** ' + g['detail']} |")
+    isl = r.get("float_islands")
+    if isl:
+        lines += ["", "## Float islands (annotate.keep_float)", ""]
+        for variant, rep in isl.items():
+            lines.append(f"- `{variant}`: layers {', '.join(rep['layers'])} run in float32 "
+                         f"({', '.join(rep['ops'])}; {rep['added_ops']} QUANTIZE/DEQUANTIZE "
+                         "ops added at the island's edges)")
     not_int8 = [v for v in r["variants"] if v["full_int8"] is False]
     if not_int8:
         lines += ["", "## Full-int8 findings", ""]

@@ -62,6 +62,20 @@ def _save_h5(model, path) -> None:
         model.save(path, include_optimizer=False)
 
 
+def _with_islands(c, layers, io):
+    """The converted model with ``layers`` switched to float32 (annotate.keep_float)."""
+    import dataclasses
+
+    from pipeline import islands
+    from pipeline.tflite_model import TFLiteModel
+
+    content, rep = islands.keep_float(c.content, layers)
+    view = TFLiteModel.from_bytes(content, source=c.variant.filename)
+    verdict = view.verdict(allow_float_io=(io == "float"))
+    return dataclasses.replace(c, content=content, model=view, verdict=verdict, islands=rep,
+                               islands_only=islands.only_islands(verdict, rep))
+
+
 def _translation(loaded) -> dict | None:
     t = getattr(loaded, "translation", None)
     if t is None:
@@ -70,7 +84,9 @@ def _translation(loaded) -> dict | None:
             "layers": t.layers, "notes": list(t.notes)}
 
 
-def evaluate_gates(cfg: Config, float_acc: float, variants: dict, agreement: dict) -> list:
+def evaluate_gates(cfg: Config, float_acc: float, variants: dict, agreement: dict,
+                   mixed_ok: dict | None = None) -> list:
+    mixed_ok = mixed_ok or {}
     g = cfg.gates
     gates = []
     if g.min_float_accuracy > 0:
@@ -90,10 +106,17 @@ def evaluate_gates(cfg: Config, float_acc: float, variants: dict, agreement: dic
                                     "Keras QAT and qat_int8.tflite disagree"))
     if g.require_full_int8:
         for variant, res in variants.items():
-            if variant.is_int8:
-                gates.append(GateResult(f"full_int8[{variant.value}]", bool(res.full_int8),
-                                        bool(res.full_int8), True,
+            if not variant.is_int8:
+                continue
+            if variant in mixed_ok:  # float islands the policy asked for, and nothing else
+                gates.append(GateResult(f"full_int8[{variant.value}]", bool(mixed_ok[variant]),
+                                        "int8 + requested float islands" if mixed_ok[variant]
+                                        else False, True,
                                         "; ".join(res.full_int8_reasons)))
+                continue
+            gates.append(GateResult(f"full_int8[{variant.value}]", bool(res.full_int8),
+                                    bool(res.full_int8), True,
+                                    "; ".join(res.full_int8_reasons)))
     return gates
 
 
@@ -207,11 +230,16 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
     rep = data_mod.representative_sample(dataset.x_train, cfg.convert.representative_samples,
                                          cfg.seed)
     converted = {}
+    keep_float = annotate.keep_float_layers(coverage)
+    island_reports: dict = {}
     with timer.stage("convert"):
         for name in cfg.convert.variants:
             variant = Variant(name)
             source = qat_model if variant is Variant.QAT_INT8 else float_model
             c = convert.convert(variant, source, representative=rep, io=cfg.convert.io)
+            if variant.is_int8 and keep_float:
+                c = _with_islands(c, keep_float, cfg.convert.io)
+                island_reports[variant.value] = c.islands.to_dict()
             run_dir.write_bytes(variant.filename, c.content)
             converted[variant] = c
             extra = "" if c.verdict is None else \
@@ -265,7 +293,9 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
                                      [o.to_dict() for o in runner.outputs])
         reference.save(run_dir, x_te, y_te, bundle)
 
-    gates = evaluate_gates(cfg, keras_float.accuracy, variants, agreement)
+    gates = evaluate_gates(cfg, keras_float.accuracy, variants, agreement,
+                           {v: c.islands_only for v, c in converted.items()
+                            if c.islands is not None})
     status = "passed" if all(g.passed for g in gates) else "gates_failed"
     deliverable = Variant.QAT_INT8 if Variant.QAT_INT8 in converted else next(iter(converted))
     from pipeline.runtime import ModelRunner
@@ -294,6 +324,7 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
         "agreement": [a.to_dict() for a in agreement.values()],
         "comparisons": [a.to_dict() for a in extra_pairs],
         "layer_parity": None if layer_parity is None else layer_parity.to_dict(),
+        "float_islands": island_reports or None,
         "gates": [g.to_dict() for g in gates],
         "timings": timings,
         "model_card": card,

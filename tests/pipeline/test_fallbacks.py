@@ -170,3 +170,31 @@ def test_excluded_layers_stay_unwrapped_and_the_tflite_stays_full_int8(env, trai
     assert "block3_pw_conv" not in wrapped and "block1_conv" in wrapped
     c = convert.convert(Variant.QAT_INT8, qat, representative=digits["x_train"][:64])
     assert c.verdict.full_int8, c.verdict.reasons
+
+
+def test_keep_float_makes_a_mixed_model_the_inspector_reports(env, trained_model, digits):
+    from pipeline import islands
+
+    policy = AnnotateConfig(keep_float=("block3_pw_.*",))
+    qat, cov = annotate.apply(trained_model, policy)
+    kept = annotate.keep_float_layers(cov)
+    assert set(kept) == {"block3_pw_conv", "block3_pw_bn", "block3_pw_relu"}
+    wrapped = {l.layer.name for l in qat.layers if hasattr(l, "layer")}
+    assert "block3_pw_conv" not in wrapped  # trains in float
+    c = convert.convert(Variant.QAT_INT8, qat, representative=digits["x_train"][:64])
+    assert c.verdict.full_int8
+    mixed, rep = islands.keep_float(c.content, kept)
+    from pipeline.tflite_model import TFLiteModel
+
+    view = TFLiteModel.from_bytes(mixed)
+    verdict = view.verdict()
+    assert not verdict.full_int8 and islands.only_islands(verdict, rep)
+    assert view.op_counts()["DEQUANTIZE"] == 1 and view.op_counts()["QUANTIZE"] == 1
+    conv = [op for op in view.main.operators if op.opcode == "CONV_2D"
+            and "block3_pw" in view.main.tensors[op.outputs[0]].name]
+    assert conv and all(view.main.tensors[i].dtype == "FLOAT32" for i in conv[0].inputs[:2])
+    x = digits["x_test"]
+    a, b = ModelRunner(c.content).run(x)[0], ModelRunner(mixed).run(x)[0]
+    assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.99  # the same model, one layer in float
+    with pytest.raises(Exception, match="No op of the .tflite"):
+        islands.keep_float(c.content, ["no_such_layer"])
