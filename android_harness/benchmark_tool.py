@@ -21,7 +21,6 @@ The output formats come from the TensorFlow sources (tensorflow/lite/tools/bench
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -95,12 +94,8 @@ def check_abi(binary: str | os.PathLike, device_abi: str, serial: str) -> str:
     return abi
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# one implementation of file hashing for the project (pipeline.artifacts has no TensorFlow)
+from pipeline.artifacts import sha256_file as file_sha256  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
