@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/qat run models/digits_cnn.toml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 bench: $(STAMP)
 	$(PY) benchmarks/pipeline_bench.py --output artifacts

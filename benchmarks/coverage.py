@@ -5,6 +5,8 @@ and the same list built in Keras 3 and saved as .keras, through the QAT path:
     -> top-1 agreement and mean error (LSB) Keras QAT vs .tflite on random inputs
 
     python benchmarks/coverage.py [--only MobileNetV2,ResNet50] [--keras 2|3|both] [--jobs 2]
+                                  [--json rows.json]
+    python benchmarks/coverage.py --merge rows.json more-rows.json   # one table from saved rows
 
 Each architecture runs in its own process (TensorFlow's memory is returned, a crash is a
 row). Prints a Markdown table; target: every row annotates and converts to full-int8.
@@ -18,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -101,39 +104,10 @@ def _softmax(model) -> bool:
     return getattr(act, "__name__", "") == "softmax"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", help="comma list of architectures")
-    ap.add_argument("--keras", choices=["2", "3", "both"], default="both")
-    ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--json", help="also write the rows here")
-    ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args._child:
-        one(args._child[0], int(args._child[1]), args._child[2])
-        return 0
-    archs = args.only.split(",") if args.only else list(ARCHS)
-    majors = [2, 3] if args.keras == "both" else [int(args.keras)]
-    tmp = Path(tempfile.mkdtemp(prefix="coverage-"))
-    jobs = [(a, k) for k in majors for a in archs]
-
-    def run(job):
-        a, k = job
-        out = tmp / f"{a}-{k}.json"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-        p = subprocess.run([sys.executable, __file__, "--_child", a, str(k), str(out)],
-                           capture_output=True, text=True, env=env)
-        if out.is_file():
-            row = json.loads(out.read_text())
-        else:
-            row = {"arch": a, "keras": k, "ok": False,
-                   "error": f"process died (exit {p.returncode}): {p.stderr.strip()[-200:]}"}
-        print(f"  {a} (Keras {k}): {'ok' if row.get('ok') else 'FAILED'} in "
-              f"{row.get('seconds', '?')} s", file=sys.stderr, flush=True)
-        return row
-
-    with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(run, jobs))
+def render(rows: list[dict]) -> int:
+    """Print the Markdown table (architectures in ARCHS order, Keras 2 then 3); 0 if all ok."""
+    order = {a: i for i, a in enumerate(ARCHS)}
+    rows = sorted(rows, key=lambda r: (r["keras"], order.get(r["arch"], len(order))))
     print("| architecture | Keras | params | annotate | layers quantized | params quantized "
           "| fallbacks used | full-int8 | agreement | mean LSB | s |")
     print("|---|---|--:|---|--:|--:|---|---|--:|--:|--:|")
@@ -152,9 +126,58 @@ def main() -> int:
               f"{100 * r['agreement']:.1f} % | {r['mean_lsb']:.2f} | {r['seconds']} |")
     ok = sum(bool(r.get("ok")) for r in rows)
     print(f"\n{ok}/{len(rows)} rows annotate and convert to full-int8")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0 if ok == len(rows) else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", help="comma list of architectures")
+    ap.add_argument("--keras", choices=["2", "3", "both"], default="both")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--merge", nargs="+", metavar="ROWS.json",
+                    help="print one table from rows saved by earlier --json runs (a later "
+                         "file's row replaces an earlier one for the same architecture)")
+    ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.merge:
+        merged = {}
+        for f in args.merge:
+            for r in json.loads(Path(f).read_text()):
+                merged[(r["arch"], r["keras"])] = r
+        return render(list(merged.values()))
+    if args._child:
+        one(args._child[0], int(args._child[1]), args._child[2])
+        return 0
+    archs = args.only.split(",") if args.only else list(ARCHS)
+    majors = [2, 3] if args.keras == "both" else [int(args.keras)]
+    tmp = Path(tempfile.mkdtemp(prefix="coverage-"))
+    jobs = [(a, k) for k in majors for a in archs]
+    done: list[dict] = []
+    lock = threading.Lock()
+
+    def run(job):
+        a, k = job
+        out = tmp / f"{a}-{k}.json"
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        p = subprocess.run([sys.executable, __file__, "--_child", a, str(k), str(out)],
+                           capture_output=True, text=True, env=env)
+        if out.is_file():
+            row = json.loads(out.read_text())
+        else:
+            row = {"arch": a, "keras": k, "ok": False,
+                   "error": f"process died (exit {p.returncode}): {p.stderr.strip()[-200:]}"}
+        print(f"  {a} (Keras {k}): {'ok' if row.get('ok') else 'FAILED'} in "
+              f"{row.get('seconds', '?')} s", file=sys.stderr, flush=True)
+        with lock:  # rows so far survive an interrupted run
+            done.append(row)
+            if args.json:
+                Path(args.json).write_text(json.dumps(done, indent=1))
+        return row
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(run, jobs))
+    return render(rows)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threshold-lsb", type=float, default=1.0,
                    help="--layers: mean error above which a layer diverges (default 1)")
     v.add_argument("--split", choices=["test", "train"], default="test")
-    v.add_argument("--batch-size", type=int, default=256)
+    v.add_argument("--batch-size", type=int, default=0,
+                   help="samples per invoke (default 0: cache-sized, at most 256)")
     v.add_argument("--runtime", default="auto",
                    choices=["auto", "litert", "tflite_runtime", "tensorflow"])
     v.add_argument("--num-threads", type=int, default=0)
@@ -256,8 +257,9 @@ def cmd_verify(args, out) -> int:
     from pipeline import verify
     from pipeline.tflite_model import TFLiteModel, read_file
 
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1", args.batch_size, "Use e.g. 256")
+    if args.batch_size < 0:
+        raise UsageError("--batch-size must be 0 (auto) or more", args.batch_size,
+                         "Use 0 for a cache-sized batch, or e.g. 64")
     if not (args.data or args.reference):
         raise UsageError("verify needs --data or --reference", "neither",
                          "Pass --data digits (or an .npz), or --reference artifacts/NAME")

@@ -133,14 +133,14 @@ class ConvertConfig:
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    batch_size: int = 256
+    batch_size: int = 0     # samples per invoke; 0 = auto (cache-sized, at most 256)
     runtime: str = "auto"   # auto | litert | tflite_runtime | tensorflow
     num_threads: int = 0    # 0 = the interpreter's default
     workers: int = 0        # interpreters run in parallel over shards; 0 = one per CPU core
 
     def __post_init__(self):
-        _check(self.batch_size >= 1, "verify.batch_size must be at least 1", self.batch_size,
-               "Use e.g. 256")
+        _check(self.batch_size >= 0, "verify.batch_size must be 0 (auto) or more",
+               self.batch_size, "Use 0 for a cache-sized batch, or e.g. 64")
         _check(self.runtime in ("auto", "litert", "tflite_runtime", "tensorflow"),
                "Unknown verify.runtime", self.runtime,
                "Use auto, litert, tflite_runtime or tensorflow")

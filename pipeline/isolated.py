@@ -132,7 +132,7 @@ class IsolatedInterpreter:
         return reply
 
     def run(self, model: bytes | str | os.PathLike, x: np.ndarray | list | None = None, *,
-            batch_size: int = 256, dequantize: bool = True,
+            batch_size: int = 0, dequantize: bool = True,
             precheck: bool = True) -> tuple[list[np.ndarray], dict]:
         """Load ``model`` in the child and run ``x`` (or one zero input if None).
 

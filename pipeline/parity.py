@@ -154,7 +154,7 @@ def match_tensors(view: TFLiteModel, layers: list) -> tuple[dict, dict, list]:
 
 
 def compare_layers(qat_model, tflite: bytes | str, x: np.ndarray, *, threshold_lsb: float = 1.0,
-                   batch_size: int = 256, runtime: str | None = None) -> LayerParity:
+                   batch_size: int = 0, runtime: str | None = None) -> LayerParity:
     """Compare every quantized layer of ``qat_model`` with the matching tensor of ``tflite``."""
     from pipeline import keras_env
 
@@ -165,7 +165,7 @@ def compare_layers(qat_model, tflite: bytes | str, x: np.ndarray, *, threshold_l
     produced, fused, unmatched = match_tensors(view, layers)
 
     capture = keras.Model(qat_model.inputs, [l.output for l in layers])
-    keras_outs = capture.predict(x, batch_size=batch_size, verbose=0)
+    keras_outs = capture.predict(x, batch_size=batch_size or 256, verbose=0)
     if not isinstance(keras_outs, list):
         keras_outs = [keras_outs]
     runner = ModelRunner(content, batch_size=batch_size, runtime=runtime,

@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -21,6 +22,12 @@ from pipeline.errors import ModelFileError, UsageError
 from pipeline.records import QuantParams
 
 RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
+# batch_size=0 (auto): as many samples per invoke as keep one batch's activations within this
+# many bytes - about half the L2 cache of one core on today's x86 and phone CPUs. Big batches
+# spill to L3/DRAM and run slower per sample than moderate ones (digits_cnn int8: batch 450
+# costs ~2x more per image than batch 64 here); see benchmarks/pipeline_bench.py.
+AUTO_BATCH_BYTES = 256 * 1024
+MAX_AUTO_BATCH = 256
 _MODULES = {"litert": "ai_edge_litert.interpreter", "tflite_runtime": "tflite_runtime.interpreter"}
 
 
@@ -83,6 +90,22 @@ def quiet_native_output(enabled: bool = True):
                 text = sink.read().decode(errors="replace").strip()
                 if text:
                     print(text, file=sys.stderr)
+
+
+def auto_batch_size(interpreter, budget: int = AUTO_BATCH_BYTES, cap: int = MAX_AUTO_BATCH) -> int:
+    """Samples per invoke whose activations fit ``budget`` bytes (1..cap).
+
+    Activations are the tensors whose batch dimension is dynamic (shape_signature[0] == -1);
+    their sizes at batch 1 are summed. A model with a fixed batch gets ``cap`` (the runner
+    then falls back to one sample per invoke anyway)."""
+    per_sample = 0
+    for d in interpreter.get_tensor_details():
+        sig = d.get("shape_signature")
+        if sig is not None and len(sig) and int(sig[0]) == -1:
+            per_sample += int(np.prod(d["shape"][1:])) * np.dtype(d["dtype"]).itemsize
+    if per_sample == 0:
+        return cap
+    return max(1, min(cap, budget // per_sample))
 
 
 def make_interpreter(model: bytes | str | os.PathLike, *, runtime: str | None = None,
@@ -195,15 +218,16 @@ class ModelRunner:
     cannot be resized fall back to one sample per invoke. With ``workers`` > 1 the samples are
     split into contiguous shards, each run by its own interpreter in a thread (LiteRT's
     ``invoke`` releases the GIL), which uses every core even when the model is too small for
-    the interpreter's own threads to help.
+    the interpreter's own threads to help. ``batch_size`` 0 (the default) picks a cache-sized
+    batch (:func:`auto_batch_size`); a positive value is used as given.
     """
 
-    def __init__(self, model: bytes | str | os.PathLike, *, batch_size: int = 256,
+    def __init__(self, model: bytes | str | os.PathLike, *, batch_size: int = 0,
                  runtime: str | None = None, num_threads: int | None = None,
                  xnnpack: bool = True, preserve_all_tensors: bool = False, workers: int = 1):
-        if batch_size < 1:
-            raise UsageError("Batch size must be at least 1", batch_size,
-                             "Pass --batch-size 1 or more")
+        if batch_size < 0:
+            raise UsageError("Batch size must be 0 (auto) or more", batch_size,
+                             "Pass --batch-size 0 for a cache-sized batch, or a positive size")
         if workers < 1:
             raise UsageError("Worker count must be at least 1", workers, "Pass 1 or more")
         if isinstance(model, (str, os.PathLike)):
@@ -219,9 +243,18 @@ class ModelRunner:
         self.runtime = resolve_runtime(runtime)[0]
         self.inputs = [TensorSpec.from_details(d) for d in self.interpreter.get_input_details()]
         self.outputs = [TensorSpec.from_details(d) for d in self.interpreter.get_output_details()]
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size) or auto_batch_size(self.interpreter)
         self._workers = [_Worker(self.interpreter, self.inputs, self.outputs)]
         self._workers += [_Worker(new(), self.inputs, self.outputs) for _ in range(workers - 1)]
+        self._pool = None  # threads for the workers, made on first parallel run and kept
+
+    def _executor(self):
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(len(self._workers), thread_name_prefix="litert")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
+        return self._pool
 
     # -- data conversion ------------------------------------------------------------------
     @staticmethod
@@ -262,15 +295,12 @@ class ModelRunner:
         if len(workers) == 1:
             parts = [workers[0].run_range(prepared, 0, n, batch, dequantize)]
         else:
-            from concurrent.futures import ThreadPoolExecutor
-
             shard = -(-n // len(workers))
-            batch = min(batch, shard)  # equal shards, no padding waste
+            batch = -(-shard // -(-shard // batch))  # equal invokes per shard: least padding
             bounds = [(k * shard, min(n, (k + 1) * shard)) for k in range(len(workers))]
-            with ThreadPoolExecutor(len(workers)) as pool:
-                parts = list(pool.map(
-                    lambda wb: wb[0].run_range(prepared, wb[1][0], wb[1][1], batch, dequantize),
-                    zip(workers, bounds)))
+            parts = list(self._executor().map(
+                lambda wb: wb[0].run_range(prepared, wb[1][0], wb[1][1], batch, dequantize),
+                zip(workers, bounds)))
         return [np.concatenate([c for part in parts for c in part[k]])
                 for k in range(len(self.outputs))]
 

@@ -42,12 +42,13 @@ def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
 
 
 def score_keras(name: str, model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Scored:
-    out = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+    out = np.asarray(model.predict(x, batch_size=batch_size or 256, verbose=0),
+                     dtype=np.float32)
     return Scored(name, out, accuracy(out, y))
 
 
 def score_tflite(name: str, model: bytes | str | os.PathLike, x: np.ndarray, y: np.ndarray, *,
-                 batch_size: int = 256, runtime: str | None = None,
+                 batch_size: int = 0, runtime: str | None = None,
                  num_threads: int | None = None, workers: int = 0,
                  isolate: bool = False, timeout: float | None = None) -> Scored:
     """Accuracy of a .tflite on (x, y). ``isolate`` runs it in a child process (for files

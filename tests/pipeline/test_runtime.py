@@ -5,7 +5,8 @@ import pytest
 
 from pipeline.errors import ModelFileError, UsageError
 from pipeline.records import QuantParams, Variant
-from pipeline.runtime import ModelRunner, resolve_runtime
+from pipeline.runtime import ModelRunner, auto_batch_size, make_interpreter, resolve_runtime
+from pipeline.tflite_model import TFLiteModel
 
 
 def test_quant_params_round_trip():
@@ -22,7 +23,7 @@ def test_quant_params_round_trip():
 
 @pytest.mark.parametrize("variant", list(Variant))
 @pytest.mark.parametrize("batch, workers", [(1, 1), (7, 1), (64, 1), (450, 1), (7, 2),
-                                            (64, 3)])
+                                            (64, 3), (0, 1), (0, 2)])
 def test_batched_equals_one_at_a_time(tflite_variants, digits, variant, batch, workers):
     """Batching (with a zero-padded last batch) and sharding over several interpreters must
     not change any output."""
@@ -32,6 +33,27 @@ def test_batched_equals_one_at_a_time(tflite_variants, digits, variant, batch, w
     batched = ModelRunner(content, batch_size=batch, workers=workers).run(x)[0]
     assert batched.shape == single.shape == (100, 10)
     np.testing.assert_array_equal(batched, single)
+
+
+@pytest.mark.parametrize("variant", list(Variant))
+def test_auto_batch_keeps_one_batch_of_activations_within_the_budget(tflite_variants, variant):
+    """Batch 0 = cache-sized: per-sample activation bytes, computed here from the flatbuffer
+    (tensors with a dynamic batch dimension), times the batch stays within the budget."""
+    content = tflite_variants[variant].content
+    view = TFLiteModel.from_bytes(content)
+    bits = {"FLOAT32": 32, "INT8": 8, "INT32": 32, "UINT8": 8, "INT16": 16}
+    per_sample = sum(int(np.prod(t.shape[1:])) * bits[t.dtype] // 8
+                     for t in view.subgraphs[0].tensors
+                     if t.shape_signature and t.shape_signature[0] == -1)
+    assert per_sample > 0
+    budget = 64 * 1024
+    got = auto_batch_size(make_interpreter(content), budget=budget)
+    assert got == min(256, budget // per_sample)
+    assert got * per_sample <= budget < (got + 1) * per_sample or got == 256
+    assert ModelRunner(content).batch_size == auto_batch_size(make_interpreter(content))
+    assert auto_batch_size(make_interpreter(content), budget=1) == 1
+    with pytest.raises(UsageError, match="0 \\(auto\\) or more"):
+        ModelRunner(content, batch_size=-1)
 
 
 def test_int8_inputs_use_the_models_own_quantization(tflite_variants, digits):
