@@ -71,6 +71,9 @@ class QatConfig:
     lr_schedule: str = "cosine"   # cosine | constant
     early_stopping_patience: int = 3
     monitor: str = "val_loss"  # val_loss | val_accuracy (accuracy ties on small splits)
+    # activation ranges start from this many training samples instead of tfmot's [-6, 6]
+    # (pipeline/ranges.py); 0 keeps tfmot's initial ranges
+    range_init_samples: int = 256
     verbose: int = -1  # Keras fit verbosity; -1 = progress bar on a terminal, one line per epoch otherwise
 
     def __post_init__(self):
@@ -82,6 +85,8 @@ class QatConfig:
                self.learning_rate, "QAT fine-tuning wants a small rate, e.g. 3e-5")
         _check(self.lr_schedule in ("cosine", "constant"), "Unknown qat.lr_schedule",
                self.lr_schedule, "Use 'cosine' or 'constant'")
+        _check(self.range_init_samples >= 0, "qat.range_init_samples must be >= 0",
+               self.range_init_samples, "Use e.g. 256, or 0 to keep tfmot's [-6, 6] start")
         _check(self.early_stopping_patience >= 0, "qat.early_stopping_patience must be >= 0",
                self.early_stopping_patience, "Use 0 to disable early stopping")
         _check(self.monitor in ("val_accuracy", "val_loss"), "Unknown qat.monitor",

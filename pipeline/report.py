@@ -140,6 +140,10 @@ def markdown(report: dict) -> str:
         lines.append(f"- QAT: {q['epochs_run']} epoch(s) this run, resumed from epoch "
                      f"{q['resumed_from_epoch']}, best epoch {q['best_epoch']}, stopped early: "
                      f"{q['stopped_early']}")
+        if q.get("range_init"):
+            ri = q["range_init"]
+            lines.append(f"- activation ranges initialised from {ri['samples']} training "
+                         f"samples ({ri['ranges']} ranges; tfmot would start them at [-6, 6])")
     cov = r["model"].get("coverage")
     if cov:
         lines.append(f"- QAT covers {cov['layers_quantized']}/{cov['layers']} layers "

@@ -187,7 +187,7 @@ def run(cfg: Config, *, resume: bool = False, log=print, model=None,
 
 def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resume, log,
             t_start) -> RunResult:
-    from pipeline import annotate, convert, finetune, parity, reference, report, verify
+    from pipeline import annotate, convert, finetune, parity, ranges, reference, report, verify
 
     x_tr, y_tr, x_val, y_val = splits
     float_model = loaded.model
@@ -219,6 +219,14 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
     with timer.stage("annotate"):
         qat_model, coverage = annotate.apply(float_model, cfg.annotate)
         run_dir.write_json("coverage.json", coverage.to_dict())
+
+    range_init = None
+    if cfg.qat.range_init_samples:
+        with timer.stage("range_init"):  # a resumed run's checkpoint then overrides them
+            range_init = ranges.init_ranges(qat_model, data_mod.representative_sample(
+                x_tr, cfg.qat.range_init_samples, cfg.seed))
+            log(f"range init: {range_init['ranges']} activation ranges set from "
+                f"{range_init['samples']} training samples (tfmot starts them at [-6, 6])")
 
     with timer.stage("finetune"):
         fit = finetune.fit(qat_model, x_tr, y_tr, x_val, y_val, cfg.qat, run_dir,
@@ -318,7 +326,7 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
                   "keras3_translation": _translation(loaded)},
         "data": dataset.summary(),
         "float_training": float_info,
-        "qat": fit.to_dict(),
+        "qat": {**fit.to_dict(), "range_init": range_init},
         "keras": {"float_accuracy": keras_float.accuracy, "qat_accuracy": keras_qat.accuracy},
         "variants": [v.to_dict() for v in variants.values()],
         "agreement": [a.to_dict() for a in agreement.values()],

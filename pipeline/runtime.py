@@ -292,11 +292,18 @@ class ModelRunner:
         prepared = [self.prepare_input(s, a) for s, a in zip(self.inputs, arrays)]
         batch = max(1, min(batch_size or self.batch_size, n))
         workers = self._workers[: max(1, min(len(self._workers), -(-n // batch)))]
+        if len(workers) > 1:
+            shard = -(-n // len(workers))
+            batch = -(-shard // -(-shard // batch))  # equal invokes per shard: least padding
+        # allocate here, in this thread: LiteRT prints "Created ... XNNPACK delegate" straight
+        # to fd 2 on first allocation, and silencing fds is not safe from the pool's threads
+        if any(w.batch != batch for w in workers):
+            with quiet_native_output():
+                for w in workers:
+                    w.allocate(batch)
         if len(workers) == 1:
             parts = [workers[0].run_range(prepared, 0, n, batch, dequantize)]
         else:
-            shard = -(-n // len(workers))
-            batch = -(-shard // -(-shard // batch))  # equal invokes per shard: least padding
             bounds = [(k * shard, min(n, (k + 1) * shard)) for k in range(len(workers))]
             parts = list(self._executor().map(
                 lambda wb: wb[0].run_range(prepared, wb[1][0], wb[1][1], batch, dequantize),
