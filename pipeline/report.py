@@ -143,7 +143,8 @@ def markdown(report: dict) -> str:
         if q.get("range_init"):
             ri = q["range_init"]
             lines.append(f"- activation ranges initialised from {ri['samples']} training "
-                         f"samples ({ri['ranges']} ranges; tfmot would start them at [-6, 6])")
+                         f"samples ({ri['ranges']} range variables; tfmot starts activation "
+                         "ranges at [-6, 6])")
     cov = r["model"].get("coverage")
     if cov:
         lines.append(f"- QAT covers {cov['layers_quantized']}/{cov['layers']} layers "

@@ -225,8 +225,9 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
         with timer.stage("range_init"):  # a resumed run's checkpoint then overrides them
             range_init = ranges.init_ranges(qat_model, data_mod.representative_sample(
                 x_tr, cfg.qat.range_init_samples, cfg.seed))
-            log(f"range init: {range_init['ranges']} activation ranges set from "
-                f"{range_init['samples']} training samples (tfmot starts them at [-6, 6])")
+            log(f"range init: {range_init['ranges']} quantizer range variables set from "
+                f"{range_init['samples']} training samples (tfmot starts activation ranges "
+                "at [-6, 6])")
 
     with timer.stage("finetune"):
         fit = finetune.fit(qat_model, x_tr, y_tr, x_val, y_val, cfg.qat, run_dir,
