@@ -217,7 +217,8 @@ def main() -> int:
         else:
             row = {"arch": a, "keras": k, "ok": False,
                    "error": f"process died (exit {p.returncode}): {p.stderr.strip()[-200:]}"}
-        print(f"  {a} (Keras {k}): {'ok' if row.get('ok') else 'FAILED'} in "
+        verdict = "ok" if row.get("ok") else "skipped" if row.get("skipped") else "FAILED"
+        print(f"  {a} (Keras {k}): {verdict} in "
               f"{row.get('seconds', '?')} s", file=sys.stderr, flush=True)
         with lock:  # rows so far survive an interrupted run
             done.append(row)

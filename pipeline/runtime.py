@@ -23,9 +23,10 @@ from pipeline.records import QuantParams
 
 RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
 # batch_size=0 (auto): as many samples per invoke as keep one batch's activations within this
-# many bytes - about half the L2 cache of one core on today's x86 and phone CPUs. Big batches
-# spill to L3/DRAM and run slower per sample than moderate ones (digits_cnn int8: batch 450
-# costs ~2x more per image than batch 64 here); see benchmarks/pipeline_bench.py.
+# many bytes (about half a core's L2 cache), at most MAX_AUTO_BATCH. Bigger batches buy little
+# on CPU - LiteRT's per-invoke cost is a few µs (digits_cnn int8: batch 16 to 450 within 15 %
+# per sample, benchmarks/pipeline_bench.py) - while the arena grows with the batch: a
+# 224x224 model at a fixed batch of 256 would allocate gigabytes.
 AUTO_BATCH_BYTES = 256 * 1024
 MAX_AUTO_BATCH = 256
 _MODULES = {"litert": "ai_edge_litert.interpreter", "tflite_runtime": "tflite_runtime.interpreter"}
