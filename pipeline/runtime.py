@@ -24,7 +24,7 @@ from pipeline.records import QuantParams
 RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
 # batch_size=0 (auto): as many samples per invoke as keep one batch's activations within this
 # many bytes (about half a core's L2 cache), at most MAX_AUTO_BATCH. Bigger batches buy little
-# on CPU - LiteRT's per-invoke cost is a few µs (digits_cnn int8: batch 16 to 450 within 15 %
+# on CPU - LiteRT's per-invoke cost is a few µs (digits_cnn int8: batch 16 to 450 cost 8-14 µs
 # per sample, benchmarks/pipeline_bench.py) - while the arena grows with the batch: a
 # 224x224 model at a fixed batch of 256 would allocate gigabytes.
 AUTO_BATCH_BYTES = 256 * 1024
