@@ -59,7 +59,8 @@ def _op_name(model, code) -> str:
     return names.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), "?")
 
 
-def _opcode(model, name: str) -> int:
+def opcode_index(model, name: str) -> int:
+    """Index of builtin op ``name`` in the model's opcode table (added if absent)."""
     from ai_edge_litert import schema_py_generated as s
 
     code = getattr(s.BuiltinOperator, name)
@@ -137,7 +138,7 @@ def keep_float(content: bytes, layer_names: list[str] | tuple[str, ...]) -> tupl
 
     float_twin: dict[int, int] = {}
     created, before, after = [], {}, {}
-    deq_code, q_code = _opcode(model, "DEQUANTIZE"), _opcode(model, "QUANTIZE")
+    deq_code, q_code = opcode_index(model, "DEQUANTIZE"), opcode_index(model, "QUANTIZE")
     consumers: dict[int, list[int]] = {}
     for k, op in enumerate(sg.operators):
         for i in op.inputs:

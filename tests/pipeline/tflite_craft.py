@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline import islands
+
 
 def unpack(content: bytes):
     from ai_edge_litert import schema_py_generated as s
@@ -36,20 +38,7 @@ def set_array(obj, attr: str, index: int, value) -> None:
     setattr(obj, attr, arr)
 
 
-def opcode_index(model, name: str) -> int:
-    """Index of builtin op ``name`` in the model's opcode table (added if absent)."""
-    from ai_edge_litert import schema_py_generated as s
-
-    code = getattr(s.BuiltinOperator, name)
-    for i, oc in enumerate(model.operatorCodes):
-        if max(oc.builtinCode, oc.deprecatedBuiltinCode) == code:
-            return i
-    oc = s.OperatorCodeT()
-    oc.builtinCode = code
-    oc.deprecatedBuiltinCode = min(code, 127)
-    oc.version = 1
-    model.operatorCodes.append(oc)
-    return len(model.operatorCodes) - 1
+opcode_index = islands.opcode_index  # the opcode table edit the pipeline itself uses
 
 
 def tensor_named(model, fragment: str, constant: bool):
