@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-harness venv clean
+.PHONY: demo test test-parallel bench bench-harness venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 	$(VENV)/bin/qat run models/digits_cnn.toml
 
 test: $(STAMP)
+	$(PY) -m pytest -q
+
+# the same suite on one worker per core (pytest-xdist); see README
+test-parallel: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist loadgroup
 
 bench: $(STAMP)
