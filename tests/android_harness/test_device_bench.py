@@ -337,6 +337,15 @@ def test_benchmark_apk(fake_devices, tiny_models, run_cli, fast, tmp_path):
     assert len(starts) == 1 and "org.tensorflow.lite.benchmark/.BenchmarkModelActivity" in starts[0]
 
 
+def _sigint_default() -> None:
+    # A process started in the background by a non-interactive shell inherits SIGINT as
+    # ignored, and Python keeps it ignored: the harness would then never see the Ctrl-C (the
+    # test timed out, or the harness ran to completion). Whether the test runner has SIGINT
+    # ignored depends on how it was started and on what it imported, so the child's
+    # disposition is set here, as an interactive terminal would give it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_removes_the_device_work_directory(fake_devices, fake_binary, tiny_models,
                                                   tmp_path):
     fake_devices.set(FAKE_BM_SLEEP_S="60")
@@ -346,14 +355,19 @@ def test_ctrl_c_removes_the_device_work_directory(fake_devices, fake_binary, tin
          "--adb", str(fake_devices.adb), "--benchmark-model", str(fake_binary), "--cooldown",
          "0", "--repeats", "1", "--out", str(tmp_path / "out"), "-q"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not any("--graph=" in a[-1] for a in fake_devices.commands("shell")):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.1)
-    assert fake_devices.workdirs()  # the run is in progress on the device
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
-    _, err = proc.communicate(timeout=60)
+        start_new_session=True, preexec_fn=_sigint_default)
+    try:
+        deadline = time.monotonic() + 60
+        while not any("--graph=" in a[-1] for a in fake_devices.commands("shell")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        assert fake_devices.workdirs()  # the run is in progress on the device
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failed test leaves no harness or fake benchmark running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert fake_devices.workdirs() == []
