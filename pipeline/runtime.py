@@ -190,12 +190,15 @@ class _Worker:
 
     def run_range(self, prepared: list[np.ndarray], start: int, stop: int, batch: int,
                   dequantize: bool, extra: dict[int, TensorSpec] | None = None
-                  ) -> list[list[np.ndarray]]:
-        """Outputs (then the ``extra`` tensors, in key order) for samples [start, stop)."""
+                  ) -> list[np.ndarray]:
+        """Outputs (then the ``extra`` tensors, in key order) for samples [start, stop).
+
+        Raw outputs are copied into one preallocated array per tensor and dequantized once at
+        the end, so the per-invoke Python work is set_tensor, invoke and get_tensor only."""
         batch = self.allocate(batch)
-        extra = extra or {}
-        specs = self.outputs + list(extra.values())
-        chunks: list[list[np.ndarray]] = [[] for _ in specs]
+        it = self.interpreter
+        specs = self.outputs + list((extra or {}).values())
+        raw: list[np.ndarray | None] = [None] * len(specs)
         for lo in range(start, stop, batch):
             hi = min(lo + batch, stop)
             for spec, arr in zip(self.inputs, prepared):
@@ -203,12 +206,15 @@ class _Worker:
                 if hi - lo < batch:  # zero-pad the short last batch instead of re-allocating
                     pad = np.zeros((batch - (hi - lo), *part.shape[1:]), dtype=part.dtype)
                     part = np.concatenate([part, pad])
-                self.interpreter.set_tensor(spec.index, part)
-            self.interpreter.invoke()
+                it.set_tensor(spec.index, part)
+            it.invoke()
             for k, spec in enumerate(specs):
-                y = self.interpreter.get_tensor(spec.index)[: hi - lo]
-                chunks[k].append(ModelRunner.read_output(spec, y, dequantize))
-        return chunks
+                y = it.get_tensor(spec.index)
+                if raw[k] is None:
+                    raw[k] = np.empty((stop - start, *y.shape[1:]), dtype=y.dtype)
+                raw[k][lo - start:hi - start] = y[: hi - lo]
+        return [ModelRunner.read_output(spec, y, dequantize, copy=False)
+                for spec, y in zip(specs, raw)]
 
 
 class ModelRunner:
@@ -271,10 +277,11 @@ class ModelRunner:
         return spec.quant.quantize(x)
 
     @staticmethod
-    def read_output(spec: TensorSpec, y: np.ndarray, dequantize: bool = True) -> np.ndarray:
+    def read_output(spec: TensorSpec, y: np.ndarray, dequantize: bool = True,
+                    copy: bool = True) -> np.ndarray:
         if dequantize and spec.quant is not None:
             return spec.quant.dequantize(y)
-        return np.array(y, copy=True)
+        return np.array(y, copy=True) if copy else y
 
     # -- running --------------------------------------------------------------------------
     def run(self, xs: np.ndarray | Sequence[np.ndarray], *, dequantize: bool = True,
@@ -309,8 +316,9 @@ class ModelRunner:
             parts = list(self._executor().map(
                 lambda wb: wb[0].run_range(prepared, wb[1][0], wb[1][1], batch, dequantize),
                 zip(workers, bounds)))
-        return [np.concatenate([c for part in parts for c in part[k]])
-                for k in range(len(self.outputs))]
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate([part[k] for part in parts]) for k in range(len(self.outputs))]
 
     def run_with_tensors(self, x: np.ndarray | Sequence[np.ndarray], indices: Sequence[int],
                          *, dequantize: bool = True) -> tuple[list[np.ndarray], dict]:
@@ -331,9 +339,8 @@ class ModelRunner:
         arrays = [x] if isinstance(x, np.ndarray) else list(x)
         prepared = [self.prepare_input(s, a) for s, a in zip(self.inputs, arrays)]
         n = len(prepared[0])
-        chunks = self._workers[0].run_range(prepared, 0, n, max(1, min(self.batch_size, n)),
+        merged = self._workers[0].run_range(prepared, 0, n, max(1, min(self.batch_size, n)),
                                             dequantize, extra)
-        merged = [np.concatenate(c) for c in chunks]
         k = len(self.outputs)
         return merged[:k], dict(zip(extra, merged[k:]))
 
