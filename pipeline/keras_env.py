@@ -16,6 +16,7 @@ import importlib
 import importlib.metadata as md
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
@@ -146,6 +147,28 @@ def set_seed(seed: int) -> None:
         env.tf.config.experimental.enable_op_determinism()
     except Exception:  # older TF or already-initialised runtime: seeds still apply
         pass
+
+
+def reserve_layer_names(names) -> None:
+    """Make tf_keras' automatic layer names skip ``names`` (layer names already in a model).
+
+    tf_keras names an unnamed layer from a per-graph counter (``conv2d``, ``conv2d_1``, ...,
+    tf_keras/src/backend.py ``unique_object_name``); a layer created with an explicit name does
+    not advance it. tfmot's layout transforms create unnamed layers (SeparableConvQuantize: a
+    DepthwiseConv2D and a Conv2D per SeparableConv2D) and rebuild the model by layer name, so
+    in a process that never auto-named a ``conv2d`` the new pointwise conv is called
+    ``conv2d`` too when the model already has one (a Keras 3 Xception translated from its
+    config, a Keras 2 model loaded from a file): two config entries share a name and
+    ``Model.from_config`` loops forever or fails. Each ``base`` / ``base_N`` name here moves
+    the counter of ``base`` past N."""
+    load()
+    backend = importlib.import_module("tf_keras.src.backend")
+    uids = backend.get_default_graph_uid_map()
+    for name in names:
+        m = re.fullmatch(r"(.+?)(?:_(\d+))?", str(name))
+        if m:
+            key = ("", m.group(1))  # layers use the blank namespace
+            uids[key] = max(uids[key], int(m.group(2) or 0) + 1)
 
 
 def load_keras3() -> ModuleType:

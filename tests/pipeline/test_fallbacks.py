@@ -198,3 +198,33 @@ def test_keep_float_makes_a_mixed_model_the_inspector_reports(env, trained_model
     assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.99  # the same model, one layer in float
     with pytest.raises(Exception, match="No op of the .tflite"):
         islands.keep_float(c.content, ["no_such_layer"])
+
+
+def _next_auto_name(keras, cls):
+    """The name tf_keras gives the next unnamed ``cls`` layer in this process."""
+    import re
+
+    probe = getattr(keras.layers, cls)(1, 1).name  # takes one name: the next is one further
+    base, n = re.fullmatch(r"(.+?)(?:_(\d+))?", probe).groups()
+    return f"{base}_{int(n or 0) + 1}"
+
+
+def test_annotate_when_a_layer_has_the_name_tfmot_gives_its_new_conv(env):
+    # tfmot splits a SeparableConv2D into a DepthwiseConv2D and an *unnamed* Conv2D and
+    # rebuilds the model by layer name; a model loaded from a config (or translated from
+    # Keras 3, whose Xception has unnamed conv2d, conv2d_1, ...) does not advance tf_keras'
+    # automatic-name counter, so the new conv repeated an existing name: Keras 3 Xception's
+    # quantize_apply never returned, this model failed with "Exception encountered when
+    # calling layer conv2d".
+    keras, L = env.keras, env.keras.layers
+    taken = _next_auto_name(keras, "Conv2D")
+    inp = keras.Input((16, 16, 3))
+    h = L.Conv2D(8, 3, padding="same", name=taken)(inp)
+    h = L.SeparableConv2D(8, 3, padding="same", use_bias=False)(h)
+    h = L.ReLU()(L.BatchNormalization()(h))
+    out = L.Dense(6)(L.GlobalAveragePooling2D()(h))
+    qat, cov = annotate.apply(keras.Model(inp, out))
+    names = [layer.name for layer in qat.layers]
+    assert len(names) == len(set(names)) and f"quant_{taken}" in names, names
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype(np.float32)
+    assert qat.predict(x, verbose=0).shape == (4, 6)

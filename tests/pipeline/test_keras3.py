@@ -261,6 +261,31 @@ def test_real_application_from_a_keras3_file(k3, tmp_path, name, size, kwargs):
     _assert_same(model3, t)
 
 
+def test_translated_separable_conv_model_annotates(k3, tfk):
+    # Keras 3 auto-names layers as tf_keras does (conv2d, conv2d_1, ...) but the translated
+    # model is built from its config, which does not advance tf_keras' name counter; tfmot's
+    # SeparableConv2D split then created a second "conv2d" (Keras 3 Xception hung in
+    # quantize_apply). The Keras 3 conv takes the name tf_keras would give next.
+    import re
+
+    from pipeline import annotate
+
+    probe = tfk.layers.Conv2D(1, 1).name
+    base, n = re.fullmatch(r"(.+?)(?:_(\d+))?", probe).groups()
+    taken = f"{base}_{int(n or 0) + 1}"
+    L = k3.layers
+    inp = k3.Input((12, 12, 3))
+    x = L.Conv2D(8, 3, padding="same", use_bias=False, name=taken)(inp)
+    x = L.SeparableConv2D(8, 3, padding="same", use_bias=False)(x)
+    x = L.ReLU()(L.BatchNormalization()(x))
+    model3 = _randomize(k3.Model(inp, L.Dense(4)(L.GlobalAveragePooling2D()(x))))
+    t = keras3.to_tf_keras(model3)
+    _assert_same(model3, t)
+    qat, _ = annotate.apply(t.model)
+    names = [layer.name for layer in qat.layers]
+    assert len(names) == len(set(names)) and f"quant_{taken}" in names, names
+
+
 # ---- errors ------------------------------------------------------------------------------
 
 
