@@ -121,13 +121,13 @@ def main() -> int:
     for k, v in med.items():
         print(f"| {k} | {v:,.0f} | {1e6 / v:.1f} | {v / base:.1f} |")
     ratio = batched / base
-    ceiling = floor_rate * workers / bare_rate
+    bound = floor_rate * workers  # batched throughput with zero overhead on every core
     print(f"\nbatched verifier vs one at a time (verifier, batch 1): **{ratio:.1f}x** "
           f"(target >= 5x); vs the bare one-sample loop: {batched / bare_rate:.1f}x")
-    print(f"ceiling on this machine: the bare loop's {1e6 / bare_rate:.1f} µs per sample over "
-          f"the model's compute ({1e6 / floor_rate:.1f} µs per sample batched) split over "
-          f"{workers} core(s) = {ceiling:.1f}x; the verifier reaches "
-          f"{batched / (floor_rate * workers):.0%} of its compute bound")
+    print(f"ceiling on this machine: the model's compute ({1e6 / floor_rate:.1f} µs per sample "
+          f"batched, one thread) split over {workers} core(s) allows at most "
+          f"{bound / base:.1f}x over the verifier's one-at-a-time mode and {bound / bare_rate:.1f}x "
+          f"over the bare loop; the verifier reaches {batched / bound:.0%} of that bound")
     ok = ok and ratio >= 5
     print(f"\nresult: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
