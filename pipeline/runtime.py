@@ -172,8 +172,13 @@ class _Worker:
         self.interpreter = interpreter
         self.inputs, self.outputs = inputs, outputs
         self.batch: int | None = None
+        self.fixed_batch = False
 
     def allocate(self, batch: int) -> int:
+        """Allocate the tensors for ``batch`` samples per invoke; returns the batch in use
+        (1 for a model whose batch dimension cannot be resized)."""
+        if self.fixed_batch:
+            batch = 1
         if self.batch == batch:
             return batch
         try:
@@ -186,7 +191,11 @@ class _Worker:
         except (ValueError, RuntimeError):
             if batch == 1:
                 raise
-            return self.allocate(1)  # the batch dimension is fixed: one sample per invoke
+            # The batch is baked into the graph (e.g. a Reshape to a constant shape): one
+            # sample per invoke from now on. The inputs were resized before the failure, so
+            # they must be resized back even though the last good allocation was batch 1.
+            self.fixed_batch, self.batch = True, None
+            return self.allocate(1)
 
     def run_range(self, prepared: list[np.ndarray], start: int, stop: int, batch: int,
                   dequantize: bool, extra: dict[int, TensorSpec] | None = None

@@ -56,6 +56,36 @@ def test_auto_batch_keeps_one_batch_of_activations_within_the_budget(tflite_vari
         ModelRunner(content, batch_size=-1)
 
 
+def test_a_model_whose_batch_cannot_be_resized_runs_one_sample_per_invoke(env, digits):
+    """A graph with the batch baked in (a Reshape to a constant [1, 64]) cannot be allocated
+    at a larger batch: the runner falls back to one sample per invoke and every output is
+    still the model's own."""
+    tf = env.tf
+    rng = np.random.default_rng(0)
+    w = tf.constant(rng.normal(size=(64, 10)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 1], tf.float32)])
+    def fixed(x):
+        return tf.matmul(tf.reshape(x, tf.constant([1, 64])), w)
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fixed.get_concrete_function()],
+                                                           fixed)
+    content = conv.convert()
+    x = digits["x_test"][:20]
+    with pytest.raises(Exception):  # the premise: LiteRT refuses the batch of 20
+        it = make_interpreter(content)
+        it.resize_tensor_input(it.get_input_details()[0]["index"], [20, 8, 8, 1], strict=False)
+        it.allocate_tensors()
+    expected = x.reshape(20, 64) @ w.numpy()
+    for batch, workers in ((0, 1), (4, 2)):  # auto batch; two interpreters, two shards
+        runner = ModelRunner(content, batch_size=batch, workers=workers)
+        for _ in range(2):  # a second run must not retry (and half-apply) the larger batch
+            out = runner.run(x)[0]
+            assert out.shape == (20, 10)
+            np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+        assert [wk.batch for wk in runner._workers] == [1] * workers
+
+
 def test_int8_inputs_use_the_models_own_quantization(tflite_variants, digits):
     runner = ModelRunner(tflite_variants[Variant.QAT_INT8].content)
     spec = runner.inputs[0]
