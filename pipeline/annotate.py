@@ -73,16 +73,6 @@ def _conv_of(bn: LayerPlan, by_name: dict) -> str | None:
     return None
 
 
-def _layer_names(model) -> set:
-    """Every layer name in ``model``, nested models' layers included."""
-    names = set()
-    for layer in getattr(model, "layers", []):
-        names.add(layer.name)
-        if hasattr(layer, "layers"):  # a nested Functional or Sequential model
-            names |= _layer_names(layer)
-    return names
-
-
 def keep_float_layers(coverage) -> list[str]:
     return [p.name for p in coverage.layers if p.status == KEEP_FLOAT]
 
@@ -110,7 +100,7 @@ def prepare(model, policy=None):
 
 def apply(model, policy=None):
     """Return (qat_model, coverage). ``policy`` is an AnnotateConfig (or None: all layers)."""
-    from pipeline import fallbacks, keras_env
+    from pipeline import fallbacks, graph, keras_env
 
     env = keras_env.load()
     q = env.tfmot.quantization.keras
@@ -133,7 +123,8 @@ def apply(model, policy=None):
     # (e.g. ConvNeXt's LayerScale in tf_keras.applications) must be resolvable by name.
     own = {type(l).__name__: type(l) for l in source.layers}
     # tfmot's transforms add unnamed layers: their automatic names must not repeat ours.
-    keras_env.reserve_layer_names(_layer_names(model) | _layer_names(source))
+    keras_env.reserve_layer_names({l.name for m in (model, source)
+                                   for l in graph.all_layers(m)})
     try:
         with q.quantize_scope({**own, **fallbacks.custom_objects()}):
             annotated = q.quantize_annotate_model(model) if plain else \

@@ -100,23 +100,24 @@ def rebuild(model) -> Rewritten:
     result = Rewritten(model)
     if not getattr(model, "_is_graph_network", False):
         return result  # Sequential models cannot nest Functional graphs in a way we rewrite
-    if not any(_needs_work(l) for l in _all_layers(model)):
+    if not any(_needs_work(l) for l in all_layers(model)):
         return result
 
     new_inputs = [keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype,
                               name=l.name) for t, l in zip(model.inputs, model._input_layers)]
     mapping = {id(t): n for t, n in zip(model.inputs, new_inputs)}
-    used_names = {l.name for l in _all_layers(model)}
+    used_names = {l.name for l in all_layers(model)}
     outputs = _replay(keras, tf, model, mapping, result, used_names, top=True)
     result.model = keras.Model(new_inputs, outputs, name=model.name)
     return result
 
 
-def _all_layers(model):
+def all_layers(model):
+    """Every layer of ``model``, the layers of nested functional models included."""
     for l in model.layers:
         yield l
         if hasattr(l, "layers") and getattr(l, "_is_graph_network", False):
-            yield from _all_layers(l)
+            yield from all_layers(l)
 
 
 def _needs_work(layer) -> bool:

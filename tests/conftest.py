@@ -100,8 +100,18 @@ def run_cli(*args: str, cwd: Path | None = None, env_extra: dict | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
+def next_auto_name(keras, cls: str = "Conv2D") -> str:
+    """The name tf_keras (``keras``) gives the next unnamed ``cls`` layer in this process:
+    a layer given that name explicitly collides with the next automatic one."""
+    import re
+
+    probe = getattr(keras.layers, cls)(1, 1).name  # takes one name: the next is one further
+    base, n = re.fullmatch(r"(.+?)(?:_(\d+))?", probe).groups()
+    return f"{base}_{int(n or 0) + 1}"
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`), every test that
+    """Under pytest-xdist (`make test-parallel`: `-n auto --dist loadgroup`), every test that
     needs the demo run goes to one worker, so the ~45 s pipeline run is made once."""
     for item in items:
         if "demo_run" in getattr(item, "fixturenames", ()):

@@ -10,6 +10,7 @@ from pipeline.config import AnnotateConfig
 from pipeline.errors import ConfigError
 from pipeline.records import Variant
 from pipeline.runtime import ModelRunner
+from tests.conftest import next_auto_name
 
 
 def _hard_swish(L, h):
@@ -200,15 +201,6 @@ def test_keep_float_makes_a_mixed_model_the_inspector_reports(env, trained_model
         islands.keep_float(c.content, ["no_such_layer"])
 
 
-def _next_auto_name(keras, cls):
-    """The name tf_keras gives the next unnamed ``cls`` layer in this process."""
-    import re
-
-    probe = getattr(keras.layers, cls)(1, 1).name  # takes one name: the next is one further
-    base, n = re.fullmatch(r"(.+?)(?:_(\d+))?", probe).groups()
-    return f"{base}_{int(n or 0) + 1}"
-
-
 def test_annotate_when_a_layer_has_the_name_tfmot_gives_its_new_conv(env):
     # tfmot splits a SeparableConv2D into a DepthwiseConv2D and an *unnamed* Conv2D and
     # rebuilds the model by layer name; a model loaded from a config (or translated from
@@ -217,7 +209,7 @@ def test_annotate_when_a_layer_has_the_name_tfmot_gives_its_new_conv(env):
     # quantize_apply never returned, this model failed with "Exception encountered when
     # calling layer conv2d".
     keras, L = env.keras, env.keras.layers
-    taken = _next_auto_name(keras, "Conv2D")
+    taken = next_auto_name(keras, "Conv2D")
     inp = keras.Input((16, 16, 3))
     h = L.Conv2D(8, 3, padding="same", name=taken)(inp)
     h = L.SeparableConv2D(8, 3, padding="same", use_bias=False)(h)

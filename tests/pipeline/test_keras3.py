@@ -13,6 +13,7 @@ import pytest
 
 from pipeline import keras3, keras_env
 from pipeline.errors import KerasEnvError, ModelFileError
+from tests.conftest import next_auto_name
 
 ATOL = 1e-5
 
@@ -266,13 +267,9 @@ def test_translated_separable_conv_model_annotates(k3, tfk):
     # model is built from its config, which does not advance tf_keras' name counter; tfmot's
     # SeparableConv2D split then created a second "conv2d" (Keras 3 Xception hung in
     # quantize_apply). The Keras 3 conv takes the name tf_keras would give next.
-    import re
-
     from pipeline import annotate
 
-    probe = tfk.layers.Conv2D(1, 1).name
-    base, n = re.fullmatch(r"(.+?)(?:_(\d+))?", probe).groups()
-    taken = f"{base}_{int(n or 0) + 1}"
+    taken = next_auto_name(tfk, "Conv2D")
     L = k3.layers
     inp = k3.Input((12, 12, 3))
     x = L.Conv2D(8, 3, padding="same", use_bias=False, name=taken)(inp)
