@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline import weights
 from pipeline.errors import TrainingError
 
 CKPT_DIR = "checkpoints"
@@ -59,10 +60,12 @@ def _schedule(keras, lr: float, kind: str, total_steps: int):
 
 
 class _NanGuard:
-    """Records where the loss stopped being finite (TerminateOnNaN only stops training)."""
+    """Records where the loss or the weights stopped being finite (TerminateOnNaN only stops
+    training)."""
 
     def __init__(self):
-        self.where: tuple[int, int] | None = None
+        self.where: tuple[int, int | None] | None = None  # (epoch, batch or None)
+        self.bad: list = []  # the non-finite weights found at the end of that epoch
         self.epoch = 0
 
 
@@ -78,6 +81,13 @@ def _make_callbacks(keras, guard: _NanGuard, on_epoch_end):
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
+            # the weights themselves, not only the loss: fused oneDNN kernels can turn a NaN
+            # into 0 and keep the loss finite (pipeline/weights.py)
+            if guard.where is None:
+                bad = weights.nonfinite(self.model)
+                if bad:
+                    guard.where, guard.bad = (epoch + 1, None), bad
+                    self.model.stop_training = True
             if guard.where is None:
                 on_epoch_end(self.model, epoch, dict(logs or {}))
 
@@ -85,9 +95,24 @@ def _make_callbacks(keras, guard: _NanGuard, on_epoch_end):
 
 
 def _raise_nan(guard: _NanGuard, what: str, lr: float, key: str):
+    """Training diverged from finite weights (checked before training): the step size is
+    the usual cause, so the message names it."""
     epoch, batch = guard.where
-    raise TrainingError(f"{what} loss became NaN/inf at epoch {epoch}, batch {batch}",
-                        f"{key}={lr}", f"Lower {key} (e.g. by 10x) or check the input scaling")
+    where = (f"{what} loss became NaN/inf at epoch {epoch}, batch {batch}" if batch is not None
+             else f"{what} weights became NaN/inf during epoch {epoch}")
+    detail = f"{key}={lr}" + (f"; {weights.describe(guard.bad)}" if guard.bad else "")
+    raise TrainingError(where, detail, f"Lower {key} (e.g. by 10x) or check the input scaling")
+
+
+def check_finite_before(model, what: str) -> None:
+    """Refuse to train a model that already holds NaN/inf weights: the fault is in the model
+    given to the stage, not in the learning rate."""
+    bad = weights.nonfinite(model)
+    if bad:
+        raise TrainingError(f"The {what} has NaN/inf weights before training, so training "
+                            "cannot fix it", weights.describe(bad),
+                            "Check the input model file (re-export it from a model whose "
+                            "weights are finite); the learning rate is not the cause")
 
 
 def train_float(model, x, y, x_val, y_val, *, epochs: int, learning_rate: float,
@@ -96,6 +121,7 @@ def train_float(model, x, y, x_val, y_val, *, epochs: int, learning_rate: float,
     from pipeline import keras_env
 
     keras = keras_env.load().keras
+    check_finite_before(model, "float model")
     steps = epochs * math.ceil(len(x) / batch_size)
     loss, metrics = _loss_and_metrics(keras, from_logits)
     model.compile(keras.optimizers.Adam(_schedule(keras, learning_rate, "cosine", steps)),
@@ -134,6 +160,7 @@ def fit(qat_model, x, y, x_val, y_val, cfg, run_dir, *, from_logits: bool,
     env = keras_env.load()
     tf, keras = env.tf, env.keras
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+    check_finite_before(qat_model, "QAT model")
     optimizer = compile_qat(qat_model, cfg, steps_per_epoch, from_logits)
     ckpt = tf.train.Checkpoint(model=qat_model, optimizer=optimizer)
     mode_max = cfg.monitor == "val_accuracy"
@@ -193,6 +220,3 @@ def fit(qat_model, x, y, x_val, y_val, cfg, run_dir, *, from_logits: bool,
 def has_checkpoint(run_dir) -> bool:
     return run_dir.path(STATE).is_file()
 
-
-def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0))

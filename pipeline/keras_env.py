@@ -17,6 +17,7 @@ import importlib.metadata as md
 import logging
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
@@ -37,6 +38,14 @@ def _prepare_environment() -> None:
     # "NodeDef mentions attribute use_unbounded_threadpool" lines with TF 2.21); failures
     # still surface as Python exceptions. Set TF_CPP_MIN_LOG_LEVEL=0 to see them all.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # Reproducible float numbers on every x86 CPU: TensorFlow turns its oneDNN graph rewrites
+    # on by default only on AVX512_VNNI/AVX512_BF16/AVX_VNNI/AMX CPUs, and they change training
+    # (other fusions and summation orders; a NaN into a fused op becomes 0). Off unless the
+    # user chose (TF_ENABLE_ONEDNN_OPTS=1 for speed on those CPUs); TensorFlow reads the
+    # variable once, so this only works before it is imported. pipeline/machine.py records
+    # what was in force in manifest.json.
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 _prepare_environment()

@@ -6,6 +6,7 @@ import platform
 import sys
 from importlib import metadata as md
 
+from pipeline import machine
 from pipeline.records import SCHEMA_VERSION
 
 
@@ -60,6 +61,8 @@ def markdown(report: dict) -> str:
     lines += [f"**Status: {status}** — model `{r['model']['source']}`, data "
               f"`{r['data']['source']}` ({r['data']['train']} train / {r['data']['test']} test), "
               f"seed {r['seed']}.", ""]
+    if r.get("machine"):
+        lines += [f"Measured on {machine.summary(r['machine'])}.", ""]
     lines += ["## Variants", "",
               "| variant | size (bytes) | × float32 | accuracy | Δ vs float (pp) | "
               "agreement | full-int8 |",
@@ -185,6 +188,7 @@ def write_manifest(run_dir, *, config_hash: str, timings: dict, status: str) -> 
         "status": status,
         "files": {k: v for k, v in sorted(run_dir.files.items()) if k != "manifest.json"},
         "versions": versions(),
+        "machine": machine.describe(),
         "config_sha256": config_hash,
         "timings_s": timings,
         "python_executable": sys.executable,

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline import data as data_mod
-from pipeline import modelio
+from pipeline import machine, modelio, weights
 from pipeline.artifacts import RunDir
 from pipeline.config import Config
-from pipeline.errors import EXIT_GATE_FAILED, EXIT_OK, QatError
+from pipeline.errors import EXIT_GATE_FAILED, EXIT_OK, GateFailed, ModelFileError, QatError
 from pipeline.records import SCHEMA_VERSION, GateResult, Variant, VariantResult
 
 FLOAT_MODEL = "keras/float_model.h5"
@@ -144,6 +144,11 @@ def run(cfg: Config, *, resume: bool = False, log=print, model=None,
         else:
             loaded = modelio.load_model(cfg.model.name, cfg.model.path,
                                         trust_model=cfg.model.trust_model, seed=cfg.seed)
+        bad = weights.nonfinite(loaded.model)
+        if bad:  # before any training: the fault is the file's, not the learning rate's
+            raise ModelFileError("The model's weights contain NaN/inf", f"{loaded.source}: "
+                                 f"{weights.describe(bad)}", "Re-export the model from a "
+                                 "checkpoint whose weights are finite")
         if loaded.is_qat:
             raise QatError("The model is already quantization-aware (a quantize_apply'd model)",
                            loaded.source, "Pass the float model to `run`, or use `qat convert`")
@@ -216,6 +221,19 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
                     _save_h5(float_model, tmp)
                 run_dir.write_json("keras/float_training.json", float_info)
 
+    # The float model is the baseline of everything after it: a model below the bar stops
+    # here, before QAT and conversion, instead of producing int8 files nobody should ship.
+    vb = cfg.verify.batch_size
+    keras_float = verify.score_keras("keras_float", float_model, dataset.x_test,
+                                     dataset.y_test, vb)
+    if keras_float.accuracy < cfg.gates.min_float_accuracy:
+        raise GateFailed("The float model is below gates.min_float_accuracy; stopped before "
+                         "QAT and conversion",
+                         f"test accuracy {100 * keras_float.accuracy:.2f} % < "
+                         f"{100 * cfg.gates.min_float_accuracy:.2f} % ({loaded.source})",
+                         "Train the float model further (model.float_epochs for zoo models) "
+                         "or lower gates.min_float_accuracy")
+
     with timer.stage("annotate"):
         qat_model, coverage = annotate.apply(float_model, cfg.annotate)
         run_dir.write_json("coverage.json", coverage.to_dict())
@@ -256,9 +274,7 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
             log(f"convert: {variant.filename} {c.size:,} bytes in {c.seconds:.1f} s{extra}")
 
     with timer.stage("verify"):
-        vb = cfg.verify.batch_size
         x_te, y_te = dataset.x_test, dataset.y_test
-        keras_float = verify.score_keras("keras_float", float_model, x_te, y_te, vb)
         keras_qat = verify.score_keras("keras_qat", qat_model, x_te, y_te, vb)
         variants, agreement, scored = {}, {}, {}
         for variant, c in converted.items():
@@ -336,6 +352,7 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
         "float_islands": island_reports or None,
         "gates": [g.to_dict() for g in gates],
         "timings": timings,
+        "machine": machine.describe(),
         "model_card": card,
     }
     report.write(run_dir, rep_doc)

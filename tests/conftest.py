@@ -62,16 +62,30 @@ def trained_h5(tmp_path_factory, trained_model) -> Path:
 
 
 @pytest.fixture(scope="session")
-def qat_model(env, trained_model):
-    from pipeline import annotate
+def qat_model(env, trained_model, digits, tmp_path_factory):
+    """The QAT model built the way `qat run` builds it: annotate, activation ranges from 256
+    training samples, then fine-tuned (2 epochs of the product's recipe). An annotated model
+    that is neither range-initialised nor trained has an input range of [0, 0] and outputs
+    one constant vector: nothing to compare."""
+    from pipeline import annotate, data, finetune, keras_env, ranges
+    from pipeline.artifacts import RunDir
+    from pipeline.config import QatConfig
 
+    keras_env.set_seed(0)
     model, _ = annotate.apply(trained_model)
+    x, y = digits["x_train"], digits["y_train"]
+    ranges.init_ranges(model, data.representative_sample(x[:1200], 256, 0))
+    run = RunDir(tmp_path_factory.mktemp("qat_fixture") / "run", log=lambda *_: None)
+    finetune.fit(model, x[:1200], y[:1200], x[1200:], y[1200:],
+                 QatConfig(epochs=2, early_stopping_patience=0, verbose=0), run,
+                 from_logits=True, log=lambda *_: None)
+    run.abort(keep=False)
     return model
 
 
 @pytest.fixture(scope="session")
 def tflite_variants(trained_model, qat_model, digits):
-    """float32 / ptq_int8 / qat_int8 bytes of the same trained model (QAT not fine-tuned)."""
+    """float32 / ptq_int8 / qat_int8 bytes of the same trained model (QAT fine-tuned)."""
     from pipeline import convert
     from pipeline.records import Variant
 

@@ -15,10 +15,13 @@ def _split(digits, n=400):
     return x[:n], y[:n], x[n:n + 100], y[n:n + 100]
 
 
-def test_nan_loss_stops_with_a_clear_error(env, trained_model, digits, tmp_path):
+def test_nan_weights_before_training_blame_the_model_not_the_learning_rate(
+        env, trained_model, digits, tmp_path):
+    """A NaN weight handed to QAT is caught on the weights themselves before any step: with
+    TensorFlow's oneDNN rewrites (AVX-512 VNNI / AMX CPUs, or TF_ENABLE_ONEDNN_OPTS=1) a fused
+    op turns the NaN into 0 and the loss stays finite, so a loss check alone misses it."""
     qat, _ = annotate.apply(trained_model)
     x, y, xv, yv = _split(digits)
-    # One corrupted weight is enough to make the loss NaN on the first batch.
     kernel = next(w for w in qat.trainable_weights if "kernel" in w.name)
     kernel.assign(np.full(kernel.shape, np.nan, np.float32))
     cfg = QatConfig(epochs=2, learning_rate=0.5, verbose=0)
@@ -26,8 +29,33 @@ def test_nan_loss_stops_with_a_clear_error(env, trained_model, digits, tmp_path)
     with pytest.raises(TrainingError) as err:
         finetune.fit(qat, x, y, xv, yv, cfg, run, from_logits=True)
     msg = str(err.value)
-    assert "loss became NaN/inf at epoch 1, batch 0" in msg and "qat.learning_rate=0.5" in msg
-    assert not finetune.has_checkpoint(run)  # no checkpoint of a diverged model
+    assert "NaN/inf weights before training" in msg and kernel.name in msg
+    assert f"{kernel.shape.num_elements()} NaN of {kernel.shape.num_elements()}" in msg
+    assert "learning rate is not the cause" in msg and "qat.learning_rate=" not in msg
+    assert not finetune.has_checkpoint(run)  # no checkpoint of a broken model
+
+
+def test_divergence_during_training_stops_whatever_the_kernels(env, trained_model, digits,
+                                                                tmp_path):
+    """From finite weights, a step size of 1e30 overflows float32 within the first batches:
+    the run stops with the learning rate named, either at the batch whose loss is NaN/inf or,
+    where fused kernels keep the loss finite, at the end of the epoch on the weights. The
+    config's own check refuses such a rate, so the test passes the fields directly."""
+    import dataclasses
+    import types
+
+    qat, _ = annotate.apply(trained_model)
+    x, y, xv, yv = _split(digits)
+    cfg = types.SimpleNamespace(**{**dataclasses.asdict(QatConfig(epochs=2, verbose=0)),
+                                   "learning_rate": 1e30, "lr_schedule": "constant"})
+    run = RunDir(tmp_path / "r", log=lambda *_: None)
+    with pytest.raises(TrainingError) as err:
+        finetune.fit(qat, x, y, xv, yv, cfg, run, from_logits=True)
+    msg = str(err.value)
+    assert "qat.learning_rate=1e+30" in msg and "Lower qat.learning_rate" in msg
+    assert ("loss became NaN/inf at epoch 1" in msg
+            or "weights became NaN/inf during epoch 1" in msg), msg
+    assert not finetune.has_checkpoint(run)
 
 
 def test_checkpoint_resume_continues_optimizer_and_schedule(env, trained_model, digits,

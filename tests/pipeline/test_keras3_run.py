@@ -27,7 +27,7 @@ def keras3_model_file(tmp_path_factory, digits):
     model = k3.Model(inp, L.Dense(10)(h))
     model.compile(k3.optimizers.Adam(3e-3),
                   k3.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(digits["x_train"], digits["y_train"], epochs=12, batch_size=32, verbose=0)
+    model.fit(digits["x_train"], digits["y_train"], epochs=40, batch_size=32, verbose=0)
     path = tmp_path_factory.mktemp("k3") / "k3_cnn.keras"
     model.save(path)
     return path

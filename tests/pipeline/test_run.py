@@ -141,3 +141,39 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, trained_h5, digit
     assert q["resumed_from_epoch"] + q["epochs_run"] == 6
     assert len(q["history"]["loss"]) == 6
     assert "resumed after epoch" in err
+
+
+def test_input_model_with_nan_weights_stops_at_load(env, trained_h5, digits_npz, tmp_path,
+                                                    capsys):
+    """NaN weights in the model file: exit 2 before any training, the weight named, nothing
+    written, and the learning rate not blamed (the fault is the file's)."""
+    from pipeline.run import _save_h5
+
+    model = env.keras.models.load_model(trained_h5, compile=False)
+    w = model.layers[1].weights[0]
+    w.assign(w.numpy() * float("nan"))
+    bad = tmp_path / "nan.h5"
+    _save_h5(model, bad)
+    code = main(parse_args(["run", "--model", str(bad), "--data", str(digits_npz),
+                            "--output", str(tmp_path / "out"), "--quiet"]))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert err.startswith("error: The model's weights contain NaN/inf") and w.name in err
+    assert "learning_rate" not in err
+    assert not (tmp_path / "out" / "nan").exists()
+
+
+def test_float_model_below_the_gate_stops_before_qat_and_conversion(trained_h5, digits_npz,
+                                                                    tmp_path, capsys):
+    """gates.min_float_accuracy is checked on the float model first: exit 1 with the
+    accuracy in the message, and no .tflite (nor any run directory) left behind."""
+    code = main(parse_args(["run", "--model", str(trained_h5), "--data", str(digits_npz),
+                            "--output", str(tmp_path), "--quiet",
+                            "--set", "gates.min_float_accuracy=0.9999"]))
+    err = capsys.readouterr().err
+    assert code == 1, err
+    line = err.strip().splitlines()[-1]
+    assert "below gates.min_float_accuracy; stopped before QAT and conversion" in line
+    assert "< 99.99 %" in line
+    assert "[annotate]" not in err and "[convert]" not in err
+    assert not list(tmp_path.rglob("*.tflite")) and not list(tmp_path.glob("*digits_float*"))

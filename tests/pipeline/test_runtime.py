@@ -105,14 +105,23 @@ def test_runtime_selection():
         resolve_runtime("onnx")
 
 
-def test_tf_lite_fallback_gives_the_same_outputs(tflite_variants, digits):
-    content = tflite_variants[Variant.QAT_INT8].content
-    x = digits["x_test"][:32]
-    a = ModelRunner(content, runtime="litert").run(x)[0]
+@pytest.mark.parametrize("variant", [Variant.PTQ_INT8, Variant.QAT_INT8])
+def test_tf_lite_fallback_agrees_within_one_lsb(tflite_variants, digits, variant):
+    """ai_edge_litert and TensorFlow's bundled tf.lite are two builds of the int8 kernels and
+    need not be bit-identical: their MEAN rounds an exact .5 tie half-to-even in one and
+    half-away-from-zero in the other, one LSB of the pooled value. Tolerance: at most 1 LSB
+    of the int8 output. Measured on this fixture (trained + QAT fine-tuned digits model, 450
+    images x 10 logits): 100 % of the outputs exactly equal; >= 99 % is required, so a
+    systematic difference (not a rare tie) still fails."""
+    content = tflite_variants[variant].content
+    x = digits["x_test"]
+    a = ModelRunner(content, runtime="litert").run(x, dequantize=False)[0].astype(np.int32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "tf.lite.Interpreter is deprecated": known, tested
-        b = ModelRunner(content, runtime="tensorflow").run(x)[0]
-    np.testing.assert_array_equal(a, b)
+        b = ModelRunner(content, runtime="tensorflow").run(x, dequantize=False)[0]
+    diff = np.abs(a - b.astype(np.int32))
+    assert diff.max() <= 1
+    assert (diff == 0).mean() >= 0.99
 
 
 def test_tflite_runtime_is_optional():
