@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -157,10 +158,16 @@ class RunDir:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                try:
-                    owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+                try:  # the owner writes its pid just after locking: give it a moment
+                    owner = ""
+                    for _ in range(50):
+                        owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+                        if owner:
+                            break
+                        time.sleep(0.01)
                 finally:
                     os.close(fd)
+                owner = owner or "?"
                 raise UsageError("Another run is writing to this run directory",
                                  f"{self.staging} (locked by pid {owner})",
                                  "Wait for it, or pass --name to use another directory")
