@@ -47,9 +47,15 @@ def cmd_run(args, out) -> int:
     if args.data:
         kind, val = _source(args.data, "dataset", sorted(DATASETS))
         overrides[f"data.{kind}"] = val
-    if args.output:
+    if args.output is not None:
+        if not args.output.strip():
+            raise UsageError("--output is empty", repr(args.output),
+                             "Pass a directory, e.g. --output artifacts")
         overrides["output.dir"] = args.output
-    if args.name:
+    if args.name is not None:
+        from pipeline.config import check_run_name
+
+        check_run_name(args.name, "--name")
         overrides["output.name"] = args.name
     if args.epochs is not None:
         overrides["qat.epochs"] = str(args.epochs)
@@ -74,9 +80,10 @@ def cmd_run(args, out) -> int:
 
 def cmd_convert(args, out) -> int:
     from pipeline import convert as conv, data as data_mod, keras_env, modelio
-    from pipeline.artifacts import atomic_write_bytes
+    from pipeline.artifacts import atomic_write_bytes, check_output_dir
     from pipeline.records import Variant
 
+    check_output_dir(args.output)  # before loading or converting anything
     keras_env.load()
     keras_env.set_seed(args.seed)
     loaded = modelio.load_model(path=args.model, trust_model=args.trust_model)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields
@@ -171,10 +172,46 @@ class GatesConfig:
                self.min_float_accuracy, "Use a fraction, e.g. 0.97")
 
 
+_NAME_FIX = ("Use one plain directory name such as my_model (letters, digits, '_', '-', '.'; "
+             "not starting with '.'); it is created inside output.dir")
+
+
+def check_run_name(name: str, key: str = "output.name") -> None:
+    """A run name is one plain path component that stays inside the output root: the run
+    directory it names is replaced when the run completes, so '..', '/x', 'a/b' would replace
+    a directory elsewhere."""
+    _check(isinstance(name, str) and name.strip() != "", f"{key} is empty", repr(name), _NAME_FIX)
+    bad = [c for c in name if c in "/\\\0" or ord(c) < 32 or ord(c) == 127]
+    _check(not bad, f"{key} must be a single directory name (no path separators or control "
+           "characters)", repr(name), _NAME_FIX)
+    _check(not name.startswith("."), f"{key} must not start with '.' (hidden names and '..' "
+           "are reserved for the run's staging and lock files)", repr(name), _NAME_FIX)
+    _check(name == name.strip(), f"{key} must not start or end with whitespace", repr(name),
+           _NAME_FIX)
+    _check(len(name.encode("utf-8", "surrogateescape")) <= 200, f"{key} is too long",
+           f"{len(name)} characters", "Use at most 200 bytes")
+    _check(not os.path.isabs(name) and os.path.basename(name) == name,
+           f"{key} must be a single directory name", repr(name), _NAME_FIX)
+
+
+def safe_run_name(stem: str) -> str:
+    """A run name derived from a file name: unsafe characters become '_', no leading dot."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".")[:200]
+    return name if name.strip("._-") else "model"
+
+
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = "artifacts"
     name: str = ""  # run directory name; default: the model name or file stem
+
+    def __post_init__(self):
+        _check(self.dir.strip() != "", "output.dir is empty", repr(self.dir),
+               "Pass a directory, e.g. --output artifacts")
+        _check("\0" not in self.dir, "output.dir contains a NUL character", repr(self.dir),
+               "Remove it from the path")
+        if self.name:
+            check_run_name(self.name)
 
 
 @dataclass(frozen=True)
@@ -194,8 +231,8 @@ class Config:
         if self.output.name:
             return self.output.name
         if self.model.name:
-            return self.model.name
-        return Path(self.model.path.rstrip("/\\")).stem or "model"
+            return safe_run_name(self.model.name)
+        return safe_run_name(Path(self.model.path.rstrip("/\\")).stem)
 
     @property
     def run_dir(self) -> Path:
@@ -304,8 +341,17 @@ def load(recipe: str | os.PathLike | None = None,
     if recipe:
         path = resolve_recipe(recipe)
         where = str(path)
+        from pipeline import files
+
+        blob = files.read_bytes(path, "recipe", ConfigError, "recipe")
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = blob.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError("The recipe is not UTF-8 text", f"{path} (byte {exc.start}: "
+                              f"{blob[exc.start:exc.start + 1]!r})",
+                              "Save the recipe as UTF-8 (TOML files must be UTF-8)")
+        try:
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("The recipe is not valid TOML", f"{path} ({exc})",
                               "Fix the TOML syntax")
@@ -326,6 +372,9 @@ def load(recipe: str | os.PathLike | None = None,
         if section not in SECTIONS or section == "seed":
             raise _unknown(section, [s for s in SECTIONS if s != "seed"], "--set")
         raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"Config section [{section}] must be a table", f"{section} = "
+                              f"{raw[section]!r}", f"Write it as [{section}] with keys below it")
         if section == "model" and key in ("name", "path"):
             raw["model"].pop("name", None)
             raw["model"].pop("path", None)
@@ -338,15 +387,19 @@ def load(recipe: str | os.PathLike | None = None,
 
 def resolve_recipe(recipe: str | os.PathLike) -> Path:
     path = Path(recipe)
-    if path.is_file():
-        return path
+    from models import zoo_names
+
+    try:
+        exists = os.path.lexists(path)
+    except ValueError:  # a NUL in the name
+        exists = False
+    if exists and not (path.is_dir() and str(recipe) in zoo_names()):
+        return path  # read (and its kind checked) by files.read_bytes
     from models import recipe_path  # zoo name -> bundled recipe
 
     bundled = recipe_path(str(recipe))
     if bundled is not None:
         return bundled
-    from models import zoo_names
-
     raise ConfigError("Recipe not found", str(recipe),
                       f"Pass a TOML file or a bundled model name ({', '.join(zoo_names())})")
 

@@ -62,6 +62,10 @@ class ConversionError(QatError):
     """The TFLite converter failed or produced a model that breaks the requested contract."""
 
 
+class OutputError(QatError):
+    """The artifacts cannot be written: disk full, quota, read-only filesystem, permission."""
+
+
 class GateFailed(QatError):
     """One or more quality gates failed; the report lists them."""
 

@@ -170,7 +170,16 @@ def fit(qat_model, x, y, x_val, y_val, cfg, run_dir, *, from_logits: bool,
     if resume and state_path.is_file():
         state = json.loads(state_path.read_text())
         last = run_dir.path(f"{CKPT_DIR}/epoch_{state['epochs_done']:03d}/ckpt")
-        ckpt.read(str(last)).assert_existing_objects_matched()
+        try:
+            ckpt.read(str(last)).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as exc:
+            from pipeline.errors import UsageError
+
+            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UsageError("The checkpoint of the run being resumed does not fit this model "
+                             "(another model, or a changed file)", f"{last} ({msg})",
+                             "Resume with the model the run started with, or drop --resume "
+                             "to start over") from exc
         log(f"QAT: resumed after epoch {state['epochs_done']} (best epoch "
             f"{state['best_epoch']}, {cfg.monitor}={state['best_value']})")
     resumed_from = state["epochs_done"]

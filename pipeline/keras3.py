@@ -56,8 +56,10 @@ def keras3_file_version(path) -> str | None:
         with zipfile.ZipFile(path) as z:
             if "metadata.json" not in z.namelist():
                 return None
+            if z.getinfo("metadata.json").file_size > 1 << 20:  # a few hundred bytes if real
+                return None
             return str(json.loads(z.read("metadata.json")).get("keras_version") or "") or None
-    except (OSError, zipfile.BadZipFile, ValueError):
+    except (OSError, zipfile.BadZipFile, ValueError, AttributeError, RecursionError):
         return None
 
 
@@ -90,9 +92,13 @@ def read_keras3_file(path, custom_objects: dict | None = None):
     The config is read as data first and any Lambda refused (its marshalled bytecode would
     run on load); Keras 3 itself then loads with safe_mode=True, which also refuses lambdas
     and imports classes only from keras packages (keras/src/saving/serialization_lib.py)."""
+    from pipeline import files
+    from pipeline.modelio import _check_config, _parse_json
+
     p = Path(path)
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise ModelFileError("The model file does not exist", path, "Check the path")
+    files.check_file(p, "model", ModelFileError, "model file")
     version = keras3_file_version(p)
     if not str(version or "").startswith("3."):
         raise ModelFileError("The file is not a .keras archive saved by Keras 3 (metadata.json "
@@ -100,10 +106,12 @@ def read_keras3_file(path, custom_objects: dict | None = None):
                              "Save it with Keras 3 model.save('model.keras'), or load a "
                              "Keras 2 file with modelio.load_model")
     with zipfile.ZipFile(p) as z:
+        files.check_zip(z, p, "model", ModelFileError, ".keras archive")
         if "config.json" not in z.namelist():
             raise ModelFileError("The .keras archive has no config.json", path,
                                  "Save the whole model with model.save('model.keras')")
-        config = json.loads(z.read("config.json"))
+        config = _check_config(_parse_json(z.read("config.json"), path, "config.json"), path,
+                               "config.json")
     unsafe = _unsafe_entries(config, [])
     if unsafe:
         raise ModelFileError(

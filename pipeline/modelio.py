@@ -28,74 +28,172 @@ class LoadedModel:
 
 
 def _find_lambdas(config) -> list[str]:
-    """Names of Lambda layers anywhere in a (nested) Keras config."""
+    """Names of Lambda layers anywhere in a (nested) Keras config (iterative: a deeply nested
+    config cannot overflow the stack)."""
     found = []
-
-    def walk(node):
+    stack = [config]
+    while stack:
+        node = stack.pop()
         if isinstance(node, dict):
             if node.get("class_name") == "Lambda":
                 cfg = node.get("config") or {}
                 found.append(str(cfg.get("name", "?")) if isinstance(cfg, dict) else "?")
-            for v in node.values():
-                walk(v)
+            stack.extend(reversed(list(node.values())))
         elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(config)
+            stack.extend(reversed(node))
     return found
 
 
+_RESAVE = "Re-save the model with tf_keras model.save()"
+
+
+def _parse_json(raw, path, what: str):
+    """JSON text stored in a model file, as data; a one-line ModelFileError otherwise."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelFileError(f"The model's {what} is not UTF-8 text", f"{path} (byte "
+                                 f"{exc.start})", _RESAVE)
+    if not isinstance(raw, str):
+        raise ModelFileError(f"The model's {what} is not JSON text",
+                             f"{path} (a {type(raw).__name__})", _RESAVE)
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ModelFileError(f"The model's {what} is nested too deeply", path, _RESAVE)
+    except ValueError as exc:
+        raise ModelFileError(f"The model's {what} is not valid JSON",
+                             f"{path} ({str(exc)[:200]})", _RESAVE)
+
+
+def _check_config(config, path, what: str) -> dict:
+    """A Keras model config is {"class_name": ..., "config": {...} or [...]}."""
+    if not isinstance(config, dict):
+        raise ModelFileError(f"The model's {what} is not a Keras model config (expected a JSON "
+                             "object with class_name and config)",
+                             f"{path} (a JSON {type(config).__name__})", _RESAVE)
+    missing = [k for k in ("class_name", "config") if k not in config]
+    if missing or not isinstance(config["class_name"], str) or \
+            not isinstance(config["config"], (dict, list)):
+        raise ModelFileError(f"The model's {what} is not a Keras model config (expected a JSON "
+                             "object with class_name and config)",
+                             f"{path} (" + (f"missing {', '.join(missing)}" if missing else
+                                            f"class_name={config['class_name']!r}, config is a "
+                                            f"{type(config['config']).__name__}") + ")",
+                             _RESAVE)
+    return config
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _savedmodel_lambdas(meta_path: Path, path) -> list[str]:
+    """Lambda layers named in a SavedModel's keras_metadata.pb, parsed (a SavedMetadata proto
+    whose nodes carry each layer's metadata as JSON), so reformatting the JSON (whitespace, key
+    order, unicode escapes) cannot hide one."""
+    from pipeline import files
+
+    blob = files.read_bytes(meta_path, "model", ModelFileError, "SavedModel's keras_metadata.pb")
+    try:
+        from tf_keras.protobuf import saved_metadata_pb2
+    except ImportError:  # pragma: no cover - older layouts
+        from tensorflow.python.keras.protobuf import saved_metadata_pb2
+    from google.protobuf.message import DecodeError
+
+    proto = saved_metadata_pb2.SavedMetadata()
+    try:
+        proto.ParseFromString(blob)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError("The SavedModel's keras_metadata.pb is not a valid Keras metadata "
+                             "file", f"{path} ({exc})", _RESAVE)
+    found = []
+    for node in proto.nodes:
+        meta = _parse_json(node.metadata, path, f"metadata of {node.node_path or 'a node'}") \
+            if node.metadata else {}
+        names = _find_lambdas(meta)
+        if names:
+            found += [f"{n} ({node.node_path})" if node.node_path else n for n in names]
+    return sorted(set(found))
+
+
 def read_stored_config(path: str) -> tuple[str, dict | None, str | None]:
-    """(kind, model config as JSON data, keras_version) without deserializing any layer."""
+    """(kind, model config as JSON data, keras_version) without deserializing any layer.
+
+    Every file is checked first (pipeline/files.py): a regular file (or a directory of them
+    for a SavedModel) within the model size limit; .h5 must carry the HDF5 signature and a
+    .keras archive must not expand past the limit or be a zip bomb."""
+    from pipeline import files
+
     p = Path(path)
-    if not p.exists():
+    try:
+        exists = os.path.lexists(p)
+    except ValueError:
+        exists = False
+    if not exists:
         raise ModelFileError("The model file does not exist", path, "Check the path")
     if p.is_dir():
         meta = p / "keras_metadata.pb"
         if not (p / "saved_model.pb").is_file() and not (p / "saved_model.pbtxt").is_file():
             raise ModelFileError("The directory is not a SavedModel (no saved_model.pb)", path,
                                  "Pass a .h5/.keras file or a directory written by model.save()")
-        if not meta.is_file():
+        if not os.path.lexists(meta):
             raise ModelFileError("The SavedModel has no Keras metadata (keras_metadata.pb); it "
                                  "was not saved from a Keras model", path,
                                  "Save the Keras model with tf_keras model.save(dir)")
-        # SavedMetadata proto: each layer's JSON config is stored as a string field; scanning
-        # the raw bytes for the Lambda class name is enough to refuse (never to accept) a file.
-        blob = meta.read_bytes()
-        lambdas = ["(in keras_metadata.pb)"] if b'"class_name": "Lambda"' in blob else []
-        return "savedmodel", {"_lambdas": lambdas}, None
+        files.check_tree(p, "model", ModelFileError, "SavedModel directory")
+        return "savedmodel", {"_lambdas": _savedmodel_lambdas(meta, path)}, None
     suffix = p.suffix.lower()
+    if suffix not in (".h5", ".hdf5", ".keras"):
+        files.check_file(p, "model", ModelFileError, "model file")
+        raise ModelFileError("Unsupported model file type", path,
+                             "Pass a .h5, .keras file or a SavedModel directory")
+    st = files.check_file(p, "model", ModelFileError, "model file")
     if suffix in (".h5", ".hdf5"):
+        files.check_hdf5_signature(p, ModelFileError, "model file", st.st_size)
         import h5py
 
         try:
             with h5py.File(path, "r") as f:
                 raw = f.attrs.get("model_config")
                 version = f.attrs.get("keras_version")
-        except OSError:
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelFileError("The file is not a readable HDF5 model", path,
-                                 "Save the model with tf_keras model.save('model.h5')")
+                                 "Save the model with tf_keras model.save('model.h5') "
+                                 f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})")
         if raw is None:
             raise ModelFileError("The .h5 file holds weights only, no model architecture", path,
                                  "Save the whole model (model.save), not save_weights")
-        raw = raw.decode() if isinstance(raw, bytes) else raw
-        version = version.decode() if isinstance(version, bytes) else version
-        return "h5", json.loads(raw), version
-    if suffix == ".keras":
-        if not zipfile.is_zipfile(path):
-            raise ModelFileError("The .keras file is not a zip archive", path,
-                                 "Save the model with model.save('model.keras')")
+        config = _check_config(_parse_json(raw, path, "config (model_config)"), path,
+                               "config (model_config)")
+        return "h5", config, _text(version)
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError("The .keras file is not a zip archive", path,
+                             "Save the model with model.save('model.keras')")
+    try:
         with zipfile.ZipFile(path) as z:
+            files.check_zip(z, path, "model", ModelFileError, ".keras archive")
             names = set(z.namelist())
             if "config.json" not in names:
                 raise ModelFileError("The .keras archive has no config.json", path,
                                      "Save the model with model.save('model.keras')")
-            config = json.loads(z.read("config.json"))
-            meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
-        return "keras", config, meta.get("keras_version")
-    raise ModelFileError("Unsupported model file type", path,
-                         "Pass a .h5, .keras file or a SavedModel directory")
+            config = _check_config(_parse_json(z.read("config.json"), path, "config.json"),
+                                   path, "config.json")
+            meta = _parse_json(z.read("metadata.json"), path, "metadata.json") \
+                if "metadata.json" in names else {}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError,
+            NotImplementedError) as exc:
+        raise ModelFileError("The .keras archive cannot be read", f"{path} ({type(exc).__name__}: "
+                             f"{str(exc)[:120]})", "Save the model with model.save('model.keras')")
+    if not isinstance(meta, dict):
+        raise ModelFileError("The .keras archive's metadata.json is not a JSON object",
+                             f"{path} (a JSON {type(meta).__name__})", _RESAVE)
+    return "keras", config, _text(meta.get("keras_version"))
 
 
 def load_model(name: str = "", path: str = "", *, trust_model: bool = False,
@@ -166,9 +264,16 @@ def check_model_shape(model, where: str) -> None:
             "Functional)", f"{where} ({cls})",
             "Rebuild the model with keras.Input and layer calls (Functional API), then copy "
             "the weights with set_weights")
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    inputs = list(getattr(model, "inputs", None) or [])
+    outputs = list(getattr(model, "outputs", None) or [])
+    if not inputs:
+        raise ModelFileError("The model has no inputs (it was saved unbuilt, without an input "
+                             "shape)", f"{where} ({cls})",
+                             "Build it with keras.Input(shape=...) as its first layer (or call "
+                             "model.build) and save it again")
+    if len(inputs) != 1 or len(outputs) != 1:
         raise ModelFileError("Only single-input, single-output models are supported",
-                             f"{where} ({len(model.inputs)} inputs, {len(model.outputs)} outputs)",
+                             f"{where} ({len(inputs)} inputs, {len(outputs)} outputs)",
                              "Export the classification head as the only output")
 
 

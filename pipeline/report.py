@@ -182,7 +182,9 @@ def write(run_dir, report: dict) -> None:
 
 
 def write_manifest(run_dir, *, config_hash: str, timings: dict, status: str) -> None:
-    """Last file of a run: sha256 of every artifact written before it."""
+    """Last file of a run: sha256 of every file in the run directory (those an earlier,
+    resumed attempt wrote included), except the manifest itself."""
+    run_dir.inventory()
     run_dir.write_json("manifest.json", {
         "schema_version": SCHEMA_VERSION,
         "status": status,

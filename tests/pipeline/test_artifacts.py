@@ -76,14 +76,20 @@ def test_resume_needs_something_to_resume(tmp_path):
 
 def test_live_lock_blocks_a_second_writer(tmp_path):
     final = tmp_path / "m"
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    code = ("import sys, time; from pipeline.artifacts import RunDir; "
+            f"r = RunDir({str(final)!r}, log=lambda *_: None); print('locked', flush=True); "
+            "time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     try:
-        staging = tmp_path / ".m.partial"
-        staging.mkdir()
-        (staging / ".lock").write_text(str(sleeper.pid))
-        with pytest.raises(UsageError, match="Another run"):
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UsageError, match=f"Another run.*locked by pid {holder.pid}"):
             RunDir(final, log=lambda *_: None)
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    RunDir(final, log=lambda *_: None)  # a dead owner's lock is ignored
+        holder.kill()  # SIGKILL: no cleanup runs, the lock file stays behind
+        holder.wait()
+    assert (tmp_path / ".m.lock").is_file()
+    run = RunDir(final, log=lambda *_: None)  # the kernel released the dead owner's flock
+    assert run.locked
+    run.abort(keep=False)
+    assert not (tmp_path / ".m.lock").exists()

@@ -76,7 +76,7 @@ def test_formats_round_trip(env, trained_model, tmp_path, digits):
     (lambda p: p / "missing.h5", "does not exist"),
     (lambda p: p, "not a SavedModel"),
     (lambda p: [(p / "m.h5").write_bytes(b"<html>oops</html>"), p / "m.h5"][1],
-     "not a readable HDF5"),
+     "not an HDF5 file"),
     (lambda p: [(p / "m.keras").write_bytes(b"PK\x03\x04junk"), p / "m.keras"][1],
      "not a zip archive"),
     (lambda p: [(p / "m.onnx").write_bytes(b"x"), p / "m.onnx"][1], "Unsupported model file"),

@@ -141,6 +141,12 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, trained_h5, digit
     assert q["resumed_from_epoch"] + q["epochs_run"] == 6
     assert len(q["history"]["loss"]) == 6
     assert "resumed after epoch" in err
+    # the manifest lists every file of the run, those the killed attempt wrote included
+    manifest = json.loads((final / "manifest.json").read_text())
+    on_disk = sorted(p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file())
+    assert sorted(manifest["files"]) == [p for p in on_disk if p != "manifest.json"]
+    assert any(p.startswith("checkpoints/epoch_") for p in manifest["files"])
+    assert not (tmp_path / ".digits_float.lock").exists()  # the killed run's lock was taken over
 
 
 def test_input_model_with_nan_weights_stops_at_load(env, trained_h5, digits_npz, tmp_path,
