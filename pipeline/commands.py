@@ -136,8 +136,15 @@ def cmd_verify(args, out) -> int:
     if not (args.data or args.reference):
         raise UsageError("verify needs --data or --reference", "neither",
                          "Pass --data digits (or an .npz), or --reference artifacts/NAME")
-    content = read_file(args.model)
-    view = TFLiteModel.from_bytes(content, source=args.model)  # structural pre-check
+    if not (args.timeout > 0 and args.timeout != float("inf")):  # also refuses NaN
+        raise UsageError("--timeout must be a positive number of seconds", args.timeout,
+                         "Use e.g. --timeout 60")
+    import time
+
+    content = read_file(args.model)  # a regular file, size and header checked first
+    # structural pre-check, bounded by the file size and by --timeout
+    view = TFLiteModel.from_bytes(content, source=args.model,
+                                  deadline=time.monotonic() + args.timeout)
     verdict = view.verdict()
     isolate = not args.no_isolate
     result: dict = {"schema_version": 1, "model": args.model, "size_bytes": view.file_size,
