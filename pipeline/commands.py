@@ -180,7 +180,8 @@ def cmd_verify(args, out) -> int:
         scored = verify.score_tflite(os.path.basename(args.model), content, x, y,
                                      batch_size=args.batch_size, runtime=args.runtime,
                                      num_threads=args.num_threads, workers=args.workers,
-                                     isolate=isolate, timeout=args.timeout)
+                                     isolate=isolate, timeout=args.timeout,
+                                     source=args.model)
         result.update(runtime=scored.runtime, split=args.split, samples=int(len(y)),
                       accuracy=scored.accuracy)
         lines.append(f"{args.model}: accuracy {100 * scored.accuracy:.2f} % on {len(y)} "
@@ -229,11 +230,12 @@ def _run_raw(content: bytes, x, args, isolate: bool) -> list:
 
         return run_isolated(content, x, batch_size=args.batch_size, dequantize=False,
                             runtime=args.runtime, num_threads=args.num_threads or None,
-                            timeout=args.timeout)[0]
+                            timeout=args.timeout, precheck=False, source=args.model)[0]
     from pipeline.runtime import ModelRunner
 
     return ModelRunner(content, batch_size=args.batch_size, runtime=args.runtime,
-                       num_threads=args.num_threads or None).run(x, dequantize=False)
+                       num_threads=args.num_threads or None,
+                       source=args.model).run(x, dequantize=False)
 
 
 def cmd_inspect(args, out) -> int:
