@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-isolate", action="store_true",
                    help="run the interpreter in this process (only for files you trust)")
     v.add_argument("--timeout", type=float, default=60.0,
-                   help="seconds the isolated interpreter may take (default 60)")
+                   help="seconds the structural pre-check, and each request to the isolated "
+                   "interpreter, may take (default 60)")
     v.add_argument("--min-accuracy", type=float,
                    help="exit 1 if accuracy is below this fraction")
     v.add_argument("--require-full-int8", action="store_true",
