@@ -11,7 +11,12 @@ The output formats come from the TensorFlow sources (tensorflow/lite/tools/bench
 - tools/logging.h prefixes lines with ``INFO: `` / ``WARN: `` / ``ERROR: `` (older builds print
   no prefix; the benchmark APK logs to logcat with tag ``tflite``);
 - the APK's JNI listener adds ``Average inference timings in us: Warmup: W, Init: I,
-  Inference: A`` (also the only timing line of TF <= 1.14 builds);
+  Inference: A`` (also the only timing line of TF 1.13-2.1 builds);
+- older builds, each parsed (one test per format): TF 1.10-1.12 print ``Average inference
+  timings in us: Warmup: W, Init: I, no stats: A``; the first contrib/lite tool (TF 1.8/1.9)
+  printed ``Initialized session in 0.0123s`` (seconds) and ``Average inference timings in us:
+  A , Warmup: W, ``. ``Initialized session in X ms`` (``ms.`` since 2.x) gives the init time
+  when the timings line has none;
 - benchmark_tflite_model.cc: the delegate lines ``Explicitly applied X delegate, and the model
   graph will be completely|partially executed ...`` and, with ``--require_full_delegation``,
   ``Disallowed CPU fallback detected.``; with ``--enable_op_profiling`` the profile summarizer
@@ -152,10 +157,15 @@ _PREFIX = re.compile(r"^(?:INFO|WARN|WARNING|ERROR|FATAL|VERBOSE): ?")
 # "01-02 03:04:05.678  1234  1250 I tflite  : "
 _LOGCAT = re.compile(r"^(?:\d\d-\d\d \d\d:\d\d:\d\d\.\d+\s+\d+\s+\d+\s+[VDIWEF]\s+\S+\s*:\s?"
                      r"|[VDIWEF]/[^(:]+(?:\(\s*\d+\))?:\s?)")
-_TIMINGS = re.compile(rf"Inference timings in us: Init: ({_NUM}), First inference: ({_NUM}), "
-                      rf"Warmup \(avg\): ({_NUM}), Inference \(avg\): ({_NUM})")
-_LEGACY = re.compile(rf"Average inference timings in us: Warmup: ({_NUM}), Init: ({_NUM}), "
-                     rf"Inference: ({_NUM})")
+# Every generation's timing line: "[Average i|I]nference timings in us:" then "Key: value"
+# items in any order (TF 1.8: the average first, without a key).
+_TIMINGS_LINE = re.compile(r"(?:Average )?[Ii]nference timings in us:\s*(.*)")
+_TIMING_LEAD = re.compile(rf"\s*({_NUM})\s*(?:,|$)")
+_TIMING_ITEM = re.compile(rf"([A-Za-z][A-Za-z ]*?(?: \(avg\))?)\s*:\s*({_NUM})")
+_TIMING_KEYS = {"init": "init_us", "first inference": "first_us", "warmup": "warmup_avg_us",
+                "warmup (avg)": "warmup_avg_us", "inference": "inference_avg_us",
+                "inference (avg)": "inference_avg_us", "no stats": "inference_avg_us"}
+_INIT_SESSION = re.compile(rf"Initialized session in ({_NUM}) ?(ms|s)\b")
 _STAT = re.compile(r"^count=(\d+)(.*)$")
 _KV = re.compile(rf"(\w+)=({_NUM})")
 _MEM = re.compile(rf"Memory footprint delta from the start of the tool \(MB\): "
@@ -282,6 +292,7 @@ def parse_output(text: str) -> ToolReport:
     cleaned = _clean(text)
     lines = [line for line, _ in cleaned]
     rep = ToolReport()
+    session_init = None
     stats: list[RunStats] = []
     in_profile = False
     i = 0
@@ -289,11 +300,11 @@ def parse_output(text: str) -> ToolReport:
         line = lines[i].strip()
         if m := _STAT.match(line):
             stats.append(RunStats.parse(m.group(1), m.group(2)))
-        elif m := _TIMINGS.search(line):
-            rep.init_us, rep.first_us, rep.warmup_avg_us, rep.inference_avg_us = (
-                _num(g) for g in m.groups())
-        elif m := _LEGACY.search(line):
-            rep.warmup_avg_us, rep.init_us, rep.inference_avg_us = (_num(g) for g in m.groups())
+        elif m := _TIMINGS_LINE.search(line):
+            _parse_timings(m.group(1), rep)
+        elif m := _INIT_SESSION.search(line):
+            value = _num(m.group(1))
+            session_init = None if value is None else value * (1e3 if m.group(2) == "ms" else 1e6)
         elif m := _MEM.search(line):
             rep.memory_init_mb, rep.memory_overall_mb = _num(m.group(1)), _num(m.group(2))
         elif m := _PEAK.search(line):
@@ -321,6 +332,8 @@ def parse_output(text: str) -> ToolReport:
         elif cleaned[i][1] or _is_error(line):
             rep.errors.append(line)
         i += 1
+    if rep.init_us is None:  # the timings line of this version has no Init
+        rep.init_us = session_init
     # Stat lines come in run order: warm-up first, then the regular runs. Profile tables
     # print their own "Timings (microseconds): count=..." which do not start with count=.
     finished = rep.inference_avg_us is not None
@@ -343,6 +356,18 @@ def parse_output(text: str) -> ToolReport:
     if rep.inference is None:  # timing line only (legacy APK): a summary without spread
         rep.inference = RunStats(count=0, avg=rep.inference_avg_us)
     return rep
+
+
+def _parse_timings(rest: str, rep: ToolReport) -> None:
+    """The items of a timings line (any generation) into ``rep``; unknown keys (TensorFlow's
+    own benchmark_model: ``with stats``) are ignored."""
+    if m := _TIMING_LEAD.match(rest):  # TF 1.8: "A , Warmup: W, "
+        rep.inference_avg_us = _num(m.group(1))
+        rest = rest[m.end():]
+    for key, value in _TIMING_ITEM.findall(rest):
+        field_name = _TIMING_KEYS.get(key.strip().lower())
+        if field_name:
+            setattr(rep, field_name, _num(value))
 
 
 _ERROR_PATTERNS = ("Failed to ", "Benchmarking failed", "Could not open", "not a valid Flatbuffer", "not found",

@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 
 from android_harness.errors import (EXIT_BAD_INPUT, EXIT_GATE_FAILED, DeviceUnavailable,
-                                    HarnessError, UsageError)
+                                    HarnessError, UsageError, printable)
 from pipeline.errors import QatError
 
 EXIT_INTERRUPTED = 130
@@ -184,6 +184,38 @@ def _protocol(args):
                     peak_memory=getattr(args, "peak_memory", False))
 
 
+def _say(text: str = "", *, file=None, end: str = "\n", one_line: bool = False) -> None:
+    """print() for anything that may carry adb/device/benchmark_model text: non-printable
+    characters are escaped (see errors.printable); ``one_line`` escapes newlines too."""
+    print(printable(text, keep="" if one_line else "\n\t"), file=file or sys.stdout, end=end,
+          flush=file is sys.stderr)
+
+
+class _SafeFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
+def _out_dir(args, run_id: str) -> Path:
+    """The output directory, created now: a --out that names a file (or cannot be created)
+    fails before anything is measured, not after."""
+    out_dir = Path(args.out or Path("artifacts") / "harness" / run_id)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError("--out names an existing file, not a directory", os.fspath(out_dir),
+                         "Pass a new or existing directory")
+    except NotADirectoryError:
+        raise UsageError("--out is inside a file, not a directory", os.fspath(out_dir),
+                         "Pass a directory path whose parents are directories")
+    except OSError as exc:
+        raise UsageError("--out cannot be created", f"{out_dir} ({exc.strerror})",
+                         "Pass a writable directory")
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UsageError("--out is not writable", os.fspath(out_dir), "Pass a writable directory")
+    return out_dir
+
+
 def _progress(quiet: bool):
     lock = threading.Lock()
 
@@ -191,15 +223,15 @@ def _progress(quiet: bool):
         if quiet:
             return
         if job is None:  # interleaved: one notice before everything is measured at once
-            print(f"[{target}] measuring {n} repeats interleaved, about {m:.0f} s",
-                  file=sys.stderr, flush=True)
+            _say(f"[{target}] measuring {n} repeats interleaved, about {m:.0f} s",
+                 file=sys.stderr, one_line=True)
             return
         what = (f"p50 {m.median_us:.2f} us, {m.count} invokes" if m.status == "ok" and
                 m.median_us is not None else f"mean {m.mean_us:.2f} us, {m.count} invokes"
                 if m.status == "ok" and m.mean_us is not None else f"FAILED: {m.error}")
         with lock:
-            print(f"[{target} {i}/{n}] {job.model.label} {job.config.key} repeat "
-                  f"{job.repeat + 1}: {what}", file=sys.stderr, flush=True)
+            _say(f"[{target} {i}/{n}] {job.model.label} {job.config.key} repeat "
+                 f"{job.repeat + 1}: {what}", file=sys.stderr, one_line=True)
     return report
 
 
@@ -230,9 +262,9 @@ def _run(args, command: str) -> int:
 
     run_id = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-"
               + secrets.token_hex(2))
-    out_dir = Path(args.out or Path("artifacts") / "harness" / run_id)
     protocol, configs = _protocol(args), _configs(args)
     models = model_infos(args.models)
+    out_dir = _out_dir(args, run_id)
     if command == "host":
         from android_harness.host import HostBackend
         backends = [HostBackend(runtime=None if args.runtime in (None, "auto") else args.runtime,
@@ -263,8 +295,8 @@ def _run(args, command: str) -> int:
         # Nothing was measured on the only target: report it as the error it is.
         raise runs[0].exception
     paths = results.write(doc, out_dir)
-    print(json.dumps(doc, indent=1) if args.json else results.markdown(doc), end="")
-    print(f"results: {paths['json']}", file=sys.stderr)
+    _say(json.dumps(doc, indent=1) if args.json else results.markdown(doc), end="")
+    _say(f"results: {paths['json']}", file=sys.stderr)
     bad = any(t["status"] != "ok" for t in doc["targets"]) or any(
         r["status"] != "ok" for r in doc["results"])
     unstable = any((r.get("stability") or {}).get("verdict") == "unstable"
@@ -290,7 +322,7 @@ def _devices(args) -> int:
             row["hint"] = adb.for_serial(e.serial).unavailable(e.state, "").fix
         rows.append(row)
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(rows, indent=1))  # json escapes control characters itself
         return 0
     if not rows:
         print("No devices attached (adb devices -l is empty).")
@@ -299,17 +331,19 @@ def _devices(args) -> int:
     print("|---|---|---|---|---|---|--:|---|---|")
     for r in rows:
         if r["state"] != "device":
-            print(f"| {r['serial']} | {r['state']} | {r.get('hint') or ''} | | | | | | |")
+            _say(f"| {r['serial']} | {r['state']} | {r.get('hint') or ''} | | | | | | |",
+                 one_line=True)
             continue
         bat = r.get("battery") or {}
         ts = r.get("thermal_service") or {}
         hottest = max((r.get("thermal") or {}).values(), default=None)
-        print(f"| {r['serial']} | {r['state']} | {r.get('manufacturer')} {r.get('model')} | "
+        _say(f"| {r['serial']} | {r['state']} | {r.get('manufacturer')} {r.get('model')} | "
               f"{r.get('android_release')} (SDK {r.get('sdk')}) | {r.get('abi')} | "
               f"{r.get('soc')} | {r.get('cores')} | "
               f"{bat.get('level', '-')} %, {bat.get('temperature_c', '-')} degC | "
               f"{ts.get('status_name', '-')}"
-              + (f", hottest zone {hottest:.1f} degC" if hottest is not None else "") + " |")
+              + (f", hottest zone {hottest:.1f} degC" if hottest is not None else "") + " |",
+             one_line=True)
     return 0
 
 
@@ -317,6 +351,9 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if getattr(args, "debug", False) else
                         logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # adb output may be logged: escape it
+        if type(handler) is logging.StreamHandler:
+            handler.setFormatter(_SafeFormatter("%(levelname)s %(name)s: %(message)s"))
     from android_harness.device import run_cleanups
 
     previous = None
@@ -334,7 +371,7 @@ def main(args: argparse.Namespace) -> int:
     except (HarnessError, QatError) as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}", file=sys.stderr, one_line=True)
         return getattr(exc, "exit_code", EXIT_BAD_INPUT)
     finally:
         if previous is not None:

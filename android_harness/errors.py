@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, QatError
 
-__all__ = ["HarnessError", "UsageError", "AdbNotFoundError", "AdbError", "DeviceUnavailable",
+__all__ = ["printable", "HarnessError", "UsageError", "AdbNotFoundError", "AdbError", "DeviceUnavailable",
            "BenchmarkToolError", "AbiMismatchError", "OutputParseError", "MeasurementFailed",
            "InputDataError", "EXIT_BAD_INPUT", "EXIT_GATE_FAILED"]
 
@@ -60,3 +60,14 @@ class MeasurementFailed(HarnessError):
     """One measurement could not be completed; the run goes on and the result says why."""
 
     exit_code = EXIT_GATE_FAILED
+
+
+def printable(text: object, keep: str = "\n\t") -> str:
+    """``text`` safe for a terminal: every non-printable character (ESC sequences, \\r, NUL,
+    bidi overrides, ...) except those in ``keep`` is written as its Python escape (\\x1b).
+    Whatever the harness prints that came from adb, a device or benchmark_model goes through
+    this: a phone's property or a tool's output must not drive the terminal."""
+    text = str(text)
+    if all(ch.isprintable() or ch in keep for ch in text):
+        return text
+    return "".join(ch if ch.isprintable() or ch in keep else repr(ch)[1:-1] for ch in text)

@@ -143,6 +143,7 @@ class HostBackend(Backend):
                 raise UsageError("The core mask names cores this machine does not have",
                                  f"--core-mask {c.core_mask} on {os.cpu_count()} cores",
                                  "Use a mask within the host's cores")
+        self._probe(models, max(c.threads for c in configs))
         for m in models:
             self._paths[m.label] = m.path
             try:  # load once up front so a broken model fails the run, not each visit
@@ -157,6 +158,17 @@ class HostBackend(Backend):
                                         str(exc).splitlines()[0])
             if self.inputs_spec:
                 self._inputs[m.label] = load_inputs(self.inputs_spec, m.path)
+
+    def _probe(self, models: Sequence[ModelInfo], threads: int) -> None:
+        """Load, allocate and invoke each model once in a child process first: a crafted model
+        that crashes LiteRT (found by fuzzing: an op code changed to SPLIT gives SIGSEGV)
+        becomes a one-line error (exit 2) instead of killing this process. model_infos has
+        already pre-checked the files' structure."""
+        from pipeline.isolated import IsolatedInterpreter
+
+        with IsolatedInterpreter(runtime=self.runtime_name, num_threads=threads) as child:
+            for m in models:
+                child.run(m.path, precheck=False, source=m.path)
 
     def measure(self, job: Job, protocol: Protocol) -> Measurement:
         return self._guarded([job], protocol, lambda: self._contiguous(job, protocol))[0]

@@ -7,13 +7,18 @@ measurement being filled in; all serialise with ``to_dict`` into the results JSO
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from android_harness.benchmark_tool import DELEGATES, file_sha256
+from android_harness.benchmark_tool import DELEGATES
 from android_harness.errors import UsageError
+
+# Interpreter threads per run: LiteRT (and benchmark_model) start one OS thread each, and
+# 100000 of them crashed the host run with SIGSEGV; no phone or host CPU uses more than this.
+MAX_THREADS = 256
 
 
 def now_iso() -> str:
@@ -29,9 +34,9 @@ class BenchConfig:
     core_mask: str | None = None  # hex, taskset style, e.g. "f0" = cores 4-7
 
     def __post_init__(self):
-        if self.threads < 1:
-            raise UsageError("Thread counts must be at least 1", self.threads,
-                             "Pass e.g. --threads 1,4")
+        if not 1 <= self.threads <= MAX_THREADS:
+            raise UsageError(f"Thread counts must be at least 1 and at most {MAX_THREADS}",
+                             self.threads, "Pass e.g. --threads 1,4")
         if self.delegate not in DELEGATES:
             raise UsageError("Unknown delegate", self.delegate, f"Use one of: {', '.join(DELEGATES)}")
         if self.core_mask is not None:
@@ -67,12 +72,21 @@ class ModelInfo:
 
 
 def model_infos(paths: Sequence[str | os.PathLike]) -> list[ModelInfo]:
-    """Label each model by its file stem, adding parent folders until labels are unique."""
-    resolved = []
+    """Label each model by its file stem, adding parent folders until labels are unique.
+
+    Each model is read the bounded way and pre-checked structurally (pipeline.tflite_model:
+    a regular file of at most 2 GiB, the TFL3 header, every offset and index), so a FIFO, a
+    device, a huge or a crafted file is refused (exit 2) before anything loads or pushes it."""
+    from pipeline.tflite_model import TFLiteModel, read_file
+
+    resolved, digests = [], {}
     for p in paths:
         path = Path(p)
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise UsageError("Model file does not exist", os.fspath(p), "Check the path")
+        content = read_file(path)
+        TFLiteModel.from_bytes(content, source=os.fspath(p))
+        digests[path] = (hashlib.sha256(content).hexdigest(), len(content))
         resolved.append(path)
     if len({p.resolve() for p in resolved}) != len(resolved):
         raise UsageError("The same model was given twice", [os.fspath(p) for p in resolved],
@@ -84,8 +98,7 @@ def model_infos(paths: Sequence[str | os.PathLike]) -> list[ModelInfo]:
         if len(set(labels)) == len(labels):
             break
         depth += 1
-    return [ModelInfo(label, os.fspath(p), file_sha256(p), p.stat().st_size)
-            for label, p in zip(labels, resolved)]
+    return [ModelInfo(label, os.fspath(p), *digests[p]) for label, p in zip(labels, resolved)]
 
 
 @dataclass

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from pipeline import __version__
@@ -110,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-isolate", action="store_true",
                    help="run the interpreter in this process (only for files you trust)")
     v.add_argument("--timeout", type=float, default=60.0,
-                   help="seconds the isolated interpreter may take (default 60)")
+                   help="seconds the structural pre-check, and each request to the isolated "
+                   "interpreter, may take (default 60)")
     v.add_argument("--min-accuracy", type=float,
                    help="exit 1 if accuracy is below this fraction")
     v.add_argument("--require-full-int8", action="store_true",
@@ -141,8 +144,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(enabled: bool):
+    """``verify``: SIGTERM unwinds like Ctrl-C, so the isolated child is stopped (its own
+    watchdog covers SIGKILL of this process)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(args: argparse.Namespace) -> int:
     out = sys.stdout
+    with _sigterm_as_interrupt(args.command == "verify"):
+        return _main(args, out)
+
+
+def _main(args: argparse.Namespace, out) -> int:
     try:
         # --json: stdout carries only the result; progress (Keras bars included) goes to stderr.
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():

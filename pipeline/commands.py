@@ -143,8 +143,15 @@ def cmd_verify(args, out) -> int:
     if not (args.data or args.reference):
         raise UsageError("verify needs --data or --reference", "neither",
                          "Pass --data digits (or an .npz), or --reference artifacts/NAME")
-    content = read_file(args.model)
-    view = TFLiteModel.from_bytes(content, source=args.model)  # structural pre-check
+    if not (args.timeout > 0 and args.timeout != float("inf")):  # also refuses NaN
+        raise UsageError("--timeout must be a positive number of seconds", args.timeout,
+                         "Use e.g. --timeout 60")
+    import time
+
+    content = read_file(args.model)  # a regular file, size and header checked first
+    # structural pre-check, bounded by the file size and by --timeout
+    view = TFLiteModel.from_bytes(content, source=args.model,
+                                  deadline=time.monotonic() + args.timeout)
     verdict = view.verdict()
     isolate = not args.no_isolate
     result: dict = {"schema_version": 1, "model": args.model, "size_bytes": view.file_size,
@@ -180,7 +187,8 @@ def cmd_verify(args, out) -> int:
         scored = verify.score_tflite(os.path.basename(args.model), content, x, y,
                                      batch_size=args.batch_size, runtime=args.runtime,
                                      num_threads=args.num_threads, workers=args.workers,
-                                     isolate=isolate, timeout=args.timeout)
+                                     isolate=isolate, timeout=args.timeout,
+                                     source=args.model)
         result.update(runtime=scored.runtime, split=args.split, samples=int(len(y)),
                       accuracy=scored.accuracy)
         lines.append(f"{args.model}: accuracy {100 * scored.accuracy:.2f} % on {len(y)} "
@@ -229,11 +237,12 @@ def _run_raw(content: bytes, x, args, isolate: bool) -> list:
 
         return run_isolated(content, x, batch_size=args.batch_size, dequantize=False,
                             runtime=args.runtime, num_threads=args.num_threads or None,
-                            timeout=args.timeout)[0]
+                            timeout=args.timeout, precheck=False, source=args.model)[0]
     from pipeline.runtime import ModelRunner
 
     return ModelRunner(content, batch_size=args.batch_size, runtime=args.runtime,
-                       num_threads=args.num_threads or None).run(x, dequantize=False)
+                       num_threads=args.num_threads or None,
+                       source=args.model).run(x, dequantize=False)
 
 
 def cmd_inspect(args, out) -> int:

@@ -22,12 +22,18 @@ import numpy as np
 
 from pipeline.errors import ModelFileError, UsageError
 from pipeline.records import SCHEMA_VERSION
+from pipeline.tflite_model import open_regular, read_regular
 
 REF_DIR = "reference"
 # Different CPUs/kernels may round an int8 result differently: one output step is allowed.
 DEFAULT_TOLERANCE_LSB = 1
 DEFAULT_MIN_AGREEMENT = 0.99
 FLOAT_RTOL = 1e-4
+# A bundle comes from elsewhere (a CI cache, another machine): every file it names must lie
+# inside its directory, be a regular file and stay within these sizes (an .npz counts the
+# uncompressed size its zip directory declares, so a compression bomb is refused unread).
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_NPZ_BYTES = 1 << 30
 
 
 def save(run_dir, x: np.ndarray, y: np.ndarray, variants: dict) -> None:
@@ -74,22 +80,81 @@ class ReferenceCheck:
 def _locate(directory: str) -> Path:
     d = Path(directory)
     for cand in (d, d / REF_DIR):
-        if (cand / "expected.json").is_file() and (cand / "inputs.npz").is_file():
+        if os.path.lexists(cand / "expected.json") and os.path.lexists(cand / "inputs.npz"):
             return cand
     raise UsageError("No reference bundle found", directory,
                      "Pass a run directory (artifacts/NAME) or its reference/ folder")
 
 
+def bundle_file(ref: Path, name: object) -> Path:
+    """``name`` (from the manifest) as a path inside the bundle directory ``ref``, resolved:
+    an absolute path, a ``..`` escape or a symlink leading outside the bundle is refused."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise UsageError("The reference manifest names an invalid file", repr(name)[:200],
+                         "Re-run the pipeline to rewrite the bundle")
+    if os.path.isabs(name):
+        raise UsageError("The reference manifest names a file outside the bundle (an "
+                         "absolute path)", name, "Only files inside the reference/ folder "
+                         "are read; re-run the pipeline to rewrite the bundle")
+    root = ref.resolve()
+    path = (root / name).resolve()
+    if path != root and root not in path.parents:
+        raise UsageError("The reference bundle names a file outside its directory",
+                         f"{name} -> {path}", "Only files inside the reference/ folder are "
+                         "read (no '..', no symlinks out); re-run the pipeline to rewrite the "
+                         "bundle")
+    return path
+
+
+def _load_npz(ref: Path, name: str) -> dict[str, np.ndarray]:
+    """Every array of a bundle .npz (no pickles), sizes checked before decompressing."""
+    import zipfile
+
+    path = bundle_file(ref, name)
+    f, _ = open_regular(path, "reference file", MAX_NPZ_BYTES, UsageError)
+    with f:
+        try:
+            with zipfile.ZipFile(f) as zf:
+                declared = sum(i.file_size for i in zf.infolist())
+                if declared > MAX_NPZ_BYTES:
+                    raise UsageError("A reference .npz is too large once decompressed",
+                                     f"{path} ({declared:,} bytes; the limit is "
+                                     f"{MAX_NPZ_BYTES:,})", "Re-run the pipeline to rewrite "
+                                     "the bundle")
+            f.seek(0)
+            with np.load(f, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise UsageError("A reference .npz is unreadable", f"{path} ({type(exc).__name__})",
+                             "Re-run the pipeline to rewrite the bundle")
+
+
+def _check_doc(doc, path: Path) -> dict:
+    """The manifest's shape: an object whose ``variants`` map names to objects with an
+    ``outputs`` file name."""
+    variants = doc.get("variants") if isinstance(doc, dict) else None
+    if not isinstance(variants, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("outputs"), str) for v in variants.values()):
+        raise UsageError("The reference manifest has an unexpected structure", str(path),
+                         "Re-run the pipeline to rewrite the bundle")
+    return doc
+
+
 def load(directory: str) -> tuple[Path, dict, np.ndarray, np.ndarray]:
     ref = _locate(directory)
+    manifest = bundle_file(ref, "expected.json")
     try:
-        doc = json.loads((ref / "expected.json").read_text())
-        with np.load(ref / "inputs.npz", allow_pickle=False) as npz:
-            x, y = npz["x"], npz["y"]
-    except (ValueError, KeyError, OSError) as exc:
-        raise UsageError("The reference bundle is unreadable", str(ref),
+        text = read_regular(manifest, "reference manifest", MAX_MANIFEST_BYTES, UsageError)
+        doc = _check_doc(json.loads(text), manifest)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError("The reference bundle is unreadable", str(manifest),
                          f"Re-run the pipeline to rewrite it ({type(exc).__name__})")
-    return ref, doc, x, y
+    arrays = _load_npz(ref, "inputs.npz")
+    if "x" not in arrays or "y" not in arrays:
+        raise UsageError("The reference inputs.npz lacks the x or y array",
+                         f"{ref / 'inputs.npz'} has {sorted(arrays)[:5]}",
+                         "Re-run the pipeline to rewrite the bundle")
+    return ref, doc, arrays["x"], arrays["y"]
 
 
 def pick_variant(doc: dict, model_bytes: bytes, model_path: str,
@@ -121,8 +186,13 @@ def check(raw_outputs: list[np.ndarray], ref: Path, doc: dict, name: str, y: np.
                 else tolerance_lsb)
     min_agree = float(doc.get("min_agreement", DEFAULT_MIN_AGREEMENT) if min_agreement is None
                       else min_agreement)
-    with np.load(ref / entry["outputs"], allow_pickle=False) as npz:
-        expected = [npz[f"arr_{k}"] for k in range(len(npz.files))]
+    arrays = _load_npz(ref, entry["outputs"])
+    try:
+        expected = [arrays[f"arr_{k}"] for k in range(len(arrays))]
+    except KeyError:
+        raise UsageError("A reference outputs .npz has unexpected array names",
+                         f"{entry['outputs']}: {sorted(arrays)[:5]}",
+                         "Re-run the pipeline to rewrite the bundle")
     reasons = []
     if len(expected) != len(raw_outputs):
         raise ModelFileError("The model has a different number of outputs than the reference",

@@ -111,8 +111,10 @@ def auto_batch_size(interpreter, budget: int = AUTO_BATCH_BYTES, cap: int = MAX_
 
 def make_interpreter(model: bytes | str | os.PathLike, *, runtime: str | None = None,
                      num_threads: int | None = None, xnnpack: bool = True,
-                     preserve_all_tensors: bool = False):
-    """Build an interpreter from bytes or a path. Tensors are not allocated yet."""
+                     preserve_all_tensors: bool = False, source: str | None = None):
+    """Build an interpreter from bytes or a path. Tensors are not allocated yet.
+
+    ``source`` names the model in errors (default: its path, or "<bytes>")."""
     _, mod = resolve_runtime(runtime)
     kwargs: dict = {}
     if num_threads is not None:
@@ -133,7 +135,7 @@ def make_interpreter(model: bytes | str | os.PathLike, *, runtime: str | None = 
             warnings.simplefilter("ignore", UserWarning)
             return mod.Interpreter(**kwargs)
     except (ValueError, RuntimeError) as exc:
-        where = "<bytes>" if "model_content" in kwargs else kwargs["model_path"]
+        where = source or ("<bytes>" if "model_content" in kwargs else kwargs["model_path"])
         raise ModelFileError("The interpreter could not load the model", where,
                              f"Check the file is a valid .tflite ({str(exc).splitlines()[0]})")
 
@@ -240,19 +242,23 @@ class ModelRunner:
 
     def __init__(self, model: bytes | str | os.PathLike, *, batch_size: int = 0,
                  runtime: str | None = None, num_threads: int | None = None,
-                 xnnpack: bool = True, preserve_all_tensors: bool = False, workers: int = 1):
+                 xnnpack: bool = True, preserve_all_tensors: bool = False, workers: int = 1,
+                 source: str | None = None):
         if batch_size < 0:
             raise UsageError("Batch size must be 0 (auto) or more", batch_size,
                              "Pass --batch-size 0 for a cache-sized batch, or a positive size")
         if workers < 1:
             raise UsageError("Worker count must be at least 1", workers, "Pass 1 or more")
         if isinstance(model, (str, os.PathLike)):
-            with open(model, "rb") as f:  # read once, shared by every worker's interpreter
-                model = f.read()
+            from pipeline.tflite_model import read_file
+
+            source = source or os.fspath(model)
+            model = read_file(model)  # read once (bounded), shared by every worker's interpreter
 
         def new():
             return make_interpreter(model, runtime=runtime, num_threads=num_threads,
-                                    xnnpack=xnnpack, preserve_all_tensors=preserve_all_tensors)
+                                    xnnpack=xnnpack, preserve_all_tensors=preserve_all_tensors,
+                                    source=source)
 
         self.interpreter = new()
         self._preserve = preserve_all_tensors

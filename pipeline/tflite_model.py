@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from pipeline._tflite_schema import BUILTIN_OPERATORS, TENSOR_TYPES
 from pipeline.errors import ModelFileError
 from pipeline.flatbuffer_reader import Buf as _Buf
-from pipeline.flatbuffer_reader import Table as _Table
 from pipeline.flatbuffer_reader import TFLiteFormatError  # noqa: F401  (re-exported)
 
 FILE_IDENTIFIER = b"TFL3"
@@ -33,6 +33,10 @@ INT8_TYPES = {"INT8", "UINT8"}
 # LiteRT segfaults allocating a tensor whose claimed shape overflows (found by fuzzing:
 # one corrupted dimension of an activation shape); refuse anything over 2 GiB per tensor.
 _MAX_TENSOR_BYTES = 1 << 31
+# Largest .tflite read: a flatbuffer cannot address more than 2 GiB (bigger models keep their
+# weights in external buffers), so a larger file is refused before a byte of it is read.
+MAX_TFLITE_BYTES = 2 << 30
+HEADER_BYTES = 64  # what check_header looks at before the rest of the file is read
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,14 +153,18 @@ class TFLiteModel:
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "TFLiteModel":
-        return cls.from_bytes(read_file(path), source=os.fspath(path))
+    def from_file(cls, path: str | os.PathLike, *, deadline: float | None = None
+                  ) -> "TFLiteModel":
+        return cls.from_bytes(read_file(path), source=os.fspath(path), deadline=deadline)
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "TFLiteModel":
-        buf = _Buf(bytes(data), source)
+    def from_bytes(cls, data: bytes, source: str = "<bytes>", *,
+                   deadline: float | None = None) -> "TFLiteModel":
+        """Parse and check ``data``. The work is bounded by the file size (see
+        flatbuffer_reader); ``deadline`` (a time.monotonic() value) bounds the wall time."""
+        buf = _Buf(bytes(data), source, deadline=deadline)
         check_header(buf.data, source)
-        root = _Table(buf, buf.u32(0))
+        root = buf.table(buf.u32(0))
         version = root.scalar(0, "I")
         opcodes = []
         for t in root.tables(1):
@@ -383,40 +391,99 @@ class TFLiteModel:
                        tuple(hybrid), tuple(float_io))
 
 
-def read_file(path: str | os.PathLike) -> bytes:
-    """The bytes of a .tflite file, with one-line errors for the usual path mistakes."""
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path: str | os.PathLike, what: str, limit: int, error=ModelFileError):
+    """Open ``path`` for reading if it is a regular file of at most ``limit`` bytes: (binary
+    file object, size). Anything else fails at once with ``error`` (one line) - a FIFO would
+    block the open or the read forever, a device never ends, a huge file is not read at all.
+    The check is made with stat() before opening and again on the opened descriptor."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ModelFileError("Expected a .tflite file but got a directory", path,
-                             "Pass the path of a .tflite file")
+
+    def refuse(st):
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a file")
+            raise error(f"The {what} is not a regular file: it is {kind}", path,
+                        f"Pass the path of a regular {what}")
+        if st.st_size > limit:
+            raise error(f"The {what} is too large ({st.st_size:,} bytes; the limit is "
+                        f"{limit:,})", path, f"Pass a {what} of at most {limit:,} bytes")
+
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        refuse(os.stat(path))
+        # O_NONBLOCK: should the path be swapped for a FIFO after the stat, the open does
+        # not wait for a writer (and the fstat below refuses it).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) |
+                     getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
-        raise ModelFileError("The .tflite file does not exist", path, "Check the path")
+        raise error(f"The {what} does not exist", path, "Check the path")
+    except NotADirectoryError:
+        raise error(f"The {what} does not exist (a parent in its path is a file)", path,
+                    "Check the path")
     except OSError as exc:
-        raise ModelFileError("The .tflite file cannot be read", f"{path} ({exc.strerror})",
-                             "Check the path and its permissions")
+        raise error(f"The {what} cannot be read", f"{path} ({exc.strerror})",
+                    "Check the path and its permissions")
+    f = os.fdopen(fd, "rb")
+    try:
+        st = os.fstat(f.fileno())
+        refuse(st)
+    except BaseException:
+        f.close()
+        raise
+    return f, st.st_size
 
 
-def check_header(data: bytes, source: str = "<bytes>") -> None:
-    """Cheap pre-checks: non-empty, long enough, the TFL3 identifier, root offset in range."""
-    if len(data) == 0:
+def read_regular(path: str | os.PathLike, what: str, limit: int, error=ModelFileError) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (see open_regular)."""
+    f, _ = open_regular(path, what, limit, error)
+    with f:
+        data = f.read(limit + 1)
+    if len(data) > limit:  # it grew after the check
+        raise error(f"The {what} is too large (more than {limit:,} bytes)", os.fspath(path),
+                    f"Pass a {what} of at most {limit:,} bytes")
+    return data
+
+
+def read_file(path: str | os.PathLike, limit: int = MAX_TFLITE_BYTES) -> bytes:
+    """The bytes of a .tflite file, with one-line errors for the usual path mistakes.
+
+    Only a regular file of at most ``limit`` bytes is opened, and its first HEADER_BYTES are
+    checked (TFL3 identifier, root offset within the size) before the rest is read."""
+    f, size = open_regular(path, ".tflite file", limit)
+    with f:
+        head = f.read(HEADER_BYTES)
+        check_header(head, os.fspath(path), size=size)
+        data = head + f.read(limit + 1 - len(head))
+    if len(data) > limit:
+        raise ModelFileError(f"The .tflite file is too large (more than {limit:,} bytes)",
+                             os.fspath(path), f"Pass a file of at most {limit:,} bytes")
+    return data
+
+
+def check_header(data: bytes, source: str = "<bytes>", size: int | None = None) -> None:
+    """Cheap pre-checks: non-empty, long enough, the TFL3 identifier, root offset in range.
+
+    ``data`` may be the first bytes only; ``size`` is then the whole file's size."""
+    size = len(data) if size is None else size
+    if size == 0:
         raise TFLiteFormatError("The .tflite file is empty", source,
                                 "Re-export the model; the file has 0 bytes")
     head = bytes(data[:64]).lstrip().lower()
     if head.startswith((b"<!doctype", b"<html", b"<?xml", b"{")):
         raise TFLiteFormatError("The file is text (HTML/XML/JSON), not a .tflite model", source,
                                 "It was probably saved from a web page; download the raw file")
-    if len(data) < 8:
+    if size < 8 or len(data) < 8:
         raise TFLiteFormatError("The .tflite file is too short to be a model",
-                                f"{source} ({len(data)} bytes)", "Re-export the model")
+                                f"{source} ({size} bytes)", "Re-export the model")
     if data[4:8] != FILE_IDENTIFIER:
         raise TFLiteFormatError("The file does not carry the TFLite identifier 'TFL3'",
                                 f"{source} (bytes 4-8: {bytes(data[4:8])!r})",
                                 "Pass a model written by the TFLite converter")
     root = struct.unpack_from("<I", data, 0)[0]
-    if root + 4 > len(data):
+    if root + 4 > size:
         raise TFLiteFormatError("The .tflite root offset points past the end of the file",
-                                f"{source} (offset {root}, size {len(data)})",
+                                f"{source} (offset {root}, size {size})",
                                 "The file is truncated; re-export or re-download it")

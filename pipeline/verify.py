@@ -50,19 +50,22 @@ def score_keras(name: str, model, x: np.ndarray, y: np.ndarray, batch_size: int 
 def score_tflite(name: str, model: bytes | str | os.PathLike, x: np.ndarray, y: np.ndarray, *,
                  batch_size: int = 0, runtime: str | None = None,
                  num_threads: int | None = None, workers: int = 0,
-                 isolate: bool = False, timeout: float | None = None) -> Scored:
+                 isolate: bool = False, timeout: float | None = None,
+                 source: str | None = None) -> Scored:
     """Accuracy of a .tflite on (x, y). ``isolate`` runs it in a child process (for files
-    this process did not write: a crash of the interpreter becomes a ModelFileError)."""
+    this process did not write: a crash of the interpreter becomes a ModelFileError).
+    ``source`` names the model in errors (default: its path, or "<bytes>")."""
     if isolate:
         from pipeline.isolated import DEFAULT_TIMEOUT_S, run_isolated
 
         outs, desc = run_isolated(model, x, batch_size=batch_size, runtime=runtime,
                                   num_threads=num_threads or None,
-                                  timeout=timeout or DEFAULT_TIMEOUT_S)
+                                  timeout=timeout or DEFAULT_TIMEOUT_S, source=source)
         q = [_quant(d) for d in (desc["outputs"][0], desc["inputs"][0])]
         return Scored(name, outs[0], accuracy(outs[0], y), q[0], q[1], desc["runtime"])
     runner = ModelRunner(model, batch_size=batch_size, runtime=runtime,
-                         num_threads=num_threads or None, workers=default_workers(workers))
+                         num_threads=num_threads or None, workers=default_workers(workers),
+                         source=source)
     out = runner.run(x)[0]
     return Scored(name, out, accuracy(out, y), runner.outputs[0].quant, runner.inputs[0].quant,
                   runner.runtime)

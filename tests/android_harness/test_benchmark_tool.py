@@ -279,3 +279,61 @@ def test_resolve_binary_from_flag_env_or_error(tmp_path, monkeypatch, fake_binar
     assert bt.resolve_binary(None) == fake_binary
     with pytest.raises(BenchmarkToolError, match="does not exist"):
         bt.resolve_binary(str(tmp_path / "nope"))
+
+
+# -- every generation's timing lines (formats from the TensorFlow sources of each version) ----
+# TF 1.8/1.9 (tensorflow/contrib/lite/tools/benchmark_model.cc, std::cout): init in SECONDS,
+# the average first and without a key, no Stat lines.
+TF_1_8 = """Initialized session in 0.004108s
+Average inference timings in us: 80660 , Warmup: 91471,
+"""
+# TF 1.10-1.12 (contrib/lite/tools/benchmark/benchmark_model.cc): "no stats" is the average.
+TF_1_10 = """Initialized session in 4.108ms
+count=1 curr=91471
+count=50 first=80100 curr=80660 min=80000 max=81000 avg=80660 std=250
+Average inference timings in us: Warmup: 91471, Init: 4108, no stats: 80660
+"""
+# TF 1.13-2.1 (lite/tools/benchmark): "Inference" is the average; "Initialized ... ms".
+TF_1_13 = """Initialized session in 4.108ms
+count=1 curr=91471
+count=50 first=80100 curr=80660 min=80000 max=81000 avg=80660 std=250
+Average inference timings in us: Warmup: 91471, Init: 4108, Inference: 80660
+"""
+# TF 2.x without the Init item (a timings line cut by a log filter): the init time comes
+# from "Initialized session in X ms." instead.
+TF_2_SESSION_ONLY = """INFO: Initialized session in 4.108ms.
+INFO: count=1 curr=91471
+INFO: count=50 first=80100 curr=80660 min=80000 max=81000 avg=80660 std=250
+INFO: Inference timings in us: First inference: 91471, Warmup (avg): 91471, Inference (avg): 80660
+"""
+# TensorFlow's own (not Lite) benchmark_model of the 1.x era: no init item, "with stats" too.
+TF_CORE = """Initialized session in 0.004108s
+count=50 first=80100 curr=80660 min=80000 max=81000 avg=80660 std=250
+Average inference timings in us: Warmup: 91471, no stats: 80660, with stats: 81000
+"""
+
+
+@pytest.mark.parametrize("text", [TF_1_8, TF_1_10, TF_1_13, TF_2_SESSION_ONLY, TF_CORE],
+                         ids=["tf1.8-seconds", "tf1.10-no-stats", "tf1.13-average",
+                              "tf2-session-line", "tf-core-with-stats"])
+def test_every_generation_gives_init_and_average(text):
+    rep = bt.parse_output(text)
+    assert rep.inference_avg_us == pytest.approx(80660)
+    assert rep.init_us == pytest.approx(4108)
+    assert rep.warmup_avg_us == pytest.approx(91471)
+    assert rep.inference.avg == pytest.approx(80660)
+
+
+def test_the_timing_line_wins_over_the_session_line():
+    rep = bt.parse_output(MODERN.replace("Initialized session in 52.687ms.",
+                                         "Initialized session in 99ms."))
+    assert rep.init_us == 52687
+
+
+@pytest.mark.parametrize("text", [
+    "Average inference timings in us: Warmup: abc, Init: ?, no stats: none\n",
+    "Initialized session in 4.108ms\n",
+], ids=["timing-line-without-numbers", "init-only"])
+def test_a_timing_line_without_an_average_is_unparseable(text):
+    with pytest.raises(OutputParseError, match="could not be parsed"):
+        bt.parse_output(text)

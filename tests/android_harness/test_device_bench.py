@@ -383,3 +383,27 @@ def test_devices_command(fake_devices, run_cli):
     rows = json.loads(out)
     assert rows[0]["serial"] == "PHONE_A" and rows[0]["cores"] == 8
     assert rows[1]["state"] == "unauthorized" and "hint" in rows[1]
+
+
+def test_control_bytes_from_adb_are_never_echoed_raw(fake_devices, fake_binary, run_cli):
+    """A phone's property and an adb serial carrying terminal escapes (clear screen, set the
+    window title, bell, colour) are printed escaped, in the table and in errors."""
+    evil_model = "\x1b[2J\x1b]0;pwned\x07Pixel\x7f7"
+    fake_devices.set(FAKE_ADB_DEVICES="GOOD:device,EVIL\x1b[31m:unauthorized",
+                     FAKE_ADB_PRODUCT_MODEL=evil_model)
+    code, out, err = run_cli("devices", "--adb", fake_devices.adb)
+    assert code == 0
+    for raw in ("\x1b", "\r", "\x07"):
+        assert raw not in out and raw not in err
+    assert "Google \\x1b[2J\\x1b]0;pwned\\x07Pixel\\x7f7 |" in out
+    assert "| EVIL\\x1b[31m | unauthorized |" in out
+    code, out, _ = run_cli("devices", "--adb", fake_devices.adb, "--json")
+    assert "\x1b" not in out and json.loads(out)[0]["model"] == evil_model
+    # an error quoting adb's words goes through the same escaping
+    model = Path(os.environ["FAKE_ADB_ROOT"]).parent / "m\x1b[31m.tflite"
+    from tests.pipeline import tflite_craft as craft
+
+    model.write_bytes(craft.tiny_model())
+    code, _, err = run_cli("bench", model, "--adb", fake_devices.adb, "--serial", "EVIL\x1b[31m",
+                           "--benchmark-model", fake_binary, "-q", "--cooldown", "0")
+    assert code != 0 and "\x1b" not in err and "\\x1b[31m" in err

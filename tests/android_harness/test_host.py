@@ -222,3 +222,109 @@ def test_compiled_engine_times_litert_compiled_model(tiny_models, run_cli, fast,
     code, _, err = run_cli("host", tiny_models["float32"], "--engine", "compiled",
                            "--delegate", "cpu", "--out", tmp_path / "o2", *fast)
     assert code == 2 and "compiled engine always uses LiteRT's CPU accelerator" in err
+
+
+# -- untrusted models and hostile arguments (models built from scratch: no TensorFlow) ------
+from tests.pipeline import tflite_craft as craft  # noqa: E402
+
+
+@pytest.fixture
+def scratch_model(tmp_path) -> Path:
+    path = tmp_path / "tiny.tflite"
+    path.write_bytes(craft.tiny_model())
+    return path
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_too_many_threads_is_a_usage_error_before_loading(scratch_model, run_cli, fast,
+                                                           monkeypatch):
+    from android_harness import host
+
+    monkeypatch.setattr(host, "make_interpreter", lambda *a, **k: pytest.fail("loaded"))
+    code, _, err = run_cli("host", scratch_model, "--threads", "1,100000", *fast)
+    assert code == 2
+    assert "at most 256. Received: 100000" in _one_line(err)
+
+
+def test_a_model_that_crashes_litert_is_contained_in_a_child(tmp_path):
+    """RELU re-labelled as SPLIT passes the structural pre-check and segfaults LiteRT; the
+    host run used to die with SIGSEGV. Run in a subprocess so a regression cannot take
+    pytest down with it."""
+    def to_split(m):
+        m.operatorCodes[0].builtinCode = 49
+        m.operatorCodes[0].deprecatedBuiltinCode = 49
+
+    model = tmp_path / "split.tflite"
+    model.write_bytes(craft.edit(craft.tiny_model(), to_split))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-m", "android_harness", "host", str(model),
+                          "--repeats", "1", "--min-seconds", "0.01", "--warmup-seconds", "0",
+                          "-q", "--out", str(tmp_path / "o")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    line = _one_line(res.stderr)
+    assert "crashed (signal SIGSEGV)" in line and str(model) in line
+
+
+def test_a_crafted_model_is_prechecked_before_loading(tmp_path, run_cli, fast):
+    model = tmp_path / "amplified.tflite"
+    model.write_bytes(craft.repeated_offsets(20_000, 20_000))
+    code, _, err = run_cli("host", model, *fast)
+    assert code == 2 and "repeated offsets" in _one_line(err)
+
+
+def test_a_fifo_model_fails_at_once(tmp_path, run_cli, fast):
+    fifo = tmp_path / "pipe.tflite"
+    os.mkfifo(fifo)
+    code, _, err = run_cli("host", fifo, *fast)  # is_file() said "does not exist" (wrong)
+    line = _one_line(err)
+    assert code == 2 and "not a regular file: it is a FIFO" in line
+
+
+def test_a_device_file_is_not_called_missing(run_cli, fast):
+    code, _, err = run_cli("host", os.devnull, *fast)
+    line = _one_line(err)
+    assert code == 2 and "character device" in line and "does not exist" not in line
+
+
+@pytest.mark.parametrize("kind", ["file", "inside-a-file"])
+def test_out_that_cannot_be_a_directory_fails_before_measuring(scratch_model, tmp_path,
+                                                                run_cli, fast, monkeypatch,
+                                                                kind):
+    from android_harness import protocol
+
+    monkeypatch.setattr(protocol, "run_targets", lambda *a, **k: pytest.fail("measured"))
+    taken = tmp_path / "results.txt"
+    taken.write_text("someone's file")
+    out = taken if kind == "file" else taken / "sub"
+    code, _, err = run_cli("host", scratch_model, "--out", out, *fast)
+    line = _one_line(err)
+    assert code == 2 and "--out" in line and str(out) in line
+    assert taken.read_text() == "someone's file"
+
+
+def test_a_scratch_model_still_measures(scratch_model, tmp_path, run_cli, fast):
+    code, _, err = run_cli("host", scratch_model, "--repeats", "1", "--out", tmp_path / "o",
+                           *fast)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert doc["results"][0]["status"] == "ok" and doc["models"][0]["size_bytes"] == \
+        scratch_model.stat().st_size
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("\x1b[2J\x1b]0;pwned\x07", "\\x1b[2J\\x1b]0;pwned\\x07"),
+    ("a\rb\x00c", "a\\rb\\x00c"),
+    ("bidi\u202etxt.exe", "bidi\\u202etxt.exe"),
+    ("plain text, ünïcödé\nsecond line", "plain text, ünïcödé\nsecond line"),
+])
+def test_printable_escapes_control_characters(text, shown):
+    from android_harness.errors import printable
+
+    assert printable(text) == shown
+    assert "\n" not in printable("a\nb", keep="")

@@ -37,12 +37,14 @@ def test_schedule_visits_every_pair_once_per_round_in_seeded_order():
 
 
 def test_labels_are_stems_made_unique_with_folders(tmp_path):
+    from tests.pipeline.tflite_craft import tiny_model
+
     paths = []
     for d in ("a", "b"):
         (tmp_path / d).mkdir()
         for name in ("float32", "qat_int8"):
             p = tmp_path / d / f"{name}.tflite"
-            p.write_bytes(f"{d}{name}".encode())
+            p.write_bytes(tiny_model(len(paths) + 1))  # model_infos pre-checks real models
             paths.append(p)
     assert [m.label for m in model_infos(paths)] == ["a/float32", "a/qat_int8", "b/float32",
                                                      "b/qat_int8"]

@@ -23,6 +23,7 @@ Configuration (environment variables; "VALUE" applies to every device, "S1=V1;S2
   FAKE_ADB_DEVICES         "SERIAL[:STATE],..." attached devices (default FAKE0001:device);
                            STATE is device | offline | unauthorized
   FAKE_ADB_ABI             ro.product.cpu.abi (default arm64-v8a)
+  FAKE_ADB_PRODUCT_MODEL   ro.product.model (default "Pixel 7"; tests put control bytes here)
   FAKE_ADB_CORES           number of CPUs (default 8: 4 little, 3 big, 1 prime)
   FAKE_ADB_THERMAL         hottest thermal-zone temperature (degC) on successive reads,
                            comma-separated, the last one repeats (default 36.5)
@@ -150,7 +151,8 @@ class Device:
         abilist = {"arm64-v8a": "arm64-v8a,armeabi-v7a,armeabi",
                    "armeabi-v7a": "armeabi-v7a,armeabi", "x86_64": "x86_64,x86"}.get(
             self.abi, self.abi)
-        return {"ro.product.manufacturer": "Google", "ro.product.model": "Pixel 7",
+        model = env_for("FAKE_ADB_PRODUCT_MODEL", self.serial, "Pixel 7")
+        return {"ro.product.manufacturer": "Google", "ro.product.model": model,
                 "ro.product.device": "panther", "ro.soc.manufacturer": "Google",
                 "ro.soc.model": "GS201", "ro.board.platform": "gs201", "ro.hardware": "panther",
                 "ro.build.version.release": "14", "ro.build.version.sdk": sdk,

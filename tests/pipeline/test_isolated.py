@@ -168,3 +168,148 @@ def test_fuzz_mutants_never_crash_the_parent(good):
                          else "interpreter error"] += 1
     assert sum(outcomes.values()) == 600
     assert outcomes["rejected by pre-check"] > 100 and outcomes["ran"] > 50, outcomes
+
+
+# -- the child never outlives the parent, leaves nothing behind, and names the file ----------
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from pipeline import isolated  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(p))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(predicate, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def _tiny_bundle(d) -> str:
+    """A reference bundle for craft.tiny_model(): what `verify --reference` needs, no training."""
+    d.mkdir(exist_ok=True)
+    (d / "tiny.tflite").write_bytes(craft.tiny_model())
+    np.savez(d / "inputs.npz", x=np.zeros((3, 4), np.float32), y=np.zeros(3, np.int64))
+    np.savez(d / "tiny_outputs.npz", np.zeros((3, 4), np.int8))
+    (d / "expected.json").write_text(json.dumps(
+        {"variants": {"tiny": {"outputs": "tiny_outputs.npz", "accuracy": 1.0}}}))
+    return str(d / "tiny.tflite")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killing_verify_kills_its_child_and_leaves_no_temp_files(tmp_path, sig):
+    model = _tiny_bundle(tmp_path / "bundle")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, isolated.DELAY_ENV: "120", "TMPDIR": str(tmp),
+           "PYTHONPATH": str(REPO)}
+    parent = subprocess.Popen([sys.executable, "-m", "pipeline", "verify", model,
+                               "--reference", str(tmp_path / "bundle")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: _children(parent.pid), 60), "no isolated child started"
+        (child,) = _children(parent.pid)
+        time.sleep(0.5)  # the child is inside its (delayed) request now
+        parent.send_signal(sig)
+        parent.wait(timeout=30)
+        assert _wait_for(lambda: not _alive(child), 5), "the child outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    if sig == signal.SIGTERM:
+        assert parent.returncode == 130 and "interrupted" in parent.stderr.read()
+    assert list(tmp.iterdir()) == []  # no qat-isolated-* directory or file behind
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX process model")
+def test_the_watchdog_ends_an_orphaned_child_without_pdeathsig(tmp_path):
+    """The portable fallback alone: a child started WITHOUT prctl by a middle process, sent a
+    request it sleeps in (so it is not merely reading a closed stdin), then the middle process
+    dies; the child's watchdog sees its parent pid change and exits."""
+    pid_file = tmp_path / "child.pid"
+    model = tmp_path / "tiny.tflite"
+    model.write_bytes(craft.tiny_model())
+    middle = (
+        "import json, os, subprocess, sys, time\n"
+        "env = {**os.environ, 'QAT_ISOLATED_PARENT_PID': str(os.getpid()),\n"
+        f"       {isolated.DELAY_ENV!r}: '120'}}\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'pipeline.isolated'], env=env,\n"
+        "                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)\n"
+        f"content = open({str(model)!r}, 'rb').read()\n"
+        "req = {'model_bytes': len(content), 'inputs_bytes': 0, 'batch_size': 0,\n"
+        "       'dequantize': True, 'runtime': None, 'num_threads': None}\n"
+        "p.stdin.write(json.dumps(req).encode() + b'\\n' + content)\n"
+        "p.stdin.flush()\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(1.5)\n"
+        "os._exit(0)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", middle], env=env, timeout=60, check=True)
+    child = int(pid_file.read_text())
+    try:
+        assert _wait_for(lambda: not _alive(child), 5), "the orphaned child kept running"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_child_errors_name_the_file_not_bytes():
+    def to_custom(m):
+        m.operatorCodes[0].builtinCode = 32  # CUSTOM
+        m.operatorCodes[0].deprecatedBuiltinCode = 32
+        m.operatorCodes[0].customCode = b"Bogus"
+
+    bogus = craft.edit(craft.tiny_model(), to_custom)
+    with IsolatedInterpreter(timeout=30) as child:
+        with pytest.raises(ModelFileError) as info:
+            child.run(bogus, source="models/bogus.tflite")
+        msg = str(info.value)
+        assert "unresolved custom op: Bogus" in msg and "models/bogus.tflite" in msg
+        assert "<bytes>" not in msg
+        with pytest.raises(ModelFileError) as info:  # a file LiteRT itself refuses to load
+            child.run(b"\0\0\0\0TFL3" + b"\0" * 64, precheck=False, source="zeros.tflite")
+        assert "could not load" in str(info.value) and "<bytes>" not in str(info.value)
+        assert "zeros.tflite" in str(info.value)
+
+
+def test_verify_names_the_file_when_the_child_crashes(tmp_path):
+    def to_split(m):  # RELU re-labelled as SPLIT: reads a second input it lacks -> SIGSEGV
+        m.operatorCodes[0].builtinCode = 49
+        m.operatorCodes[0].deprecatedBuiltinCode = 49
+
+    model = _tiny_bundle(tmp_path)
+    with open(model, "wb") as f:
+        f.write(craft.edit(craft.tiny_model(), to_split))
+    r = run_cli("verify", model, "--reference", str(tmp_path), "--variant", "tiny", timeout=120)
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip()
+    assert line.count("\n") == 0 and "crashed (signal SIGSEGV)" in line
+    assert model in line and "<bytes>" not in line

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import REPO
 from tests.pipeline import tflite_craft as craft
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # the tests that need the demo run
 
 # Runs the CLI with TensorFlow, tf_keras, tfmot and scikit-learn made unimportable: the
 # standalone path must work with only numpy and ai-edge-litert.
@@ -32,6 +32,7 @@ def _blocked_cli(*args):
                           text=True, env=env, timeout=120)
 
 
+@slow
 def test_bundle_is_written(demo_run):
     _, run_dir = demo_run
     doc = json.loads((run_dir / "reference" / "expected.json").read_text())
@@ -42,6 +43,7 @@ def test_bundle_is_written(demo_run):
         assert npz["arr_0"].dtype == np.int8
 
 
+@slow
 @pytest.mark.parametrize("variant", ["float32", "ptq_int8", "qat_int8"])
 def test_standalone_check_passes_without_tensorflow(demo_run, variant):
     _, run_dir = demo_run
@@ -53,6 +55,7 @@ def test_standalone_check_passes_without_tensorflow(demo_run, variant):
     assert chk["top1_agreement"] == 1.0 and chk["exact_fraction"] == 1.0
 
 
+@slow
 def test_a_changed_model_fails_the_reference(demo_run, tmp_path):
     _, run_dir = demo_run
     content = (run_dir / "qat_int8.tflite").read_bytes()
@@ -69,6 +72,7 @@ def test_a_changed_model_fails_the_reference(demo_run, tmp_path):
     assert "top-1 agreement" in r.stdout and "gate failed" in r.stdout
 
 
+@slow
 def test_reference_usage_errors(demo_run, tmp_path):
     _, run_dir = demo_run
     r = _blocked_cli("verify", str(run_dir / "qat_int8.tflite"), "--reference", str(tmp_path))
@@ -77,3 +81,92 @@ def test_reference_usage_errors(demo_run, tmp_path):
     other.write_bytes((run_dir / "float32.tflite").read_bytes()[:-1] + b"\x01")
     r = _blocked_cli("verify", str(other), "--reference", str(run_dir))
     assert r.returncode == 2 and "Pass --variant" in r.stderr
+
+
+# -- hostile bundles (no training: a one-op model built from scratch) ---------------------
+from pipeline import reference  # noqa: E402
+from pipeline.cli import main, parse_args  # noqa: E402
+
+
+def _bundle(d, outputs="tiny_outputs.npz"):
+    d.mkdir(exist_ok=True)
+    (d / "tiny.tflite").write_bytes(craft.tiny_model())
+    np.savez(d / "inputs.npz", x=np.zeros((3, 4), np.float32), y=np.zeros(3, np.int64))
+    np.savez(d / "tiny_outputs.npz", np.zeros((3, 4), np.int8))
+    (d / "expected.json").write_text(json.dumps(
+        {"variants": {"tiny": {"outputs": outputs, "accuracy": 1.0}}}))
+    return d
+
+
+def _verify(d, capsys) -> tuple[int, str]:
+    code = main(parse_args(["verify", str(d / "tiny.tflite"), "--reference", str(d)]))
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code != 2 or (len(lines) == 1 and "Traceback" not in err), err
+    return code, err
+
+
+def test_a_scratch_bundle_passes(tmp_path, capsys):
+    code, err = _verify(_bundle(tmp_path / "b"), capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("entry", ["../../../../../../etc/passwd", "../outside.npz",
+                                   "sub/../../outside.npz"])
+def test_a_manifest_path_escaping_the_bundle_is_refused(tmp_path, capsys, entry):
+    np.savez(tmp_path / "outside.npz", np.zeros((3, 4), np.int8))  # readable, but outside
+    code, err = _verify(_bundle(tmp_path / "b", outputs=entry), capsys)
+    assert code == 2 and "names a file outside its directory" in err and entry in err
+
+
+def test_an_absolute_manifest_path_is_refused(tmp_path, capsys):
+    code, err = _verify(_bundle(tmp_path / "b", outputs="/etc/passwd"), capsys)
+    assert code == 2 and "outside the bundle (an absolute path)" in err and "/etc/passwd" in err
+
+
+@pytest.mark.parametrize("which", ["tiny_outputs.npz", "inputs.npz", "expected.json"])
+def test_a_symlink_out_of_the_bundle_is_refused(tmp_path, capsys, which):
+    d = _bundle(tmp_path / "b")
+    secret = tmp_path / "secret"
+    (d / which).rename(secret)  # the real content, moved outside
+    (d / which).symlink_to(secret)
+    code, err = _verify(d, capsys)
+    assert code == 2 and "outside its directory" in err and str(secret) in err
+
+
+def test_a_fifo_in_the_bundle_fails_at_once(tmp_path, capsys):
+    d = _bundle(tmp_path / "b")
+    (d / "tiny_outputs.npz").unlink()
+    os.mkfifo(d / "tiny_outputs.npz")
+    code, err = _verify(d, capsys)  # used to block in np.load forever
+    assert code == 2 and "not a regular file: it is a FIFO" in err
+
+
+def test_an_oversized_manifest_is_refused_unread(tmp_path, capsys, monkeypatch):
+    d = _bundle(tmp_path / "b")
+    with open(d / "expected.json", "ab") as f:
+        f.truncate(reference.MAX_MANIFEST_BYTES + 1)
+    code, err = _verify(d, capsys)
+    assert code == 2 and "reference manifest is too large" in err
+
+
+def test_an_npz_bomb_is_refused_by_its_declared_size(tmp_path, capsys, monkeypatch):
+    d = _bundle(tmp_path / "b")
+    # 64 MiB of zeros compress to ~64 KiB; with a 1 MiB limit the zip directory gives it away
+    np.savez_compressed(d / "tiny_outputs.npz", np.zeros(64 << 20, np.int8))
+    monkeypatch.setattr(reference, "MAX_NPZ_BYTES", 1 << 20)
+    code, err = _verify(d, capsys)
+    assert code == 2 and "too large once decompressed" in err and "(67,108," in err
+
+
+@pytest.mark.parametrize("doc, words", [
+    ("[1, 2, 3]", "unexpected structure"),
+    ('{"variants": {"tiny": {"outputs": 5}}}', "unexpected structure"),
+    ('{"variants": {"tiny": {"outputs": "tiny_outputs.npz"' + "}" * 2, "unreadable"),
+    ("[" * 100_000 + "]" * 100_000, "unreadable"),
+], ids=["list", "outputs-not-a-string", "truncated", "nested-100k-deep"])
+def test_a_malformed_manifest_is_a_usage_error(tmp_path, capsys, doc, words):
+    d = _bundle(tmp_path / "b")
+    (d / "expected.json").write_text(doc)
+    code, err = _verify(d, capsys)
+    assert code == 2 and words in err and "expected.json" in err
