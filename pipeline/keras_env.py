@@ -148,6 +148,30 @@ def __getattr__(name: str):  # lazy module attributes: keras_env.tf / .keras / .
     raise AttributeError(name)
 
 
+def saved_metadata_proto():
+    """An empty ``SavedMetadata`` message: the format of a tf_keras SavedModel's
+    keras_metadata.pb (one JSON metadata string per saved layer), to parse it as data."""
+    load()
+    try:
+        from tf_keras.protobuf import saved_metadata_pb2
+    except ImportError:  # pragma: no cover - older layouts
+        from tensorflow.python.keras.protobuf import saved_metadata_pb2
+    return saved_metadata_pb2.SavedMetadata()
+
+
+def onednn_enabled() -> bool | None:
+    """Whether the loaded TensorFlow runs its oneDNN graph rewrites (None: not loaded, or this
+    build cannot say). No public API exists; TensorFlow's own tests use this one."""
+    if "tensorflow" not in sys.modules:
+        return None
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
+
+
 def set_seed(seed: int) -> None:
     """The one place seeds are applied (Python, NumPy, TensorFlow) with deterministic ops."""
     env = load()

@@ -67,12 +67,11 @@ def onednn_enabled() -> tuple[bool, str]:
     value = os.environ.get(ONEDNN_VAR)
     why = f"{ONEDNN_VAR}={value}" if value is not None else "tensorflow default for this CPU"
     if "tensorflow" in sys.modules:
-        try:
-            from tensorflow.python.util import _pywrap_util_port  # no public API for this
+        from pipeline import keras_env
 
-            return bool(_pywrap_util_port.IsMklEnabled()), why
-        except Exception:  # noqa: BLE001 — fall back to the documented rule
-            pass
+        asked = keras_env.onednn_enabled()
+        if asked is not None:
+            return asked, why
     if value is not None and value.strip().lower() in _FALSE | _TRUE:
         return value.strip().lower() in _TRUE, why
     _, flags = _cpuinfo()

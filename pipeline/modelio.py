@@ -100,13 +100,11 @@ def _savedmodel_lambdas(meta_path: Path, path) -> list[str]:
     from pipeline import files
 
     blob = files.read_bytes(meta_path, "model", ModelFileError, "SavedModel's keras_metadata.pb")
-    try:
-        from tf_keras.protobuf import saved_metadata_pb2
-    except ImportError:  # pragma: no cover - older layouts
-        from tensorflow.python.keras.protobuf import saved_metadata_pb2
     from google.protobuf.message import DecodeError
 
-    proto = saved_metadata_pb2.SavedMetadata()
+    from pipeline import keras_env
+
+    proto = keras_env.saved_metadata_proto()
     try:
         proto.ParseFromString(blob)
     except (DecodeError, ValueError, RuntimeError) as exc:

@@ -19,7 +19,7 @@ from pipeline import data as data_mod
 from pipeline import machine, modelio, weights
 from pipeline.artifacts import RunDir
 from pipeline.config import Config
-from pipeline.errors import EXIT_GATE_FAILED, EXIT_OK, GateFailed, ModelFileError, QatError
+from pipeline.errors import EXIT_GATE_FAILED, EXIT_OK, ModelFileError, QatError
 from pipeline.records import SCHEMA_VERSION, GateResult, Variant, VariantResult
 
 FLOAT_MODEL = "keras/float_model.h5"
@@ -80,7 +80,8 @@ def _translation(loaded) -> dict | None:
     t = getattr(loaded, "translation", None)
     if t is None:
         return None
-    return {"max_abs_diff": t.max_abs_diff, "max_layer_rel_diff": t.max_layer_rel_diff,
+    return {"max_abs_diff": t.max_abs_diff, "output_scale": t.output_scale,
+            "max_layer_rel_diff": t.max_layer_rel_diff,
             "layers": t.layers, "notes": list(t.notes)}
 
 
@@ -272,12 +273,15 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
     keras_float = verify.score_keras("keras_float", float_model, dataset.x_test,
                                      dataset.y_test, vb)
     if keras_float.accuracy < cfg.gates.min_float_accuracy:
-        raise GateFailed("The float model is below gates.min_float_accuracy; stopped before "
-                         "QAT and conversion",
-                         f"test accuracy {100 * keras_float.accuracy:.2f} % < "
-                         f"{100 * cfg.gates.min_float_accuracy:.2f} % ({loaded.source})",
-                         "Train the float model further (model.float_epochs for zoo models) "
-                         "or lower gates.min_float_accuracy")
+        gates = evaluate_gates(cfg, keras_float.accuracy, {}, {})
+        log(f"stopped before QAT and conversion: the float model's test accuracy "
+            f"{100 * keras_float.accuracy:.2f} % is below gates.min_float_accuracy "
+            f"{100 * cfg.gates.min_float_accuracy:.2f} % (train it further or lower the gate)")
+        return _finish(cfg, run_dir, timer, t_start, log, gates, {
+            "model": _model_doc(loaded, float_model, from_logits, None),
+            "data": dataset.summary(), "float_training": float_info,
+            "keras": {"float_accuracy": keras_float.accuracy, "qat_accuracy": None},
+            "variants": [], "agreement": []})
 
     with timer.stage("annotate"):
         qat_model, coverage = annotate.apply(float_model, cfg.annotate)
@@ -366,26 +370,14 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
     gates = evaluate_gates(cfg, keras_float.accuracy, variants, agreement,
                            {v: c.islands_only for v, c in converted.items()
                             if c.islands is not None})
-    status = "passed" if all(g.passed for g in gates) else "gates_failed"
     deliverable = Variant.QAT_INT8 if Variant.QAT_INT8 in converted else next(iter(converted))
     from pipeline.runtime import ModelRunner
 
     io = ModelRunner(converted[deliverable].content, batch_size=1).describe()
     card = report.model_card(cfg.run_name, deliverable.value, io, dataset.preprocessing,
                              modelio.output_size(float_model))
-    timings = dict(timer.times)
-    timings["total"] = round(time.perf_counter() - t_start, 3)
-    rep_doc = {
-        "schema_version": SCHEMA_VERSION,
-        "name": cfg.run_name,
-        "status": status,
-        "seed": cfg.seed,
-        "config_sha256": cfg.hash(),
-        "model": {"source": loaded.source, "kind": loaded.kind,
-                  "input_shape": list(modelio.input_shape(float_model)[1:]),
-                  "outputs": modelio.output_size(float_model),
-                  "from_logits": from_logits, "coverage": coverage.to_dict(),
-                  "keras3_translation": _translation(loaded)},
+    return _finish(cfg, run_dir, timer, t_start, log, gates, {
+        "model": _model_doc(loaded, float_model, from_logits, coverage.to_dict()),
         "data": dataset.summary(),
         "float_training": float_info,
         "qat": {**fit.to_dict(), "range_init": range_init},
@@ -395,11 +387,30 @@ def _stages(cfg, env, timer, run_dir, loaded, dataset, splits, from_logits, resu
         "comparisons": [a.to_dict() for a in extra_pairs],
         "layer_parity": None if layer_parity is None else layer_parity.to_dict(),
         "float_islands": island_reports or None,
-        "gates": [g.to_dict() for g in gates],
-        "timings": timings,
-        "machine": machine.describe(),
         "model_card": card,
-    }
+    })
+
+
+def _model_doc(loaded, float_model, from_logits: bool, coverage: dict | None) -> dict:
+    return {"source": loaded.source, "kind": loaded.kind,
+            "input_shape": list(modelio.input_shape(float_model)[1:]),
+            "outputs": modelio.output_size(float_model),
+            "from_logits": from_logits, "coverage": coverage,
+            "keras3_translation": _translation(loaded)}
+
+
+def _finish(cfg, run_dir, timer, t_start, log, gates: list, parts: dict) -> RunResult:
+    """Write report, manifest, commit the run directory: the end of every completed run
+    (one stopped at the float gate included, with the parts it has)."""
+    from pipeline import report
+
+    status = "passed" if all(g.passed for g in gates) else "gates_failed"
+    timings = dict(timer.times)
+    timings["total"] = round(time.perf_counter() - t_start, 3)
+    rep_doc = {"schema_version": SCHEMA_VERSION, "name": cfg.run_name, "status": status,
+               "seed": cfg.seed, "config_sha256": cfg.hash(), **parts,
+               "gates": [g.to_dict() for g in gates], "timings": timings,
+               "machine": machine.describe()}
     report.write(run_dir, rep_doc)
     report.write_manifest(run_dir, config_hash=cfg.hash(), timings=timings, status=status)
     final = run_dir.commit()

@@ -42,10 +42,11 @@ def test_keras3_file_runs_end_to_end(keras3_model_file, digits_npz, tmp_path, ca
     assert code == 0, err
     report = json.loads((tmp_path / "k3_cnn" / "report.json").read_text())
     assert report["model"]["kind"] == "keras3"
-    assert report["model"]["keras3_translation"]["max_abs_diff"] <= 1e-5
+    t = report["model"]["keras3_translation"]
+    assert t["max_abs_diff"] <= 1e-5 * max(1.0, t["output_scale"])  # keras3.compare_outputs
     variants = {v["variant"]: v for v in report["variants"]}
     assert variants["qat_int8"]["full_int8"] is True
-    assert report["keras"]["float_accuracy"] >= 0.75  # well above chance (0.10)
+    assert report["keras"]["float_accuracy"] >= 0.9  # trained: 40 epochs
 
 
 def test_untranslatable_keras3_layer_is_named(tmp_path, digits_npz, capsys):

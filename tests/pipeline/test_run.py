@@ -171,15 +171,20 @@ def test_input_model_with_nan_weights_stops_at_load(env, trained_h5, digits_npz,
 
 def test_float_model_below_the_gate_stops_before_qat_and_conversion(trained_h5, digits_npz,
                                                                     tmp_path, capsys):
-    """gates.min_float_accuracy is checked on the float model first: exit 1 with the
-    accuracy in the message, and no .tflite (nor any run directory) left behind."""
+    """gates.min_float_accuracy is checked on the float model first: exit 1, the accuracy in
+    the log, a report that names the gate, and no QAT, no conversion, no .tflite."""
     code = main(parse_args(["run", "--model", str(trained_h5), "--data", str(digits_npz),
                             "--output", str(tmp_path), "--quiet",
                             "--set", "gates.min_float_accuracy=0.9999"]))
     err = capsys.readouterr().err
     assert code == 1, err
-    line = err.strip().splitlines()[-1]
-    assert "below gates.min_float_accuracy; stopped before QAT and conversion" in line
-    assert "< 99.99 %" in line
+    assert "stopped before QAT and conversion" in err and "below gates.min_float_accuracy " \
+        "99.99 %" in err
     assert "[annotate]" not in err and "[convert]" not in err
-    assert not list(tmp_path.rglob("*.tflite")) and not list(tmp_path.glob("*digits_float*"))
+    run_dir = tmp_path / "digits_float"
+    assert not list(tmp_path.rglob("*.tflite")) and not (run_dir / "keras").exists()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [g["name"] for g in report["gates"] if not g["passed"]] == ["min_float_accuracy"]
+    assert report["variants"] == [] and report["status"] == "gates_failed"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"config.toml", "report.json", "report.md"}
