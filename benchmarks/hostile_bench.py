@@ -43,7 +43,7 @@ benchmarks/hostile_fixtures.py into WORKDIR/fixtures and reused. Classes:
 Outcomes: exit2 (clean rejection), exit0/exit1 (accepted), exit3 (internal error), crash
 (signal, or a Python traceback on stderr without --debug), hang (past --timeout; the group is
 killed), oom (killed past --rss-cap-gib), escape, leak, race, ctrlbytes, readout, and for locks
-exclusive. Acceptance (exit 0 only if all hold): 0 crash, 0 hang, 0 exit3, 0 escape, 0 leak,
+exclusive, for isolation killed-clean (the parent killed, nothing left). Acceptance (exit 0 only if all hold): 0 crash, 0 hang, 0 exit3, 0 escape, 0 leak,
 0 race, 0 oom, 0 ctrlbytes, 0 readout, and max peak RSS of a case's process (os.wait4's
 ru_maxrss, which includes its reaped children) <= 1 GiB.
 """
@@ -731,6 +731,8 @@ def run_case(idx, cls, label, plan, fx, work, args) -> dict:
                     outcome = "leak"
                 elif not sent:
                     outcome = "finished-before-kill"
+                else:  # the signal was the case's own doing: what counts is what it left
+                    outcome = "killed-clean"
             else:
                 rc, rss, hung, oom = wait(p, args.timeout, cap_kib)
             out_b, err_b = (box / "stdout").read_bytes(), (box / "stderr").read_bytes()

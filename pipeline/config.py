@@ -355,6 +355,10 @@ def load(recipe: str | os.PathLike | None = None,
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("The recipe is not valid TOML", f"{path} ({exc})",
                               "Fix the TOML syntax")
+        except RecursionError:  # tomllib parses nested arrays/inline tables recursively
+            raise ConfigError("The recipe nests arrays or tables too deeply to parse",
+                              str(path), "A recipe needs one level of [section] tables") \
+                from None
         base = path.parent
         for section in ("model", "data"):  # recipe-relative file paths
             p = raw.get(section, {}).get("path") if isinstance(raw.get(section), dict) else None

@@ -94,7 +94,7 @@ def _load_npz(path: str) -> dict:
                                 f"Save it with {', '.join(REQUIRED_KEYS)} (missing: "
                                 f"{', '.join(missing)})")
             for k in REQUIRED_KEYS:
-                _check_npy_header(z, members[k], f"{path}:{k}")
+                files.check_npy_member(z, members[k], f"{path}:{k}", DataError)
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in REQUIRED_KEYS}
     except DataError:
@@ -110,44 +110,6 @@ def _load_npz(path: str) -> dict:
             NotImplementedError) as exc:
         raise DataError("The data file is not a readable .npz archive", path,
                         f"Write it with numpy.savez ({type(exc).__name__})")
-
-
-def _check_npy_header(z: zipfile.ZipFile, member: str, where: str) -> None:
-    """Read only the .npy header of a member and check it against the member's size before
-    numpy allocates anything: object dtypes (pickle) and a shape claiming more bytes than
-    the member holds (a truncated or forged array; numpy would try to allocate it) fail."""
-    from numpy.lib import format as npy
-
-    info = z.getinfo(member)
-    with z.open(info) as f:
-        try:
-            version = npy.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = npy.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = npy.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"unsupported .npy format version {version}")
-        except (ValueError, EOFError, SyntaxError, TypeError) as exc:
-            raise DataError("An array of the .npz has no valid .npy header",
-                            f"{where} ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})",
-                            "Write the file with numpy.savez")
-        header_end = f.tell()
-    if dtype.hasobject:
-        raise DataError("The .npz holds object arrays, which need pickle to load",
-                        f"{where} (dtype {dtype})", "Save numeric arrays only")
-    count = 1
-    for d in shape:
-        count *= int(d)
-    need = count * dtype.itemsize
-    have = info.file_size - header_end
-    if need > have:
-        raise DataError("An array of the .npz is truncated (its header declares more data "
-                        "than the file holds)",
-                        f"{where}: shape {tuple(shape)} {dtype} needs {need:,} bytes, "
-                        f"the member holds {max(have, 0):,}",
-                        "Write the file again with numpy.savez; the copy is incomplete or "
-                        "corrupt")
 
 
 def _check_x(x: np.ndarray, where: str) -> np.ndarray:

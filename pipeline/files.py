@@ -193,3 +193,48 @@ def check_hdf5_signature(path, error: type[QatError], what: str, size: int) -> N
                     "Check the path and its permissions")
     raise error(f"The {what} is not an HDF5 file (no HDF5 signature)", os.fspath(path),
                 "Save the model with tf_keras model.save('model.h5'), or pass the right file")
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+def check_npy_member(z: zipfile.ZipFile, member: str, where: str,
+                     error: type[QatError]) -> None:
+    """Read only the .npy header of a member and check it against the member's size before
+    numpy allocates anything: object dtypes (pickle) and a shape claiming more bytes than
+    the member holds (a truncated or forged array; numpy would try to allocate it) fail."""
+    from numpy.lib import format as npy
+
+    info = z.getinfo(member)
+    with z.open(info) as f:
+        try:
+            version = npy.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = npy.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = npy.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+        except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+            raise error("An array of the .npz has no valid .npy header",
+                            f"{where} ({first_line(exc)})",
+                            "Write the file with numpy.savez")
+        header_end = f.tell()
+    if dtype.hasobject:
+        raise error("The .npz holds object arrays, which need pickle to load",
+                        f"{where} (dtype {dtype})", "Save numeric arrays only")
+    count = 1
+    for d in shape:
+        count *= int(d)
+    need = count * dtype.itemsize
+    have = info.file_size - header_end
+    if need > have:
+        raise error("An array of the .npz is truncated (its header declares more data "
+                        "than the file holds)",
+                        f"{where}: shape {tuple(shape)} {dtype} needs {need:,} bytes, "
+                        f"the member holds {max(have, 0):,}",
+                        "Write the file again with numpy.savez; the copy is incomplete or "
+                        "corrupt")

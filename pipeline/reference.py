@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ModelFileError, UsageError
+from pipeline.files import check_npy_member
 from pipeline.records import SCHEMA_VERSION
 from pipeline.tflite_model import open_regular, read_regular
 
@@ -121,6 +122,9 @@ def _load_npz(ref: Path, name: str) -> dict[str, np.ndarray]:
                                      f"{path} ({declared:,} bytes; the limit is "
                                      f"{MAX_NPZ_BYTES:,})", "Re-run the pipeline to rewrite "
                                      "the bundle")
+                for member in zf.namelist():  # each header before numpy allocates its shape
+                    if member.endswith(".npy"):
+                        check_npy_member(zf, member, f"{path}:{member[:-4]}", UsageError)
             f.seek(0)
             with np.load(f, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Before anything imports TensorFlow (keras_env sets it too; tests may import tf directly).
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Before anything imports TensorFlow (tests may import tf directly): the product's own
+# defaults, from the module that sets them (Keras 2, quiet C++ logs, oneDNN rewrites off
+# unless TF_ENABLE_ONEDNN_OPTS is set: CI runs the suite both ways).
+import pipeline.keras_env  # noqa: E402,F401  (sets variables only; imports no TensorFlow)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -121,3 +121,15 @@ def test_oversized_recipe_is_refused_before_reading(tmp_path):
         config.load(path)
     assert "larger than the 1 MiB limit for recipe files" in str(exc.value)
     assert "2,097,152 bytes" in str(exc.value)
+
+
+@pytest.mark.parametrize("nest", ["[", "{a="], ids=["arrays", "inline-tables"])
+def test_recipe_nested_too_deeply_is_a_config_error(tmp_path, nest):
+    """tomllib parses nested arrays and inline tables recursively: 100k levels is a
+    RecursionError, which must surface as a ConfigError (exit 2), not an internal error."""
+    path = tmp_path / "deep.toml"
+    close = "]" if nest == "[" else "}"
+    path.write_text("[qat]\nx = " + nest * 100_000 + "1" + close * 100_000 + "\n")
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    assert "nests arrays or tables too deeply" in str(exc.value) and str(path) in str(exc.value)

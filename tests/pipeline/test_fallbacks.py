@@ -5,7 +5,7 @@ agrees with its Keras QAT model. Tolerances (issue 5): top-1 agreement >= 99 % a
 import numpy as np
 import pytest
 
-from pipeline import annotate, convert, fallbacks, graph, modelio
+from pipeline import annotate, convert, fallbacks, graph, keras_env, modelio
 from pipeline.config import AnnotateConfig
 from pipeline.errors import ConfigError
 from pipeline.records import Variant
@@ -90,7 +90,7 @@ KINDS = {  # kind -> the fallback class the plan must contain
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_fallback_reaches_full_int8_and_agrees(kind, env):
-    env.keras.utils.set_random_seed(0)
+    keras_env.set_seed(0)  # seeds and deterministic ops, as the product runs
     model = _build(env.keras, kind)
     with pytest.raises(Exception):  # tfmot alone refuses every one of these models
         env.tfmot.quantization.keras.quantize_model(model)
@@ -118,7 +118,7 @@ def test_fallback_reaches_full_int8_and_agrees(kind, env):
 def test_qat_model_with_fallbacks_saves_and_reloads(env, tmp_path):
     from pipeline.run import _save_h5
 
-    env.keras.utils.set_random_seed(0)
+    keras_env.set_seed(0)  # seeds and deterministic ops, as the product runs
     qat, _ = annotate.apply(_build(env.keras, "multiply"))
     path = tmp_path / "qat.h5"
     with env.tfmot.quantization.keras.quantize_scope(fallbacks.custom_objects()):

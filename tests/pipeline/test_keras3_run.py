@@ -15,6 +15,9 @@ pytestmark = pytest.mark.slow
 def keras3_model_file(tmp_path_factory, digits):
     """A small CNN built and trained in Keras 3 on digits, saved as .keras by Keras 3."""
     k3 = keras_env.load_keras3()
+    # the product's seeding (deterministic ops included) whatever ran before in this process:
+    # op determinism is process-wide, so without it the result would depend on test order
+    keras_env.set_seed(0)
     k3.utils.set_random_seed(0)
     L = k3.layers
     inp = k3.Input((8, 8, 1))

@@ -159,6 +159,25 @@ def test_an_npz_bomb_is_refused_by_its_declared_size(tmp_path, capsys, monkeypat
     assert code == 2 and "too large once decompressed" in err and "(67,108," in err
 
 
+def test_an_npz_header_claiming_terabytes_is_refused_unallocated(tmp_path, capsys):
+    """The zip directory declares a small member, its .npy header a 58 TiB shape: the header
+    is checked against the member's size before numpy allocates (it raised MemoryError)."""
+    import io
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    d = _bundle(tmp_path / "b")
+    member = io.BytesIO()
+    npy.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False,
+                                        "shape": (16 * 10 ** 12,)})
+    with zipfile.ZipFile(d / "tiny_outputs.npz", "w") as z:
+        z.writestr("arr_0.npy", member.getvalue() + b"\0" * 64)
+    code, err = _verify(d, capsys)
+    assert code == 2 and "is truncated" in err and "tiny_outputs.npz:arr_0" in err
+    assert "64,000,000,000,000 bytes" in err
+
+
 @pytest.mark.parametrize("doc, words", [
     ("[1, 2, 3]", "unexpected structure"),
     ('{"variants": {"tiny": {"outputs": 5}}}', "unexpected structure"),

@@ -188,3 +188,16 @@ def test_float_model_below_the_gate_stops_before_qat_and_conversion(trained_h5, 
     assert report["variants"] == [] and report["status"] == "gates_failed"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert set(manifest["files"]) == {"config.toml", "report.json", "report.md"}
+
+
+def test_manifest_records_what_decides_the_numbers(demo):
+    """CPU, its vector extensions, oneDNN on/off and the steering variables, in the manifest
+    and the report's heading; oneDNN as this process's TensorFlow runs it."""
+    from pipeline import keras_env
+
+    _, run_dir = demo
+    m = json.loads((run_dir / "manifest.json").read_text())["machine"]
+    assert m["cpu"] and m["machine"] and m["cores"] >= 1
+    assert m["onednn_graph_rewrites"] is keras_env.onednn_enabled()
+    assert m["environment"]["TF_ENABLE_ONEDNN_OPTS"] == os.environ["TF_ENABLE_ONEDNN_OPTS"]
+    assert f"Measured on {m['cpu']}" in (run_dir / "report.md").read_text()
