@@ -274,8 +274,9 @@ def _read_target(kind, box: Path, fx: Path, suffix: str) -> str:
             for k in ("y_train", "x_test", "y_test"):
                 z.writestr(f"{k}.npy", _npy_header((10 ** 12,), "<i8") + bytes(64))
     elif kind == "object":
-        np.savez(p, x_train=np.array([{"a": 1}] * 4, dtype=object), y_train=np.zeros(4),
-                 x_test=np.array([None] * 4, dtype=object), y_test=np.zeros(4))
+        with open(p, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, x_train=np.array([{"a": 1}] * 4, dtype=object), y_train=np.zeros(4),
+                     x_test=np.array([None] * 4, dtype=object), y_test=np.zeros(4))
     elif kind == "trunc_member":
         with zipfile.ZipFile(fx / "tiny.npz") as z:
             with zipfile.ZipFile(p, "w") as w:
@@ -671,7 +672,9 @@ def run_case(idx, cls, label, plan, fx, work, args) -> dict:
     try:
         target = prepare_box(box, fx, plan)
     except Exception as exc:  # a fixture problem is the bench's bug: report it as such
-        row.update(outcome="bench-error", error=f"{type(exc).__name__}: {exc}")
+        row.update(outcome="bench-error", error=f"{type(exc).__name__}: {exc}",
+                   seconds=round(time.monotonic() - t0, 2))
+        shutil.rmtree(box, ignore_errors=True)
         return row
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(box / "tmp"),
            "HOSTILE_CASE": marker, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
@@ -832,11 +835,13 @@ def main() -> int:
             with lock:
                 rows.append(f.result())
                 if len(rows) % 100 == 0 or len(rows) == len(todo):
-                    bad_n = sum(r["outcome"] in FAILURES for r in rows)
+                    bad_n = sum(r["outcome"] in FAILURES + ("bench-error",) for r in rows)
                     print(f"[{len(rows)}/{len(todo)}] {time.monotonic() - t0:.0f} s, "
                           f"{bad_n} failing so far", file=sys.stderr, flush=True)
     dt = time.monotonic() - t0
     rows.sort(key=lambda r: r["id"])
+    if args.json:  # first: the rows survive whatever the summary does
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     table = collections.defaultdict(collections.Counter)
     for r in rows:
         table[r["class"]][r["outcome"]] += 1
@@ -849,18 +854,18 @@ def main() -> int:
     for c in classes:
         rs = [r for r in rows if r["class"] == c]
         rss = max((r.get("maxrss_kib", 0) for r in rs), default=0) / 1024
-        sec = sum(r["seconds"] for r in rs) / max(1, len(rs))
+        sec = sum(r.get("seconds", 0.0) for r in rs) / max(1, len(rs))
         print(f"| {c} | " + " | ".join(str(table[c][o] or "") for o in outcomes)
               + f" | {rss:,.0f} | {sec:.1f} |")
     total = collections.Counter(r["outcome"] for r in rows)
     max_rss = max((r.get("maxrss_kib", 0) for r in rows), default=0)
     worst = max(rows, key=lambda r: r.get("maxrss_kib", 0)) if rows else None
     print()
-    for o in FAILURES:
+    for o in FAILURES + ("bench-error",):
         if total[o]:
             ex_rows = [r for r in rows if r["outcome"] == o][:3]
             print(f"- {o}: " + "; ".join(f"{r['class']}/{r['case']} -> "
-                                         f"{(r.get('changed') or r.get('stderr_tail') or '')!s:.120}"
+                                         f"{(r.get('changed') or r.get('stderr_tail') or r.get('error') or '')!s:.120}"
                                          for r in ex_rows))
     ok = all(total[o] == 0 for o in FAILURES) and max_rss <= GIB // 1024 \
         and not total["bench-error"]
@@ -869,8 +874,6 @@ def main() -> int:
           + f", bench-error {total['bench-error']}, max parent RSS {max_rss / 1024:,.0f} MiB "
           f"({worst['class'] + '/' + worst['case'] if worst else '-'}; target <= 1024) -> "
           + ("PASS" if ok else "FAIL"))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0 if ok else 1
 
 

@@ -7,7 +7,7 @@
   with one interpreter and with the verify stage's default (one per core);
 - isolation: the same run through the child-process interpreter, first call (spawn + import
   + load) and warm calls.
-Target (issue 3): verifier >= 0.8x bare on the same model and batch.
+Target: verifier >= 0.8x bare on the same model and batch.
 """
 
 from __future__ import annotations

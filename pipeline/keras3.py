@@ -32,7 +32,7 @@ import numpy as np
 from pipeline.errors import ModelFileError
 from pipeline.keras3_graph import model_kind, translate
 
-ATOL = 1e-5  # DESIGN.md: float conversion ~1e-5
+ATOL = 1e-5  # docs/architecture.md, Tolerances: float conversion ~1e-5
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Keras 3 layer arguments -> tf_keras layer arguments, as plain JSON data.
 
 Used by pipeline/keras3_graph.py; imports no Keras (the live Keras 3 layer and the tf_keras
-module are passed in, see DESIGN.md on keras_env). Per argument: renamed ones are mapped
+module are passed in, see docs/architecture.md on keras_env). Per argument: renamed ones are mapped
 (_RENAMED), values translated (DTypePolicy dicts -> dtype names, initializer / regularizer /
 constraint dicts, activation names), and an argument tf_keras lacks is dropped only when it
 holds the Keras 3 default (read from the Keras 3 class signature, so tf_keras behaves the

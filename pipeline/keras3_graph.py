@@ -1,7 +1,7 @@
 """Keras 3 model graph -> tf_keras (Keras 2) model config, as plain JSON data.
 
 Used by pipeline/keras3.py; imports no Keras (the live Keras 3 model and the tf_keras module
-are passed in, see DESIGN.md on keras_env); per-layer arguments are keras3_config's job. The
+are passed in, see docs/architecture.md on keras_env); per-layer arguments are keras3_config's job. The
 two graph formats, read from the installed sources:
 
 * Keras 3 (keras/src/models/functional.py ``get_config``, keras/src/ops/node.py): each entry of

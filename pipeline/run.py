@@ -1,4 +1,4 @@
-"""The main job: one function per stage, in order (see DESIGN.md).
+"""The main job: one function per stage, in order (docs/architecture.md).
 
     config -> load model -> load + validate data -> [train float baseline for zoo models]
       -> annotate -> fine-tune (QAT) -> convert -> verify -> gates -> report -> commit

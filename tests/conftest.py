@@ -127,7 +127,13 @@ def next_auto_name(keras, cls: str = "Conv2D") -> str:
 
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test-parallel`: `-n auto --dist loadgroup`), every test that
-    needs the demo run goes to one worker, so the ~45 s pipeline run is made once."""
+    needs the demo run goes to one worker, so the ~45 s pipeline run is made once.
+
+    QAT_TEST_ORDER=reverse runs the suite backwards: no result may depend on test order
+    (process-wide state such as tf_keras' layer-name counters or TensorFlow's op determinism
+    must not leak from one test into another's assertions)."""
+    if os.environ.get("QAT_TEST_ORDER") == "reverse":
+        items.reverse()
     for item in items:
         if "demo_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("demo_run"))

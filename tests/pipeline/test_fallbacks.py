@@ -1,5 +1,5 @@
 """Layers tfmot refuses get fallbacks; each small model still reaches a full-int8 .tflite that
-agrees with its Keras QAT model. Tolerances (issue 5): top-1 agreement >= 99 % and mean error
+agrees with its Keras QAT model. Tolerances (the coverage acceptance): top-1 agreement >= 99 % and mean error
 <= 2 LSB of the output scale, on seeded random inputs."""
 
 import numpy as np

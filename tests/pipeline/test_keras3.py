@@ -1,7 +1,7 @@
 """Keras 3 -> tf_keras translation (pipeline/keras3.py): tiny real Keras 3 models, seeded.
 
-Tolerance (DESIGN.md, float conversion): model outputs max abs diff <= 1e-5, and every layer's
-output within 1e-5 of its own scale; each test also recomputes the outputs itself."""
+Tolerance (docs/architecture.md, Tolerances): model outputs within 1e-5 x max(1, max|y|), and
+every layer's output within 1e-5 of its own scale; each test also recomputes the outputs."""
 
 from __future__ import annotations
 

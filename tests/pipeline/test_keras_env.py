@@ -23,7 +23,7 @@ def _child(code: str, **env):
 
 
 def test_only_keras_env_imports_tensorflow():
-    """DESIGN.md: keras_env is THE module importing TensorFlow/Keras/tfmot."""
+    """docs/architecture.md: keras_env is THE module importing TensorFlow/Keras/tfmot."""
     offenders = []
     for pkg in ("pipeline", "models", "android_harness"):
         for path in (REPO / pkg).rglob("*.py"):

@@ -1,6 +1,6 @@
 """End to end on digits: the README's main job, a failed gate, and kill -9 then --resume.
 
-Acceptance numbers (issue 2) are asserted on the bundled default recipe: float >= 97 %,
+The pipeline's acceptance numbers are asserted on the bundled default recipe: float >= 97 %,
 qat_int8.tflite >= float - 0.5 pp, agreement Keras QAT vs qat_int8 >= 99.5 %, int8 I/O and no
 float activation tensor.
 """
