@@ -249,7 +249,13 @@ class Config:
         return dumps_toml(self.to_dict())
 
     def hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """sha256 of what decides the results: every key but where they are written
+        (``output``) and how chatty training is (``qat.verbose``), so the same recipe gives the
+        same hash whatever --output, --name, --quiet say."""
+        d = self.to_dict()
+        d.pop("output", None)
+        d["qat"] = {k: v for k, v in d["qat"].items() if k != "verbose"}
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
 

@@ -4,8 +4,10 @@ TensorFlow 2.21 turns its oneDNN graph rewrites on by default only on x86 CPUs w
 AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX (``IsMklEnabled()`` in tensorflow/core/util/util.cc);
 ``TF_ENABLE_ONEDNN_OPTS`` overrides that either way. The rewrites fuse ops differently (a NaN
 input of a fused op becomes 0, sums are ordered differently: ~3e-7 apart), so the same seeded
-training gives other float numbers on such CPUs. This project turns them off unless the user
-set the variable (``keras_env``), and records here what was in force, for ``manifest.json``.
+training gives other float numbers on such CPUs. Independently, TensorFlow's matrix products
+run oneDNN's sgemm, whose kernels follow the CPU's instruction set (``ONEDNN_MAX_CPU_ISA``
+caps it). This project turns the rewrites off and caps the kernels at AVX2 unless the user set
+the variables (``keras_env``), and records here what was in force, for ``manifest.json``.
 
 No TensorFlow import here: ``describe`` reads /proc/cpuinfo and the environment, and asks
 TensorFlow only if it is already imported.
@@ -18,6 +20,7 @@ import platform
 import sys
 
 ONEDNN_VAR = "TF_ENABLE_ONEDNN_OPTS"
+ISA_VAR = "ONEDNN_MAX_CPU_ISA"
 # The CPU features TensorFlow's default looks at, and the others that change kernel choice.
 ONEDNN_DEFAULT_ON_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16",
                            "amx_int8")
@@ -97,6 +100,8 @@ def describe() -> dict:
         "cpu_flags": sorted(f for f in VECTOR_FLAGS if f in flags),
         "onednn_graph_rewrites": on,
         "onednn_decided_by": why,
+        # the instruction set oneDNN's kernels (sgemm included) may use: ALL = the CPU's best
+        "onednn_max_cpu_isa": os.environ.get(ISA_VAR, "ALL"),
         "environment": recorded_environment(),
     }
 
@@ -110,4 +115,5 @@ def summary(info: dict | None = None) -> str:
     return (f"{info['cpu']} ({info['machine']}, {info['cores']} cores"
             + (f", {top}" if top else "") + "), oneDNN graph rewrites "
             + ("on" if info["onednn_graph_rewrites"] else "off")
-            + f" ({info['onednn_decided_by']})")
+            + f" ({info['onednn_decided_by']}), oneDNN kernels up to "
+            + info.get("onednn_max_cpu_isa", "ALL"))

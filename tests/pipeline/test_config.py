@@ -25,6 +25,18 @@ def test_round_trip_through_toml():
     assert cfg.qat.epochs == 3 and cfg.seed == 7 and cfg.convert.io == "float"
 
 
+def test_hash_follows_what_decides_the_results_only():
+    """Where a run is written and how chatty it is do not change its hash; any other key
+    does (two `make demo`s in other folders report the same config_sha256)."""
+    base = config.load("digits_cnn")
+    same = config.load("digits_cnn", {"output.dir": "/tmp/elsewhere", "output.name": "x",
+                                      "qat.verbose": "0"})
+    assert same.hash() == base.hash()
+    for key, value in [("qat.epochs", "3"), ("seed", "1"), ("convert.io", "float"),
+                       ("gates.min_agreement", "0.5")]:
+        assert config.load("digits_cnn", {key: value}).hash() != base.hash(), key
+
+
 @pytest.mark.parametrize("raw, key, hint", [
     ({"qat": {"epocs": 3}}, "qat.epocs", "Did you mean 'qat.epochs'?"),
     ({"gate": {}}, "gate", "Did you mean 'gates'?"),

@@ -17,8 +17,9 @@ PROBE = ("import json; from pipeline import keras_env, machine; keras_env.load()
 
 def _probe(**env_changes) -> dict:
     """machine.describe() in a fresh process after TensorFlow is loaded (TensorFlow reads the
-    variable once per process, so each setting needs its own)."""
-    env = {k: v for k, v in os.environ.items() if k != machine.ONEDNN_VAR}
+    variables once per process, so each setting needs its own); None removes a variable."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in (machine.ONEDNN_VAR, machine.ISA_VAR)}
     env.update({k: v for k, v in env_changes.items() if v is not None})
     env["PYTHONPATH"] = str(REPO)
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
@@ -28,16 +29,19 @@ def _probe(**env_changes) -> dict:
 
 
 def test_onednn_is_off_by_default_and_the_users_choice_wins():
-    default = _probe()
+    default = _probe(ONEDNN_MAX_CPU_ISA=None)
     assert default["onednn_graph_rewrites"] is False
     assert default["onednn_decided_by"] == "TF_ENABLE_ONEDNN_OPTS=0"
     assert default["environment"]["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    x86 = default["machine"] in ("x86_64", "AMD64")
+    assert default["onednn_max_cpu_isa"] == ("AVX2" if x86 else "ALL")
     if default["machine"] not in ("x86_64", "AMD64"):
         pytest.skip(f"oneDNN graph rewrites are built for x86-64 only, not "
                     f"{default['machine']}: nothing to turn on")
-    chosen = _probe(TF_ENABLE_ONEDNN_OPTS="1")
+    chosen = _probe(TF_ENABLE_ONEDNN_OPTS="1", ONEDNN_MAX_CPU_ISA="ALL")
     assert chosen["onednn_graph_rewrites"] is True  # asked of TensorFlow itself
     assert chosen["onednn_decided_by"] == "TF_ENABLE_ONEDNN_OPTS=1"
+    assert chosen["onednn_max_cpu_isa"] == "ALL"
 
 
 @pytest.mark.parametrize("flags, arch, expected", [
@@ -69,6 +73,7 @@ def test_recorded_environment_keeps_steering_variables_and_drops_secrets(monkeyp
 def test_summary_names_cpu_isa_and_onednn_state():
     info = {"cpu": "AMD EPYC 9R14", "machine": "x86_64", "cores": 2,
             "cpu_flags": ["avx2", "avx512_vnni", "avx512f"], "onednn_graph_rewrites": False,
-            "onednn_decided_by": "TF_ENABLE_ONEDNN_OPTS=0"}
+            "onednn_decided_by": "TF_ENABLE_ONEDNN_OPTS=0", "onednn_max_cpu_isa": "AVX2"}
     assert machine.summary(info) == ("AMD EPYC 9R14 (x86_64, 2 cores, avx512_vnni), oneDNN "
-                                     "graph rewrites off (TF_ENABLE_ONEDNN_OPTS=0)")
+                                     "graph rewrites off (TF_ENABLE_ONEDNN_OPTS=0), oneDNN "
+                                     "kernels up to AVX2")
