@@ -168,7 +168,7 @@ def fit(qat_model, x, y, x_val, y_val, cfg, run_dir, *, from_logits: bool,
              "stopped_early": False, "history": {}}
     state_path = run_dir.path(STATE)
     if resume and state_path.is_file():
-        state = json.loads(state_path.read_text())
+        state = _read_state(state_path)
         last = run_dir.path(f"{CKPT_DIR}/epoch_{state['epochs_done']:03d}/ckpt")
         try:
             ckpt.read(str(last)).assert_existing_objects_matched()
@@ -224,6 +224,29 @@ def fit(qat_model, x, y, x_val, y_val, cfg, run_dir, *, from_logits: bool,
             f"({cfg.monitor}={state['best_value']:.4f})")
     return FitResult(state["epochs_done"] - resumed_from, resumed_from, state["best_epoch"],
                      state["best_value"], state["stopped_early"], state["history"])
+
+
+_STATE_KEYS = {"epochs_done": int, "best_epoch": int, "wait": int, "stopped_early": bool,
+               "history": dict}
+
+
+def _read_state(path) -> dict:
+    """The progress file of the run being resumed, checked: a damaged one is the user's to
+    fix (start over), not a bug."""
+    from pipeline.errors import UsageError
+
+    try:
+        state = json.loads(path.read_bytes()[:1 << 20])
+        ok = isinstance(state, dict) and all(
+            isinstance(state.get(k), t) and not (t is int and isinstance(state.get(k), bool))
+            for k, t in _STATE_KEYS.items()) and state["epochs_done"] >= 0 and (
+            state.get("best_value") is None or isinstance(state["best_value"], (int, float)))
+    except (OSError, ValueError, RecursionError):
+        ok = False
+    if not ok:
+        raise UsageError("The checkpoint progress file of the run to resume is damaged", str(path),
+                         "Run without --resume to start over (or delete the run directory)")
+    return state
 
 
 def has_checkpoint(run_dir) -> bool:

@@ -105,3 +105,27 @@ def test_early_stopping_restores_best_epoch(env, trained_model, digits, tmp_path
     # the model now holds the best epoch's weights: its val loss equals the best one
     qat.compile(loss=env.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     assert qat.evaluate(xv, yv, verbose=0) == pytest.approx(min(losses), rel=1e-3)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"epochs_done": "2"}',
+                                     b'{"epochs_done": true, "best_epoch": 0, "wait": 0, '
+                                     b'"stopped_early": false, "history": {}}',
+                                     b"\xff\xfe", b"[" * 100_000],
+                         ids=["not-json", "a-list", "wrong-type", "bool-as-int", "not-utf8",
+                              "nested-100k"])
+def test_damaged_progress_file_on_resume_is_a_usage_error(env, trained_model, digits,
+                                                          tmp_path, content):
+    """A resumed run's checkpoints/state.json that is not the progress record the pipeline
+    writes: exit 2 with the file named, before anything is restored or trained."""
+    from pipeline.errors import UsageError
+
+    qat, _ = annotate.apply(trained_model)
+    x, y, xv, yv = _split(digits, 64)
+    run = RunDir(tmp_path / "r", log=lambda *_: None)
+    run.path(finetune.STATE).parent.mkdir(parents=True, exist_ok=True)
+    run.path(finetune.STATE).write_bytes(content)
+    with pytest.raises(UsageError) as err:
+        finetune.fit(qat, x, y, xv, yv, QatConfig(epochs=1, verbose=0), run,
+                     from_logits=True, resume=True)
+    assert "progress file of the run to resume is damaged" in str(err.value)
+    assert "state.json" in str(err.value)
