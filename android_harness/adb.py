@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from android_harness.benchmark_tool import file_sha256
+from pipeline.artifacts import sha256_file
 from android_harness.errors import AdbError, AdbNotFoundError, DeviceUnavailable
 
 log = logging.getLogger("android_harness.adb")
@@ -259,7 +259,7 @@ class Adb:
                                                  str | None]]) -> list[PurePosixPath]:
         """Push each (local, remote, executable, sha256-or-None) unless the device copy has the
         same sha256; returns the remotes pushed. Two round trips plus one per push."""
-        want = {remote: sha or file_sha256(local) for local, remote, _, sha in files}
+        want = {remote: sha or sha256_file(local) for local, remote, _, sha in files}
         parents = sorted({str(r.parent) for r in want})
         have = self.sha256_many(list(want), before=["mkdir", "-p", *parents])
         pushed = []

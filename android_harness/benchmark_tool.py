@@ -99,10 +99,6 @@ def check_abi(binary: str | os.PathLike, device_abi: str, serial: str) -> str:
     return abi
 
 
-# one implementation of file hashing for the project (pipeline.artifacts has no TensorFlow)
-from pipeline.artifacts import sha256_file as file_sha256  # noqa: E402
-
-
 # ---------------------------------------------------------------------------------------------
 # Flags
 # ---------------------------------------------------------------------------------------------
@@ -250,11 +246,6 @@ def _clean(text: str) -> list[tuple[str, bool]]:
         out.append((line[m.end():] if m else line,
                     bool(m) and m.group(0).startswith(("ERROR", "FATAL"))))
     return out
-
-
-def clean_lines(text: str) -> list[str]:
-    """Lines without logcat and severity prefixes, with \\r removed."""
-    return [line for line, _ in _clean(text)]
 
 
 def _split_row(line: str) -> list[str]:

@@ -32,6 +32,7 @@ from android_harness.errors import (BenchmarkToolError, DeviceUnavailable, Harne
 from android_harness.inputs import ModelInput, load_inputs
 from android_harness.protocol import Backend, Job, Protocol
 from android_harness.records import BenchConfig, Measurement, ModelInfo, now_iso
+from pipeline.artifacts import sha256_file
 
 log = logging.getLogger("android_harness.device")
 
@@ -90,7 +91,7 @@ class DeviceBackend(Backend):
         self._inputs: dict[str, list[tuple[str, tuple[int, ...], str]]] = {}
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._cleanup_key: int | None = None
-        self._binary_sha = bt.file_sha256(binary) if binary else None
+        self._binary_sha = sha256_file(binary) if binary else None
         self.pushed_log: list[list[str]] = []  # remotes pushed by each sync (for the record)
         self._last_output: str | None = None
 

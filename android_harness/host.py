@@ -26,7 +26,7 @@ from android_harness.host_conditions import BackgroundMeter, host_conditions, rs
 from android_harness.inputs import ModelInput, load_inputs
 from android_harness.protocol import Backend, Job, Protocol
 from android_harness.records import BenchConfig, Measurement, ModelInfo, now_iso
-from pipeline.errors import QatError
+from pipeline.errors import QatError, first_line
 from pipeline.runtime import make_interpreter, resolve_runtime
 
 HOST_DELEGATES = ("cpu", "xnnpack")
@@ -155,7 +155,7 @@ class HostBackend(Backend):
                 raise
             except (ValueError, RuntimeError) as exc:
                 raise MeasurementFailed("The interpreter cannot allocate the model", m.path,
-                                        str(exc).splitlines()[0])
+                                        first_line(exc, 300))
             if self.inputs_spec:
                 self._inputs[m.label] = load_inputs(self.inputs_spec, m.path)
 
@@ -192,7 +192,7 @@ class HostBackend(Backend):
             return fn()
         except (ValueError, RuntimeError) as exc:
             raise MeasurementFailed("The interpreter failed", f"{jobs[0].model.label} "
-                                    f"{jobs[0].config.key}", str(exc).splitlines()[0])
+                                    f"{jobs[0].config.key}", first_line(exc, 300))
         finally:
             if old_affinity is not None:
                 os.sched_setaffinity(0, old_affinity)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from pipeline.coverage import Coverage
-from pipeline.errors import ConfigError, ConversionError
+from pipeline.errors import ConfigError, ConversionError, first_line
 from pipeline.fallbacks import (CALIBRATED, EXCLUDED, FALLBACK, FOLDED, INPUT, KEEP_FLOAT,
                                 PASSTHROUGH, QUANTIZED, LayerPlan)
 
@@ -131,7 +131,6 @@ def apply(model, policy=None):
                 keras.models.clone_model(source, clone_function=annotate_layer)
             qat_model = q.quantize_apply(annotated)
     except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError("tfmot could not annotate the model for QAT", msg[:300],
+        raise ConversionError("tfmot could not annotate the model for QAT", first_line(exc, 300),
                               "Exclude the layer named in the message with annotate.exclude")
     return qat_model, coverage

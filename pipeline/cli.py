@@ -18,7 +18,7 @@ import traceback
 
 from pipeline import __version__
 from pipeline.commands import COMMANDS
-from pipeline.errors import EXIT_BAD_INPUT, QatError
+from pipeline.errors import EXIT_BAD_INPUT, QatError, first_line
 
 EXIT_INTERNAL = 3
 
@@ -29,7 +29,6 @@ def _log(msg: str) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    p.add_argument("-v", "--verbose", action="store_true", help="more progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
 
@@ -188,8 +187,7 @@ def _main(args: argparse.Namespace, out) -> int:
     except Exception as exc:  # a bug: say so, one line unless --debug
         if args.debug:
             traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        _log(f"internal error: {type(exc).__name__}: {first[:300]} "
+        _log(f"internal error: {type(exc).__name__}: {first_line(exc, 300, empty='')} "
              "(rerun with --debug for the traceback)")
         return EXIT_INTERNAL
 

@@ -311,7 +311,6 @@ def from_dict(raw: dict, where: str = "config") -> Config:
     for key, value in raw.items():
         if key not in SECTIONS:
             raise _unknown(key, SECTIONS, where)
-        f = SECTIONS[key]
         if key == "seed":
             top["seed"] = _coerce(value, "int", "seed")
             continue

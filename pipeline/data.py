@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, first_line
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -100,7 +100,7 @@ def _load_npz(path: str) -> dict:
     except DataError:
         raise
     except ValueError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc, None)
         if "pickle" in msg.lower():  # object arrays need pickle
             raise DataError("The .npz holds object arrays, which need pickle to load", path,
                             f"Save numeric arrays only ({msg})")

@@ -16,6 +16,15 @@ EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
+def first_line(exc: BaseException, limit: int | None = 200, empty: str | None = None) -> str:
+    """The first line of an exception's message, at most ``limit`` characters, for one-line
+    errors; an empty message gives ``empty`` (default: the exception's type name)."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__ if empty is None else empty
+    return text.splitlines()[0].strip()[:limit]
+
+
 class QatError(Exception):
     """Base class: a failure with a user-facing one-line message and an exit code."""
 
@@ -31,7 +40,8 @@ class QatError(Exception):
         if fix:
             parts.append(fix.rstrip(".") + ".")
         # One line, always: newlines from nested messages would break the contract.
-        super().__init__(" ".join(parts).replace("\n", " "))
+        super().__init__(" ".join(parts).replace("\r\n", " ").replace("\n", " ")
+                         .replace("\r", " "))
 
 
 class UsageError(QatError):
@@ -65,8 +75,3 @@ class ConversionError(QatError):
 class OutputError(QatError):
     """The artifacts cannot be written: disk full, quota, read-only filesystem, permission."""
 
-
-class GateFailed(QatError):
-    """One or more quality gates failed; the report lists them."""
-
-    exit_code = EXIT_GATE_FAILED

@@ -25,7 +25,7 @@ import os
 import stat
 import zipfile
 
-from pipeline.errors import QatError
+from pipeline.errors import QatError, first_line
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -104,7 +104,7 @@ def check_file(path, kind: str, error: type[QatError], what: str) -> os.stat_res
 def _check_size(size: int, path, kind: str, error, what: str) -> None:
     cap = limit(kind)
     if size > cap:
-        fix = f"Pass a smaller file" + ("" if kind == "recipe" else
+        fix = "Pass a smaller file" + ("" if kind == "recipe" else
                                         f", or raise the limit with {ENV_LIMIT}=BYTES")
         raise error(f"The {what} is larger than the {human(cap)} limit for {kind} files",
                     f"{os.fspath(path)} ({size:,} bytes)", fix)
@@ -193,12 +193,6 @@ def check_hdf5_signature(path, error: type[QatError], what: str, size: int) -> N
                     "Check the path and its permissions")
     raise error(f"The {what} is not an HDF5 file (no HDF5 signature)", os.fspath(path),
                 "Save the model with tf_keras model.save('model.h5'), or pass the right file")
-
-
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (its type name when the message is empty)."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
 
 
 def check_npy_member(z: zipfile.ZipFile, member: str, where: str,

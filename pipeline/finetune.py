@@ -16,10 +16,8 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from pipeline import weights
-from pipeline.errors import TrainingError
+from pipeline.errors import TrainingError, first_line
 
 CKPT_DIR = "checkpoints"
 STATE = f"{CKPT_DIR}/state.json"
@@ -175,7 +173,7 @@ def fit(qat_model, x, y, x_val, y_val, cfg, run_dir, *, from_logits: bool,
         except (AssertionError, ValueError, tf.errors.OpError) as exc:
             from pipeline.errors import UsageError
 
-            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            msg = first_line(exc, 160)
             raise UsageError("The checkpoint of the run being resumed does not fit this model "
                              "(another model, or a changed file)", f"{last} ({msg})",
                              "Resume with the model the run started with, or drop --resume "

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ModelFileError, QatError, UsageError  # noqa: F401
+from pipeline.errors import ModelFileError, QatError, first_line
 from pipeline.tflite_model import TFLiteModel, read_file
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -296,8 +296,7 @@ def _serve() -> None:
         except QatError as exc:  # our own one-line error: its parts, without a second source
             reply = {"ok": False, "error": exc.what[:300], "fix": exc.fix}
         except Exception as exc:  # a Python-level error: report it, keep serving
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {msg[:300]}"}
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {first_line(exc, 300)}"}
         proto.write((json.dumps(reply) + "\n").encode() + payload)
         proto.flush()
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ModelFileError
+from pipeline.errors import ModelFileError, first_line
 from pipeline.keras3_graph import model_kind, translate
 
 ATOL = 1e-5  # docs/architecture.md, Tolerances: float conversion ~1e-5
@@ -127,7 +127,7 @@ def read_keras3_file(path, custom_objects: dict | None = None):
         return keras3.saving.load_model(os.fspath(p), custom_objects=custom_objects,
                                         compile=False, safe_mode=True)
     except (ValueError, TypeError, KeyError, OSError, AttributeError) as exc:
-        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        msg = first_line(exc)
         raise ModelFileError("Keras 3 could not load the .keras file",
                              f"{path}, keras_version {version} ({msg})",
                              "Import and register custom classes (keras.saving."
@@ -162,7 +162,7 @@ def to_tf_keras(model3, *, seed: int = 0, samples: int = 2, atol: float = ATOL,
         model2 = env.keras.models.model_from_json(json.dumps(res.config),
                                                   custom_objects=dict(tf_keras_objects or {}))
     except (ValueError, TypeError, KeyError) as exc:
-        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        msg = first_line(exc)
         raise ModelFileError("tf_keras could not rebuild the translated model", msg,
                              "Report it with the model; rebuild the model in tf_keras meanwhile")
     _copy_weights(model3, model2, res.transforms)

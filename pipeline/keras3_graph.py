@@ -221,7 +221,6 @@ class _Graph:
         args = [tensor_value(a) for a in node.get("args", [])]
         kw = {k: v for k, v in node.get("kwargs", {}).items() if v is not None}
         cfg = {k: v for k, v in e["config"].items() if k != "name"}
-        t = self.t
         if cls in _BINARY_OPS and len(args) == 2 and not kw:
             fn, merge = _BINARY_OPS[cls]
             a, b = args

@@ -6,8 +6,7 @@ first imported (TF 2.16 release notes; tfmot issues #1119, #1270). ``tf.keras`` 
 first access and then fixed for the process, so we set the variable at import time of this
 module and check the result instead of trusting it.
 
-Usage: ``from pipeline import keras_env; env = keras_env.load(); env.tf, env.keras, env.tfmot``
-(or the lazy module attributes ``keras_env.tf`` / ``.keras`` / ``.tfmot``).
+Usage: ``from pipeline import keras_env; env = keras_env.load(); env.tf, env.keras, env.tfmot``.
 """
 
 from __future__ import annotations
@@ -148,12 +147,6 @@ def load() -> KerasEnv:
         },
     )
     return _ENV
-
-
-def __getattr__(name: str):  # lazy module attributes: keras_env.tf / .keras / .tfmot
-    if name in ("tf", "keras", "tfmot"):
-        return getattr(load(), name)
-    raise AttributeError(name)
 
 
 def saved_metadata_proto():

@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import ModelFileError
+from pipeline.errors import ModelFileError, first_line
 
 
 @dataclass
@@ -163,7 +163,7 @@ def read_stored_config(path: str) -> tuple[str, dict | None, str | None]:
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelFileError("The file is not a readable HDF5 model", path,
                                  "Save the model with tf_keras model.save('model.h5') "
-                                 f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})")
+                                 f"({first_line(exc, 120)})")
         if raw is None:
             raise ModelFileError("The .h5 file holds weights only, no model architecture", path,
                                  "Save the whole model (model.save), not save_weights")
@@ -242,7 +242,7 @@ def load_model(name: str = "", path: str = "", *, trust_model: bool = False,
                                             **({"safe_mode": not trust_model}
                                                if kind == "keras" else {}))
     except (ValueError, TypeError, KeyError, OSError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc, None)
         fix = "Re-save the model with tf_keras"
         if "Unknown layer" in msg or "custom" in msg.lower():
             fix = ("Register the custom class with tf_keras.utils.register_keras_serializable "

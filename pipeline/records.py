@@ -7,7 +7,7 @@ carries ``SCHEMA_VERSION``.
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -115,10 +115,3 @@ class GateResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class StageTiming:
-    stage: str
-    seconds: float
-    extra: dict = field(default_factory=dict)

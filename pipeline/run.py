@@ -13,8 +13,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from pipeline import data as data_mod
 from pipeline import machine, modelio, weights
 from pipeline.artifacts import RunDir
@@ -124,7 +122,7 @@ def evaluate_gates(cfg: Config, float_acc: float, variants: dict, agreement: dic
 def run(cfg: Config, *, resume: bool = False, log=print, model=None,
         dataset: data_mod.Dataset | None = None) -> RunResult:
     """Run the whole pipeline. ``model``/``dataset`` let Python callers pass live objects."""
-    from pipeline import annotate, convert, finetune, keras_env, report, verify
+    from pipeline import annotate, finetune, keras_env
 
     from pipeline.artifacts import check_output_dir
 
@@ -171,8 +169,6 @@ def run(cfg: Config, *, resume: bool = False, log=print, model=None,
         from_logits = not modelio.outputs_are_probabilities(loaded.model)
         # the QAT plan before any training: a policy typo fails here, and the user sees
         # which layers need fallbacks before waiting for training
-        from pipeline import annotate
-
         _, planned = annotate.prepare(loaded.model, cfg.annotate)
         s = planned.share()
         log(f"coverage: {s['layers_quantized']}/{s['layers']} layers, "

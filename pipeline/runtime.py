@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.errors import ModelFileError, UsageError
+from pipeline.errors import ModelFileError, UsageError, first_line
 from pipeline.records import QuantParams
 
 RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
@@ -55,7 +55,7 @@ def resolve_runtime(name: str | None = None) -> tuple[str, object]:
         try:
             return candidate, _import_runtime(candidate)
         except Exception as exc:  # ImportError, or numpy-ABI errors from tflite_runtime
-            errors.append(f"{candidate}: {type(exc).__name__}: {exc}".splitlines()[0])
+            errors.append(f"{candidate}: {type(exc).__name__}: {first_line(exc, None, '')}")
     raise UsageError("No LiteRT interpreter could be imported", "; ".join(errors),
                      "pip install 'ai-edge-litert>=2.3'")
 
@@ -137,7 +137,7 @@ def make_interpreter(model: bytes | str | os.PathLike, *, runtime: str | None = 
     except (ValueError, RuntimeError) as exc:
         where = source or ("<bytes>" if "model_content" in kwargs else kwargs["model_path"])
         raise ModelFileError("The interpreter could not load the model", where,
-                             f"Check the file is a valid .tflite ({str(exc).splitlines()[0]})")
+                             f"Check the file is a valid .tflite ({first_line(exc, 300)})")
 
 
 @dataclass(frozen=True)
