@@ -18,9 +18,9 @@ import traceback
 
 from pipeline import __version__
 from pipeline.commands import COMMANDS
-from pipeline.errors import EXIT_BAD_INPUT, QatError, first_line
+from pipeline.errors import (EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_INTERNAL,
+                             EXIT_INTERRUPTED, QatError, first_line)
 
-EXIT_INTERNAL = 3
 
 
 def _log(msg: str) -> None:
@@ -179,11 +179,11 @@ def _main(args: argparse.Namespace, out) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         _log("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `qat inspect x | head`: the reader left; behave like SIGPIPE
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 141
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # a bug: say so, one line unless --debug
         if args.debug:
             traceback.print_exc()

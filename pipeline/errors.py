@@ -14,6 +14,9 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3        # a bug: the message says so; --debug prints the traceback
+EXIT_INTERRUPTED = 130   # Ctrl-C / SIGTERM, as shells report SIGINT
+EXIT_BROKEN_PIPE = 141   # the reader of stdout left (`qat inspect x | head`), as for SIGPIPE
 
 
 def first_line(exc: BaseException, limit: int | None = 200, empty: str | None = None) -> str:

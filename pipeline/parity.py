@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.runtime import ModelRunner
 from pipeline.tflite_model import TFLiteModel
+from pipeline.verify import sqnr_db
 
 _TOKEN = re.compile(r"[/;:]")
 
@@ -88,14 +89,6 @@ def _short(name: str | None, width: int = 60) -> str:
         return ""
     first = name.split(";")[0]
     return first if len(first) <= width else "…" + first[-width:]
-
-
-def _sqnr(ref: np.ndarray, err: np.ndarray) -> float:
-    noise = float(np.sum(err ** 2))
-    signal = float(np.sum(ref ** 2))
-    if noise == 0:
-        return float("inf")
-    return 10 * float(np.log10(signal / noise)) if signal else float("-inf")
 
 
 def quantized_layers(qat_model) -> list:
@@ -189,7 +182,7 @@ def compare_layers(qat_model, tflite: bytes | str, x: np.ndarray, *, threshold_l
             if diverges and first is None:
                 first = shown
             rows.append(LayerRow(shown, "compared", t.name, None, tuple(got.shape[1:]), scale,
-                                 mean_lsb, max_lsb, _sqnr(ref, err), diverges))
+                                 mean_lsb, max_lsb, sqnr_db(ref, err), diverges))
         elif name in fused:
             rows.append(LayerRow(shown, "fused", fused_into=_inner_name(
                 next(l for l in layers if l.name == fused[name]))))

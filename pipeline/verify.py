@@ -75,6 +75,16 @@ def _quant(d: dict) -> QuantParams | None:
     return QuantParams(d["scale"], d["zero_point"], d["dtype"]) if d.get("scale") else None
 
 
+def sqnr_db(ref: np.ndarray, err: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB of ``ref`` against the error ``err``: +inf when
+    there is no error, -inf when there is error but no signal (the ratio is 0)."""
+    noise = float(np.sum(np.square(err, dtype=np.float64)))
+    signal = float(np.sum(np.square(ref, dtype=np.float64)))
+    if noise == 0:
+        return float("inf")
+    return 10 * float(np.log10(signal / noise)) if signal else float("-inf")
+
+
 def compare(ref: Scored, cand: Scored) -> Agreement:
     """How far ``cand`` is from ``ref`` on the same inputs; LSB in ``cand``'s output scale."""
     a = ref.outputs.astype(np.float64)
@@ -82,9 +92,7 @@ def compare(ref: Scored, cand: Scored) -> Agreement:
     if a.shape != b.shape:
         raise ValueError(f"output shapes differ: {a.shape} vs {b.shape}")
     diff = np.abs(a - b)
-    noise = float(np.sum((a - b) ** 2))
-    signal = float(np.sum(a ** 2))
-    sqnr = float("inf") if noise == 0 else (10 * np.log10(signal / noise) if signal else 0.0)
+    sqnr = sqnr_db(a, a - b)
     na, nb = np.linalg.norm(a.ravel()), np.linalg.norm(b.ravel())
     cosine = float(a.ravel() @ b.ravel() / (na * nb)) if na and nb else float("nan")
     scale = cand.output_quant.scale if cand.output_quant else None
