@@ -1,7 +1,7 @@
 """Bounded reads of input files: every file the pipeline reads is checked first.
 
 One place for the checks every reader needs before it opens a user-supplied path (recipe TOML,
-data ``.npz``, Keras ``.h5``/``.keras``/SavedModel): the path must be a *regular* file (not a
+data ``.npz``, Keras ``.h5``/``.keras``/SavedModel, ``.tflite``, reference bundles): the path must be a *regular* file (not a
 FIFO, a device such as ``/dev/zero``, a socket or a directory) and no larger than the limit of
 its kind, so a wrong path gives a one-line error that names what the path really is, and a huge
 or endless file is refused before a byte of it is read.
@@ -82,6 +82,9 @@ def _stat(path, error: type[QatError], what: str) -> os.stat_result:
         return os.stat(path)
     except FileNotFoundError:
         raise error(f"The {what} does not exist", os.fspath(path), "Check the path")
+    except NotADirectoryError:
+        raise error(f"The {what} does not exist (a parent in its path is a file)",
+                    os.fspath(path), "Check the path")
     except ValueError:  # embedded NUL
         raise error(f"The {what} path is not a valid path", repr(os.fspath(path)),
                     "Remove the NUL character from the path")
@@ -90,48 +93,72 @@ def _stat(path, error: type[QatError], what: str) -> os.stat_result:
                     "Check the path and its permissions")
 
 
-def check_file(path, kind: str, error: type[QatError], what: str) -> os.stat_result:
-    """The stat of ``path`` if it is a regular file within the limit of ``kind``; otherwise
-    ``error`` (a QatError subclass) naming what the path is."""
-    st = _stat(path, error, what)
+def _refuse(st: os.stat_result, path, what: str, cap: int, error, kind: str | None) -> None:
+    """``error`` unless ``st`` is a regular file of at most ``cap`` bytes."""
     if not stat.S_ISREG(st.st_mode):
         raise error(f"The {what} is {describe_mode(st.st_mode)}, not a regular file",
                     os.fspath(path), "Pass the path of a regular file")
-    _check_size(st.st_size, path, kind, error, what)
+    _check_size(st.st_size, path, what, cap, error, kind)
+
+
+def _check_size(size: int, path, what: str, cap: int, error, kind: str | None) -> None:
+    if size <= cap:
+        return
+    if kind is None:
+        raise error(f"The {what} is too large ({size:,} bytes; the limit is {cap:,})",
+                    os.fspath(path), f"Pass a {what} of at most {cap:,} bytes")
+    fix = "Pass a smaller file" + ("" if kind == "recipe" else
+                                    f", or raise the limit with {ENV_LIMIT}=BYTES")
+    raise error(f"The {what} is larger than the {human(cap)} limit for {kind} files",
+                f"{os.fspath(path)} ({size:,} bytes)", fix)
+
+
+def check_file(path, kind: str, error: type[QatError], what: str) -> os.stat_result:
+    """The stat of ``path`` if it is a regular file within the limit of ``kind``; otherwise
+    ``error`` (a QatError subclass) naming what the path is. For files another library opens
+    (h5py, zipfile); files read here go through open_regular / read_regular."""
+    st = _stat(path, error, what)
+    _refuse(st, path, what, limit(kind), error, kind)
     return st
 
 
-def _check_size(size: int, path, kind: str, error, what: str) -> None:
-    cap = limit(kind)
-    if size > cap:
-        fix = "Pass a smaller file" + ("" if kind == "recipe" else
-                                        f", or raise the limit with {ENV_LIMIT}=BYTES")
-        raise error(f"The {what} is larger than the {human(cap)} limit for {kind} files",
-                    f"{os.fspath(path)} ({size:,} bytes)", fix)
-
-
-def read_bytes(path, kind: str, error: type[QatError], what: str) -> bytes:
-    """The bytes of a checked regular file, read with a bound (a file that grows or is swapped
-    for a FIFO between the check and the read is still refused)."""
-    check_file(path, kind, error, what)
-    cap = limit(kind)
+def open_regular(path, what: str, cap: int, error: type[QatError], kind: str | None = None):
+    """Open ``path`` for reading if it is a regular file of at most ``cap`` bytes: (binary
+    file object, size). Anything else fails at once with ``error`` (one line): a FIFO would
+    block the open or the read forever, a device never ends, a huge file is not read at all.
+    Checked with stat() before opening and again on the opened descriptor; O_NONBLOCK, so a
+    path swapped for a FIFO in between does not wait for a writer."""
+    _refuse(_stat(path, error, what), path, what, cap, error, kind)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) |
-                     getattr(os, "O_NOCTTY", 0))
+                     getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
         raise error(f"The {what} cannot be read", f"{os.fspath(path)} ({exc.strerror})",
                     "Check the path and its permissions")
+    f = os.fdopen(fd, "rb")
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):  # swapped between stat and open
-            raise error(f"The {what} is {describe_mode(st.st_mode)}, not a regular file",
-                        os.fspath(path), "Pass the path of a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(cap + 1)
-    finally:
-        os.close(fd)
-    _check_size(len(data), path, kind, error, what)
+        st = os.fstat(f.fileno())
+        _refuse(st, path, what, cap, error, kind)
+    except BaseException:
+        f.close()
+        raise
+    return f, st.st_size
+
+
+def read_regular(path, what: str, cap: int, error: type[QatError],
+                 kind: str | None = None) -> bytes:
+    """The bytes of a regular file of at most ``cap`` bytes (see open_regular); a file that
+    grew after the check is refused too."""
+    f, _ = open_regular(path, what, cap, error, kind)
+    with f:
+        data = f.read(cap + 1)
+    _check_size(len(data), path, what, cap, error, kind)
     return data
+
+
+def read_bytes(path, kind: str, error: type[QatError], what: str) -> bytes:
+    """The bytes of a checked regular file within the limit of ``kind``."""
+    return read_regular(path, what, limit(kind), error, kind)
 
 
 def check_tree(path, kind: str, error: type[QatError], what: str) -> int:

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ModelFileError, UsageError
-from pipeline.files import check_npy_member
+from pipeline.files import check_npy_member, open_regular, read_regular
 from pipeline.records import SCHEMA_VERSION
-from pipeline.tflite_model import open_regular, read_regular
 
 REF_DIR = "reference"
 # Different CPUs/kernels may round an int8 result differently: one output step is allowed.

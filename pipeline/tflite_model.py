@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
 
 from pipeline._tflite_schema import BUILTIN_OPERATORS, TENSOR_TYPES
 from pipeline.errors import ModelFileError
+from pipeline.files import open_regular
 from pipeline.flatbuffer_reader import Buf as _Buf
 from pipeline.flatbuffer_reader import TFLiteFormatError  # noqa: F401  (re-exported)
 
@@ -391,68 +391,12 @@ class TFLiteModel:
                        tuple(hybrid), tuple(float_io))
 
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISSOCK, "a socket"))
-
-
-def open_regular(path: str | os.PathLike, what: str, limit: int, error=ModelFileError):
-    """Open ``path`` for reading if it is a regular file of at most ``limit`` bytes: (binary
-    file object, size). Anything else fails at once with ``error`` (one line) - a FIFO would
-    block the open or the read forever, a device never ends, a huge file is not read at all.
-    The check is made with stat() before opening and again on the opened descriptor."""
-    path = os.fspath(path)
-
-    def refuse(st):
-        if not stat.S_ISREG(st.st_mode):
-            kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a file")
-            raise error(f"The {what} is not a regular file: it is {kind}", path,
-                        f"Pass the path of a regular {what}")
-        if st.st_size > limit:
-            raise error(f"The {what} is too large ({st.st_size:,} bytes; the limit is "
-                        f"{limit:,})", path, f"Pass a {what} of at most {limit:,} bytes")
-
-    try:
-        refuse(os.stat(path))
-        # O_NONBLOCK: should the path be swapped for a FIFO after the stat, the open does
-        # not wait for a writer (and the fstat below refuses it).
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) |
-                     getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError:
-        raise error(f"The {what} does not exist", path, "Check the path")
-    except NotADirectoryError:
-        raise error(f"The {what} does not exist (a parent in its path is a file)", path,
-                    "Check the path")
-    except OSError as exc:
-        raise error(f"The {what} cannot be read", f"{path} ({exc.strerror})",
-                    "Check the path and its permissions")
-    f = os.fdopen(fd, "rb")
-    try:
-        st = os.fstat(f.fileno())
-        refuse(st)
-    except BaseException:
-        f.close()
-        raise
-    return f, st.st_size
-
-
-def read_regular(path: str | os.PathLike, what: str, limit: int, error=ModelFileError) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes (see open_regular)."""
-    f, _ = open_regular(path, what, limit, error)
-    with f:
-        data = f.read(limit + 1)
-    if len(data) > limit:  # it grew after the check
-        raise error(f"The {what} is too large (more than {limit:,} bytes)", os.fspath(path),
-                    f"Pass a {what} of at most {limit:,} bytes")
-    return data
-
-
 def read_file(path: str | os.PathLike, limit: int = MAX_TFLITE_BYTES) -> bytes:
     """The bytes of a .tflite file, with one-line errors for the usual path mistakes.
 
     Only a regular file of at most ``limit`` bytes is opened, and its first HEADER_BYTES are
     checked (TFL3 identifier, root offset within the size) before the rest is read."""
-    f, size = open_regular(path, ".tflite file", limit)
+    f, size = open_regular(path, ".tflite file", limit, ModelFileError)
     with f:
         head = f.read(HEADER_BYTES)
         check_header(head, os.fspath(path), size=size)

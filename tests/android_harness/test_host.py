@@ -283,7 +283,7 @@ def test_a_fifo_model_fails_at_once(tmp_path, run_cli, fast):
     os.mkfifo(fifo)
     code, _, err = run_cli("host", fifo, *fast)  # is_file() said "does not exist" (wrong)
     line = _one_line(err)
-    assert code == 2 and "not a regular file: it is a FIFO" in line
+    assert code == 2 and "is a named pipe (FIFO), not a regular file" in line
 
 
 def test_a_device_file_is_not_called_missing(run_cli, fast):

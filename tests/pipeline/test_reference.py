@@ -139,7 +139,7 @@ def test_a_fifo_in_the_bundle_fails_at_once(tmp_path, capsys):
     (d / "tiny_outputs.npz").unlink()
     os.mkfifo(d / "tiny_outputs.npz")
     code, err = _verify(d, capsys)  # used to block in np.load forever
-    assert code == 2 and "not a regular file: it is a FIFO" in err
+    assert code == 2 and "is a named pipe (FIFO), not a regular file" in err
 
 
 def test_an_oversized_manifest_is_refused_unread(tmp_path, capsys, monkeypatch):

@@ -98,18 +98,18 @@ def test_a_fifo_fails_at_once_instead_of_hanging(tmp_path, command):
     r = run_cli(command, str(fifo), *extra, timeout=60)  # used to block in open() forever
     assert r.returncode == 2
     line = _one_error_line(r.stderr)
-    assert "not a regular file: it is a FIFO" in line and str(fifo) in line
+    assert "is a named pipe (FIFO), not a regular file" in line and str(fifo) in line
 
 
 def test_a_device_file_is_named_as_such_not_missing(capsys):
     assert main(parse_args(["inspect", os.devnull])) == 2
     line = _one_error_line(capsys.readouterr().err)
-    assert "it is a character device" in line and "does not exist" not in line
+    assert "is a character device, not a regular file" in line and "does not exist" not in line
 
 
 def test_a_directory_is_refused(tmp_path, capsys):
     assert main(parse_args(["inspect", str(tmp_path)])) == 2
-    assert "it is a directory" in _one_error_line(capsys.readouterr().err)
+    assert "is a directory, not a regular file" in _one_error_line(capsys.readouterr().err)
 
 
 class _CountingFile:
