@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from pipeline.artifacts import sha256_file
+from pipeline.core.artifacts import sha256_file
 from android_harness.errors import AdbError, AdbNotFoundError, DeviceUnavailable
 
 log = logging.getLogger("android_harness.adb")

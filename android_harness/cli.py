@@ -25,7 +25,7 @@ from pathlib import Path
 
 from android_harness.errors import (EXIT_BAD_INPUT, EXIT_GATE_FAILED, DeviceUnavailable,
                                     HarnessError, UsageError, printable)
-from pipeline.errors import EXIT_INTERRUPTED, QatError
+from pipeline.core.errors import EXIT_INTERRUPTED, QatError
 
 
 def harness_version() -> str:

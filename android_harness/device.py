@@ -32,7 +32,7 @@ from android_harness.errors import (BenchmarkToolError, DeviceUnavailable, Harne
 from android_harness.inputs import ModelInput, load_inputs
 from android_harness.protocol import Backend, Job, Protocol
 from android_harness.records import BenchConfig, Measurement, ModelInfo, now_iso
-from pipeline.artifacts import sha256_file
+from pipeline.core.artifacts import sha256_file
 
 log = logging.getLogger("android_harness.device")
 

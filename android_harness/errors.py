@@ -1,10 +1,10 @@
-"""Harness error types, following pipeline.errors: one line saying what failed, the value
+"""Harness error types, following pipeline.core.errors: one line saying what failed, the value
 received and the fix, mapped to an exit code (0 ok, 1 a measurement failed, 2 bad input/usage).
 """
 
 from __future__ import annotations
 
-from pipeline.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, QatError
+from pipeline.core.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, QatError
 
 __all__ = ["printable", "HarnessError", "UsageError", "AdbNotFoundError", "AdbError", "DeviceUnavailable",
            "BenchmarkToolError", "AbiMismatchError", "OutputParseError", "MeasurementFailed",

@@ -26,8 +26,8 @@ from android_harness.host_conditions import BackgroundMeter, host_conditions, rs
 from android_harness.inputs import ModelInput, load_inputs
 from android_harness.protocol import Backend, Job, Protocol
 from android_harness.records import BenchConfig, Measurement, ModelInfo, now_iso
-from pipeline.errors import QatError, first_line
-from pipeline.runtime import make_interpreter, resolve_runtime
+from pipeline.core.errors import QatError, first_line
+from pipeline.tflite.runtime import make_interpreter, resolve_runtime
 
 HOST_DELEGATES = ("cpu", "xnnpack")
 # interpreter: the classic Interpreter API (what most Android apps call);
@@ -164,7 +164,7 @@ class HostBackend(Backend):
         that crashes LiteRT (found by fuzzing: an op code changed to SPLIT gives SIGSEGV)
         becomes a one-line error (exit 2) instead of killing this process. model_infos has
         already pre-checked the files' structure."""
-        from pipeline.isolated import IsolatedInterpreter
+        from pipeline.tflite.isolated import IsolatedInterpreter
 
         with IsolatedInterpreter(runtime=self.runtime_name, num_threads=threads) as child:
             for m in models:

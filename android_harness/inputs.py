@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from android_harness.errors import InputDataError
-from pipeline.records import QuantParams
-from pipeline.tflite_model import TFLiteModel
+from pipeline.core.records import QuantParams
+from pipeline.tflite.tflite_model import TFLiteModel
 
 MAX_SAMPLES = 64  # the host cycles through at most this many samples
 _DEFAULT_KEYS = ("x_test", "x_val", "x", "inputs")

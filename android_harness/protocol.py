@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 from android_harness.errors import MeasurementFailed, UsageError
 from android_harness.records import BenchConfig, Measurement, ModelInfo, now_iso
-from pipeline.errors import QatError
+from pipeline.core.errors import QatError
 
 DEVICE_COOLDOWN_S = 30.0
 

@@ -74,10 +74,10 @@ class ModelInfo:
 def model_infos(paths: Sequence[str | os.PathLike]) -> list[ModelInfo]:
     """Label each model by its file stem, adding parent folders until labels are unique.
 
-    Each model is read the bounded way and pre-checked structurally (pipeline.tflite_model:
+    Each model is read the bounded way and pre-checked structurally (pipeline.tflite.tflite_model:
     a regular file of at most 2 GiB, the TFL3 header, every offset and index), so a FIFO, a
     device, a huge or a crafted file is refused (exit 2) before anything loads or pushes it."""
-    from pipeline.tflite_model import TFLiteModel, read_file
+    from pipeline.tflite.tflite_model import TFLiteModel, read_file
 
     resolved, digests = [], {}
     for p in paths:

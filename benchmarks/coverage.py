@@ -56,9 +56,13 @@ def one(arch: str, keras_major: int, out: str) -> None:
     """Child process: run one architecture, write a JSON row to ``out``."""
     import numpy as np
 
-    from pipeline import annotate, convert, keras_env, ranges
-    from pipeline.records import Variant
-    from pipeline.runtime import ModelRunner
+    from pipeline.stages import annotate, convert
+
+    from pipeline.core import keras_env
+
+    from pipeline.keras import ranges
+    from pipeline.core.records import Variant
+    from pipeline.tflite.runtime import ModelRunner
 
     row = {"arch": arch, "keras": keras_major, "ok": False}
     t0 = time.perf_counter()
@@ -68,7 +72,7 @@ def one(arch: str, keras_major: int, out: str) -> None:
         side = ARCHS[arch]
         shape = (side, side, 3)
         if keras_major == 3:
-            from pipeline import keras3
+            from pipeline.keras import keras3
 
             k3 = keras_env.load_keras3()
             if not hasattr(k3.applications, arch):

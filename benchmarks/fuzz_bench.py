@@ -21,9 +21,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.errors import ModelFileError  # noqa: E402
-from pipeline.isolated import IsolatedInterpreter  # noqa: E402
-from pipeline.tflite_model import TFLiteFormatError, TFLiteModel  # noqa: E402
+from pipeline.core.errors import ModelFileError  # noqa: E402
+from pipeline.tflite.isolated import IsolatedInterpreter  # noqa: E402
+from pipeline.tflite.tflite_model import TFLiteFormatError, TFLiteModel  # noqa: E402
 
 
 def mutate(good: bytes, rng: np.random.Generator) -> bytes:

@@ -59,7 +59,7 @@ tool.main()
 
 
 def _tf():
-    from pipeline import keras_env
+    from pipeline.core import keras_env
 
     env = keras_env.load()
     env.keras.utils.set_random_seed(0)

@@ -37,7 +37,7 @@ benchmarks/hostile_fixtures.py into WORKDIR/fixtures and reused. Classes:
   isolation   `qat verify` (isolated interpreter child) on a large split, parent killed with
               SIGTERM or SIGKILL mid-run; within 5 s no process carrying the case's marker
               may survive and the case's TMPDIR must be empty (else `leak`).
-  locks       two processes race to construct pipeline.artifacts.RunDir on the same
+  locks       two processes race to construct pipeline.core.artifacts.RunDir on the same
               directory behind a barrier; both acquiring it is a `race`.
 
 Outcomes: exit2 (clean rejection), exit0/exit1 (accepted), exit3 (internal error), crash
@@ -495,8 +495,8 @@ def gen_isolation(rng, fx):
 LOCKER = r'''
 import os, sys, time
 from pathlib import Path
-from pipeline.artifacts import RunDir
-from pipeline.errors import QatError
+from pipeline.core.artifacts import RunDir
+from pipeline.core.errors import QatError
 final, me = sys.argv[1], sys.argv[2]
 Path(final + f".ready{me}").write_text("1")
 while not os.path.exists(final + ".go"):

@@ -106,7 +106,7 @@ def repeated(content: bytes, out: Path) -> None:
     """Vectors whose elements all hold the offset of ONE table (shared when packed)."""
     from ai_edge_litert import schema_py_generated as s
 
-    from tests.pipeline import tflite_craft
+    from tests import tflite_craft
 
     cache: dict = {}
     originals = {}
@@ -145,7 +145,7 @@ def repeated(content: bytes, out: Path) -> None:
 def opcode_edits(content: bytes, out: Path) -> None:
     from ai_edge_litert import schema_py_generated as s
 
-    from tests.pipeline import tflite_craft
+    from tests import tflite_craft
 
     names = {"split": s.BuiltinOperator.SPLIT, "reshape": s.BuiltinOperator.RESHAPE,
              "custom": s.BuiltinOperator.CUSTOM, "while": s.BuiltinOperator.WHILE,

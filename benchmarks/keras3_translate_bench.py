@@ -2,7 +2,7 @@
 
 Each architecture is built by Keras 3 with weights=None at a small input (the minimum each
 accepts: 75 for Xception/Inception, 64 otherwise), saved as .keras in a temp dir, then read and
-translated by pipeline.keras3 (load + translate + weight copy + output check, timed together).
+translated by pipeline.keras.keras3 (load + translate + weight copy + output check, timed together).
 Prints a Markdown table: architecture, input, params (Keras 3 = tf_keras, checked), layers
 (Keras 3 layers/ops -> tf_keras layers), translate ok, max abs diff of the model outputs on 2
 seeded random inputs, max per-layer relative diff (max|diff| / max|output| over every layer:
@@ -22,8 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import keras3, keras_env  # noqa: E402
-from pipeline.errors import QatError  # noqa: E402
+from pipeline.keras import keras3  # noqa: E402
+
+from pipeline.core import keras_env
+from pipeline.core.errors import QatError  # noqa: E402
 
 # (name, minimum input side) — minimums from each builder's obtain_input_shape call.
 ARCHS = [("MobileNet", 64), ("MobileNetV2", 64), ("MobileNetV3Small", 64),

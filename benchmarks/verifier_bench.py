@@ -3,7 +3,7 @@
     python benchmarks/verifier_bench.py [--model artifacts/digits_cnn/qat_int8.tflite]
 
 - bare: set_tensor / invoke / get_tensor over pre-quantized int8 batches, nothing else;
-- verifier: pipeline.runtime.ModelRunner on float inputs (quantize, batch, pad, dequantize),
+- verifier: pipeline.tflite.runtime.ModelRunner on float inputs (quantize, batch, pad, dequantize),
   with one interpreter and with the verify stage's default (one per core);
 - isolation: the same run through the child-process interpreter, first call (spawn + import
   + load) and warm calls.
@@ -23,10 +23,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.data import load  # noqa: E402
-from pipeline.isolated import IsolatedInterpreter  # noqa: E402
-from pipeline.runtime import ModelRunner, make_interpreter  # noqa: E402
-from pipeline.verify import default_workers  # noqa: E402
+from pipeline.stages.data import load  # noqa: E402
+from pipeline.tflite.isolated import IsolatedInterpreter  # noqa: E402
+from pipeline.tflite.runtime import ModelRunner, make_interpreter  # noqa: E402
+from pipeline.stages.verify import default_workers  # noqa: E402
 
 
 def median_rate(fn, n: int, repeats: int) -> float:

@@ -13,14 +13,14 @@ import pytest
 # Before anything imports TensorFlow (tests may import tf directly): the product's own
 # defaults, from the module that sets them (Keras 2, quiet C++ logs, oneDNN rewrites off
 # unless TF_ENABLE_ONEDNN_OPTS is set: CI runs the suite both ways).
-import pipeline.keras_env  # noqa: E402,F401  (sets variables only; imports no TensorFlow)
+import pipeline.core.keras_env  # noqa: E402,F401  (sets variables only; imports no TensorFlow)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def env():
-    from pipeline import keras_env
+    from pipeline.core import keras_env
 
     return keras_env.load()
 
@@ -43,7 +43,8 @@ def digits_npz(tmp_path_factory, digits) -> Path:
 def trained_model(env, digits):
     """digits_cnn trained briefly (seeded): a real float model, accurate enough to compare."""
     from models.digits_cnn import build
-    from pipeline import finetune, keras_env
+    from pipeline.stages import finetune
+    from pipeline.core import keras_env
 
     keras_env.set_seed(0)
     model = build(env.keras)
@@ -55,7 +56,7 @@ def trained_model(env, digits):
 
 @pytest.fixture(scope="session")
 def trained_h5(tmp_path_factory, trained_model) -> Path:
-    from pipeline.run import _save_h5
+    from pipeline.stages.run import _save_h5
 
     path = tmp_path_factory.mktemp("models") / "digits_float.h5"
     _save_h5(trained_model, path)
@@ -68,9 +69,11 @@ def qat_model(env, trained_model, digits, tmp_path_factory):
     training samples, then fine-tuned (2 epochs of the product's recipe). An annotated model
     that is neither range-initialised nor trained has an input range of [0, 0] and outputs
     one constant vector: nothing to compare."""
-    from pipeline import annotate, data, finetune, keras_env, ranges
-    from pipeline.artifacts import RunDir
-    from pipeline.config import QatConfig
+    from pipeline.stages import annotate, data, finetune
+    from pipeline.core import keras_env
+    from pipeline.keras import ranges
+    from pipeline.core.artifacts import RunDir
+    from pipeline.stages.config import QatConfig
 
     keras_env.set_seed(0)
     model, _ = annotate.apply(trained_model)
@@ -87,8 +90,8 @@ def qat_model(env, trained_model, digits, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tflite_variants(trained_model, qat_model, digits):
     """float32 / ptq_int8 / qat_int8 bytes of the same trained model (QAT fine-tuned)."""
-    from pipeline import convert
-    from pipeline.records import Variant
+    from pipeline.stages import convert
+    from pipeline.core.records import Variant
 
     rep = digits["x_train"][:100]
     return {v: convert.convert(v, qat_model if v is Variant.QAT_INT8 else trained_model,
@@ -99,7 +102,7 @@ def tflite_variants(trained_model, qat_model, digits):
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, env):
     """The README's main job (`qat run digits_cnn`), run once: (exit code, run directory)."""
-    from pipeline.cli import main, parse_args
+    from pipeline.cli.app import main, parse_args
 
     out = tmp_path_factory.mktemp("demo")
     code = main(parse_args(["run", "digits_cnn", "--output", str(out), "--quiet"]))

@@ -35,7 +35,7 @@ def write_fake_binary(path: Path, abi: str = "arm64-v8a") -> Path:
 
 
 def _build_models(out: Path) -> dict[str, Path]:
-    from pipeline import keras_env
+    from pipeline.core import keras_env
 
     env = keras_env.load()
     tf, keras = env.tf, env.keras

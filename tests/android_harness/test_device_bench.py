@@ -277,7 +277,7 @@ def test_real_inputs_are_pushed_as_raw_tensors(fake_devices, fake_binary, tiny_m
     x0 = np.load(inputs_npz)["x_test"][0]
     f32 = next(p for p in (work / "inputs").rglob("*.bin") if p.stat().st_size == 256)
     assert np.array_equal(np.fromfile(f32, np.float32).reshape(8, 8, 1), x0)
-    from pipeline.tflite_model import TFLiteModel
+    from pipeline.tflite.tflite_model import TFLiteModel
 
     (tensor,) = TFLiteModel.from_file(tiny_models["float32"]).inputs()
     assert ":" in tensor.name  # e.g. serving_default_pixels:0 - exercises the '::' escape
@@ -309,7 +309,7 @@ def test_op_profiling_lists_the_models_operators(fake_devices, fake_binary, tiny
                            "--benchmark-model", fake_binary, "--op-profiling", "--repeats", "1",
                            "--out", out, *fast)
     assert code == 0, err
-    from pipeline.tflite_model import TFLiteModel
+    from pipeline.tflite.tflite_model import TFLiteModel
 
     ops = [op.opcode for op in TFLiteModel.from_file(tiny_models["qat_int8"]).main.operators]
     profile = result(load(out), "qat_int8")["repeat_measurements"][0]["op_profile"]
@@ -401,7 +401,7 @@ def test_control_bytes_from_adb_are_never_echoed_raw(fake_devices, fake_binary, 
     assert "\x1b" not in out and json.loads(out)[0]["model"] == evil_model
     # an error quoting adb's words goes through the same escaping
     model = Path(os.environ["FAKE_ADB_ROOT"]).parent / "m\x1b[31m.tflite"
-    from tests.pipeline import tflite_craft as craft
+    from tests import tflite_craft as craft
 
     model.write_bytes(craft.tiny_model())
     code, _, err = run_cli("bench", model, "--adb", fake_devices.adb, "--serial", "EVIL\x1b[31m",

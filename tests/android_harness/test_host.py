@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from android_harness.inputs import load_inputs
-from pipeline.runtime import ModelRunner
+from pipeline.tflite.runtime import ModelRunner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -225,7 +225,7 @@ def test_compiled_engine_times_litert_compiled_model(tiny_models, run_cli, fast,
 
 
 # -- untrusted models and hostile arguments (models built from scratch: no TensorFlow) ------
-from tests.pipeline import tflite_craft as craft  # noqa: E402
+from tests import tflite_craft as craft  # noqa: E402
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def test_schedule_visits_every_pair_once_per_round_in_seeded_order():
 
 
 def test_labels_are_stems_made_unique_with_folders(tmp_path):
-    from tests.pipeline.tflite_craft import tiny_model
+    from tests.tflite_craft import tiny_model
 
     paths = []
     for d in ("a", "b"):

@@ -12,7 +12,7 @@ tools/logging.h, tsl stats_calculator), with latencies drawn from a seeded distr
 * delegate lines (``Explicitly applied X delegate ...``) and ``Disallowed CPU fallback
   detected.`` with ``--require_full_delegation`` when the delegate takes only part of the graph;
 * ``--enable_op_profiling``: the profile summarizer's tab-separated tables, with the model's
-  real operators when pipeline.tflite_model can read it;
+  real operators when pipeline.tflite.tflite_model can read it;
 * the real error lines for a missing or invalid model, unknown flags, and bad input files.
 
 Environment (set by the tests; FAKE_DEVICE_* and FAKE_BM_RUN_INDEX are set by the fake adb):
@@ -112,7 +112,7 @@ def stat_line(values, percentiles):
 def model_info(path):
     sys.path.insert(0, str(REPO))
     try:
-        from pipeline.tflite_model import TFLiteModel
+        from pipeline.tflite.tflite_model import TFLiteModel
         return TFLiteModel.from_file(path)
     except Exception:
         return None

@@ -1,0 +1,283 @@
+"""The CLI's command bodies: ``cmd_<name>(args, out) -> exit code`` for run, convert, verify
+and inspect. Argument parsing, error handling and exit codes stay in pipeline/cli/app.py; each
+command imports its stages lazily so that ``--help`` never loads TensorFlow."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pipeline.core.artifacts import dumps_json
+from pipeline.core.errors import EXIT_GATE_FAILED, EXIT_OK, UsageError
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _split_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError("--set expects KEY=VALUE", item, "Write e.g. --set qat.epochs=3")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _source(value: str, what: str, zoo: list[str]) -> tuple[str, str]:
+    """('name', value) for a zoo entry, ('path', abs path) for a file; else a usage error."""
+    if value in zoo:
+        return "name", value
+    if os.path.exists(value) or os.sep in value or "." in os.path.basename(value):
+        return "path", os.path.abspath(value)
+    raise UsageError(f"Unknown {what}", value,
+                     f"Pass a file path or one of the bundled names: {', '.join(zoo)}")
+
+
+def cmd_run(args, out) -> int:
+    from models import DATASETS, zoo_names
+    from pipeline.stages import config
+    from pipeline.stages.run import run
+
+    overrides: dict = _split_set(args.set)
+    if args.model:
+        kind, val = _source(args.model, "model", zoo_names())
+        overrides[f"model.{kind}"] = val
+    if args.data:
+        kind, val = _source(args.data, "dataset", sorted(DATASETS))
+        overrides[f"data.{kind}"] = val
+    if args.output is not None:
+        if not args.output.strip():
+            raise UsageError("--output is empty", repr(args.output),
+                             "Pass a directory, e.g. --output artifacts")
+        overrides["output.dir"] = args.output
+    if args.name is not None:
+        from pipeline.stages.config import check_run_name
+
+        check_run_name(args.name, "--name")
+        overrides["output.name"] = args.name
+    if args.epochs is not None:
+        overrides["qat.epochs"] = str(args.epochs)
+    if args.seed is not None:
+        overrides["seed"] = str(args.seed)
+    if args.trust_model:
+        overrides["model.trust_model"] = "true"
+    if args.quiet or args.json:
+        overrides["qat.verbose"] = "0"
+    if not args.recipe and not args.model:
+        raise UsageError("Nothing to run", "no RECIPE and no --model",
+                         "Pass a recipe (qat run digits_cnn) or --model FILE --data FILE.npz")
+    cfg = config.load(args.recipe, overrides)
+    result = run(cfg, resume=args.resume, log=_log)
+    if args.json:
+        print(dumps_json({"exit_code": result.exit_code, "run_dir": result.run_dir,
+                          "report": result.report}), file=out)
+    else:
+        print(f"{result.run_dir}/report.md", file=out)
+    return result.exit_code
+
+
+def cmd_convert(args, out) -> int:
+    from pipeline.stages import convert as conv, data as data_mod, modelio
+    from pipeline.core import keras_env
+    from pipeline.core.artifacts import atomic_write_bytes, check_output_dir
+    from pipeline.core.records import Variant
+
+    check_output_dir(args.output)  # before loading or converting anything
+    keras_env.load()
+    keras_env.set_seed(args.seed)
+    loaded = modelio.load_model(path=args.model, trust_model=args.trust_model)
+    default = "qat_int8" if loaded.is_qat else "float32,ptq_int8"
+    names = [s.strip() for s in (args.variants or default).split(",") if s.strip()]
+    try:
+        variants = [Variant(n) for n in names]
+    except ValueError:
+        raise UsageError("Unknown variant", args.variants, "Use float32, ptq_int8, qat_int8")
+    if loaded.is_qat and any(v is not Variant.QAT_INT8 for v in variants):
+        raise UsageError("A QAT model converts only to qat_int8", args.variants,
+                         "Pass --variants qat_int8, or the float model for float32/ptq_int8")
+    if not loaded.is_qat and Variant.QAT_INT8 in variants:
+        raise UsageError("qat_int8 needs a QAT model (saved after quantize_apply)", args.model,
+                         "Run `qat run` first, or convert its keras/qat_model.h5")
+    if args.representative_samples < 1:
+        raise UsageError("--representative-samples must be at least 1",
+                         args.representative_samples, "Use e.g. 200")
+    kind, val = _source(args.data, "dataset", _datasets())
+    ds = data_mod.load(**{kind: val})
+    data_mod.validate(ds, modelio.input_shape(loaded.model), modelio.output_size(loaded.model))
+    rep = data_mod.representative_sample(ds.x_train, args.representative_samples, args.seed)
+    results, bad = [], False
+    for variant in variants:
+        c = conv.convert(variant, loaded.model, representative=rep, io=args.io)
+        path = os.path.join(args.output, variant.filename)
+        atomic_write_bytes(path, c.content)
+        row = {"variant": variant.value, "path": path, "bytes": c.size,
+               "seconds": round(c.seconds, 2),
+               "verdict": None if c.verdict is None else c.verdict.to_dict()}
+        results.append(row)
+        if c.verdict is not None and not c.verdict.full_int8:
+            bad = True
+            _log(f"{variant.filename}: NOT full-int8: {'; '.join(c.verdict.reasons)}")
+        if not args.json:
+            flag = "" if c.verdict is None else \
+                f"  full-int8: {'yes' if c.verdict.full_int8 else 'NO'}"
+            print(f"{path}  {c.size:,} bytes{flag}", file=out)
+    if args.json:
+        print(dumps_json({"schema_version": 1, "outputs": results}), file=out)
+    return EXIT_GATE_FAILED if bad and not args.allow_float else EXIT_OK
+
+
+def _datasets() -> list[str]:
+    from models import DATASETS
+
+    return sorted(DATASETS)
+
+
+def cmd_verify(args, out) -> int:
+    from pipeline.stages import verify
+    from pipeline.tflite.tflite_model import TFLiteModel, read_file
+
+    if args.batch_size < 0:
+        raise UsageError("--batch-size must be 0 (auto) or more", args.batch_size,
+                         "Use 0 for a cache-sized batch, or e.g. 64")
+    if not (args.data or args.reference):
+        raise UsageError("verify needs --data or --reference", "neither",
+                         "Pass --data digits (or an .npz), or --reference artifacts/NAME")
+    if not (args.timeout > 0 and args.timeout != float("inf")):  # also refuses NaN
+        raise UsageError("--timeout must be a positive number of seconds", args.timeout,
+                         "Use e.g. --timeout 60")
+    import time
+
+    content = read_file(args.model)  # a regular file, size and header checked first
+    # structural pre-check, bounded by the file size and by --timeout
+    view = TFLiteModel.from_bytes(content, source=args.model,
+                                  deadline=time.monotonic() + args.timeout)
+    verdict = view.verdict()
+    isolate = not args.no_isolate
+    result: dict = {"schema_version": 1, "model": args.model, "size_bytes": view.file_size,
+                    "full_int8": verdict.full_int8, "full_int8_reasons": list(verdict.reasons),
+                    "isolated": isolate, "input": view.inputs()[0].to_dict(),
+                    "output": view.outputs()[0].to_dict()}
+    failures = []
+    lines = []
+    if args.reference:
+        from pipeline.tflite import reference
+
+        ref, doc, x, y = reference.load(args.reference)
+        name, how = reference.pick_variant(doc, content, args.model, args.variant)
+        raw = _run_raw(content, x, args, isolate)
+        chk = reference.check(raw, ref, doc, name, y, how, tolerance_lsb=args.tolerance_lsb)
+        result["reference"] = chk.to_dict()
+        lines.append(f"{args.model}: reference check {'PASSED' if chk.passed else 'FAILED'} "
+                     f"as {name} (matched by {how}): {100 * chk.exact_fraction:.2f} % of "
+                     f"outputs identical, max difference "
+                     f"{'%g LSB' % chk.max_error_lsb if chk.max_error_lsb is not None else '%.3g' % chk.max_abs_error}, "
+                     f"top-1 agreement {100 * chk.top1_agreement:.2f} %, accuracy "
+                     f"{100 * chk.accuracy:.2f} % (expected {100 * chk.expected_accuracy:.2f} %)")
+        failures += list(chk.reasons)
+    if args.data:
+        from pipeline.stages import data as data_mod
+
+        kind, val = _source(args.data, "dataset", _datasets())
+        ds = data_mod.load(**{kind: val})
+        x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
+        inp = view.inputs()[0]
+        data_mod.validate(ds, tuple(inp.shape_signature or inp.shape),
+                          int((view.outputs()[0].shape or [0])[-1]))
+        scored = verify.score_tflite(os.path.basename(args.model), content, x, y,
+                                     batch_size=args.batch_size, runtime=args.runtime,
+                                     num_threads=args.num_threads, workers=args.workers,
+                                     isolate=isolate, timeout=args.timeout,
+                                     source=args.model)
+        result.update(runtime=scored.runtime, split=args.split, samples=int(len(y)),
+                      accuracy=scored.accuracy)
+        lines.append(f"{args.model}: accuracy {100 * scored.accuracy:.2f} % on {len(y)} "
+                     f"{args.split} samples ({scored.runtime}); full-int8: "
+                     f"{'yes' if verdict.full_int8 else 'no'}")
+        lines += [f"  - {r}" for r in verdict.reasons]
+        if args.min_accuracy is not None and scored.accuracy < args.min_accuracy:
+            failures.append(f"accuracy {scored.accuracy:.4f} < {args.min_accuracy}")
+        if args.layers:
+            from pipeline.stages import modelio, parity
+
+            keras_path = args.keras or os.path.join(os.path.dirname(os.path.abspath(
+                args.model)), "keras", "qat_model.h5")
+            if not os.path.exists(keras_path):
+                raise UsageError("--layers needs the Keras QAT model", keras_path,
+                                 "Pass --keras path/to/qat_model.h5")
+            # the isolated run above proved the file loads without crashing this process
+            loaded = modelio.load_model(path=keras_path)
+            if not loaded.is_qat:
+                raise UsageError("--keras must be a QAT model (saved after quantize_apply)",
+                                 keras_path, "Use keras/qat_model.h5 of the run")
+            par = parity.compare_layers(loaded.model, content, x, batch_size=args.batch_size,
+                                        threshold_lsb=args.threshold_lsb, runtime=args.runtime)
+            result["layers"] = par.to_dict()
+            lines += ["", par.markdown()]
+            if par.first_divergent:
+                failures.append(f"layer {par.first_divergent} diverges")
+    elif args.layers:
+        raise UsageError("--layers needs --data", "no --data", "Pass --data digits")
+    if args.require_full_int8 and not verdict.full_int8:
+        failures.append("not full-int8: " + "; ".join(verdict.reasons))
+    if failures:
+        result["gate_failed"] = "; ".join(failures)
+        lines.append(f"gate failed: {result['gate_failed']}")
+    if args.json:
+        print(dumps_json(result), file=out)
+    else:
+        print("\n".join(lines), file=out)
+    return EXIT_GATE_FAILED if failures else EXIT_OK
+
+
+def _run_raw(content: bytes, x, args, isolate: bool) -> list:
+    """Raw (not dequantized) outputs of the model on x."""
+    if isolate:
+        from pipeline.tflite.isolated import run_isolated
+
+        return run_isolated(content, x, batch_size=args.batch_size, dequantize=False,
+                            runtime=args.runtime, num_threads=args.num_threads or None,
+                            timeout=args.timeout, precheck=False, source=args.model)[0]
+    from pipeline.tflite.runtime import ModelRunner
+
+    return ModelRunner(content, batch_size=args.batch_size, runtime=args.runtime,
+                       num_threads=args.num_threads or None,
+                       source=args.model).run(x, dequantize=False)
+
+
+def cmd_inspect(args, out) -> int:
+    from pipeline.tflite import inspect_report
+    from pipeline.tflite.tflite_model import TFLiteModel
+
+    if args.coverage:
+        return _coverage(args, out)
+
+    view = TFLiteModel.from_file(args.model)
+    doc = inspect_report.build(view, allow_float_io=args.allow_float_io, tensors=args.tensors)
+    if args.json:
+        print(dumps_json(doc), file=out)
+    else:
+        print(inspect_report.text(doc), file=out)
+    if args.require_full_int8 and not doc["verdict"]["full_int8"]:
+        return EXIT_GATE_FAILED
+    return EXIT_OK
+
+
+def _coverage(args, out) -> int:
+    from models import zoo_names
+    from pipeline.stages import annotate, modelio
+
+    kind, val = _source(args.model, "model", zoo_names())
+    loaded = modelio.load_model(**{kind: val}, trust_model=args.trust_model)
+    _, cov = annotate.prepare(loaded.model)
+    if args.json:
+        print(dumps_json(cov.to_dict()), file=out)
+    else:
+        print(f"{args.model}: QAT coverage ({loaded.kind})\n", file=out)
+        print(cov.markdown(), file=out)
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "convert": cmd_convert, "verify": cmd_verify,
+            "inspect": cmd_inspect}

@@ -1,0 +1,213 @@
+"""Per-layer QAT plan: what tfmot's default 8-bit scheme does with each layer, and a
+fallback QuantizeConfig for the layers it refuses.
+
+tfmot 0.8's registry (default_8bit_quantize_registry.py) quantizes a fixed list of layer
+classes; everything else makes ``quantize_apply`` fail with "Layer X is not supported"
+(tf_keras.applications: Rescaling/Normalization/Multiply in EfficientNet, BatchNormalization
+not after a conv in DenseNet/NASNet, TFOpLambda hard-swish in MobileNetV3). The fallback
+(``FallbackQuantizeConfig``) quantizes the layer's kernel-like weights per tensor and its
+output with tfmot's own quantizers, so the layer trains with int8 noise and the converter
+finds an int8 range for its output; layers that cannot be wrapped at all (TFOpLambda, Lambda)
+stay unannotated and the representative dataset calibrates them at conversion. Either way
+the .tflite stays full-int8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+# What each plan status means, for the coverage report.
+QUANTIZED = "quantized"        # tfmot's registry: weights and/or output fake-quantized
+FOLDED = "folded"              # BatchNormalization folded into the conv before it
+PASSTHROUGH = "passthrough"    # registry no-op (shape ops, pooling, dropout): int8 passes
+FALLBACK = "fallback"          # our QuantizeConfig
+CALIBRATED = "calibrated"      # not annotated; the converter calibrates it (still int8)
+EXCLUDED = "excluded"          # policy: not annotated (the converter still makes it int8)
+KEEP_FLOAT = "keep_float"      # policy: stays float in the .tflite
+INPUT = "input"
+
+# Weight attributes a fallback fake-quantizes (per tensor, symmetric, narrow range: tfmot's
+# LastValueQuantizer settings for kernels).
+_WEIGHT_ATTRS = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
+# Activation names tfmot's Default8BitActivationQuantizeConfig accepts (0.8.1).
+_ACTIVATION_OK = {"relu", "swish", "gelu", "relu6", "linear", "softmax", "sigmoid", "tanh"}
+# Activation names QuantizeAwareActivation accepts inside Dense/Conv (0.8.1).
+_INNER_ACTIVATION_OK = {"softmax", "sigmoid", "tanh", "gelu", "linear", "relu", "swish"}
+# Layers a BatchNormalization right after them is folded into (tfmot's Conv2DBatchNorm*,
+# DenseBatchNorm* transforms; SeparableConv is first split into depthwise + pointwise convs).
+_CONVS = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "SeparableConv1D", "Dense"}
+# Not in the registry but rewritten by tfmot's layout transforms into layers that are
+# (SeparableConvQuantize / SeparableConv1DQuantize): annotate them like any supported layer.
+_TRANSFORMED = {"SeparableConv2D", "SeparableConv1D"}
+# TFLite's int8 AVERAGE_POOL_2D requires the output scale to equal the input scale, but tfmot's
+# registry gives AveragePooling an output quantizer of its own; after a conv the two ranges
+# differ and the converter fails ("quantization parameters violate the same scale
+# constraint", seen on DenseNet121's transition blocks). So no output quantizer: it inherits.
+_SAME_SCALE = {"AveragePooling1D", "AveragePooling2D"}
+_UNWRAPPABLE = {"TFOpLambda", "Lambda", "SlicingOpLambda"}
+# Affine layers the converter folds into neighbouring quantization parameters or runs as
+# int8 MUL/ADD after calibration. A fake-quant on their output instead leaves a
+# DEQUANTIZE->QUANTIZE pair behind the model input (seen with MobileNetV3's preprocessing
+# Rescaling in TF 2.21), so they are left to calibration.
+_AFFINE = {"Rescaling", "Normalization"}
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    name: str
+    cls: str
+    status: str
+    params: int
+    detail: str = ""
+    weight_attrs: tuple[str, ...] = ()
+    quantize_output: bool = False
+    inbound: tuple[str, ...] = ()  # names of the layers feeding it
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["weight_attrs"] = list(self.weight_attrs)
+        d["inbound"] = list(self.inbound)
+        return d
+
+
+_CLASS = None
+
+
+def config_class():
+    """The fallback QuantizeConfig class, created once tfmot is loaded (keras_env is the only
+    module that imports it) and registered so saved QAT models reload."""
+    global _CLASS
+    if _CLASS is not None:
+        return _CLASS
+    from pipeline.core import keras_env
+
+    env = keras_env.load()
+    q = env.tfmot.quantization.keras
+
+    @env.keras.utils.register_keras_serializable(package="qat_deploy")
+    class FallbackQuantizeConfig(q.QuantizeConfig):
+        """Fake-quantize the named weights (per tensor) and, optionally, the output."""
+
+        def __init__(self, weight_attrs=(), quantize_output=True):
+            self.weight_attrs = list(weight_attrs)
+            self.quantize_output = bool(quantize_output)
+
+        def get_weights_and_quantizers(self, layer):
+            return [(getattr(layer, a), q.quantizers.LastValueQuantizer(
+                num_bits=8, per_axis=False, symmetric=True, narrow_range=True))
+                for a in self.weight_attrs]
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            for attr, weight in zip(self.weight_attrs, quantize_weights):
+                setattr(layer, attr, weight)
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            if not self.quantize_output:
+                return []
+            return [q.quantizers.MovingAverageQuantizer(
+                num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+        def get_config(self):
+            return {"weight_attrs": self.weight_attrs, "quantize_output": self.quantize_output}
+
+    _CLASS = FallbackQuantizeConfig
+    return _CLASS
+
+
+def custom_objects() -> dict:
+    """What quantize_scope needs to deserialize a QAT model that uses fallbacks."""
+    cls = config_class()
+    return {"FallbackQuantizeConfig": cls, "qat_deploy>FallbackQuantizeConfig": cls}
+
+
+def _activation_name(fn) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def _inbound_layers(layer) -> list:
+    out = []
+    for node in getattr(layer, "_inbound_nodes", []) or []:
+        inbound = node.inbound_layers
+        out.extend(inbound if isinstance(inbound, (list, tuple)) else [inbound])
+    return out
+
+
+def _takes_integers(layer) -> bool:
+    try:
+        dtypes = [t.dtype for t in (layer.input if isinstance(layer.input, (list, tuple))
+                                    else [layer.input])]
+    except (AttributeError, ValueError):  # multi-node layers have no single .input
+        return False
+    return any(getattr(d, "is_integer", False) for d in dtypes)
+
+
+def plan_layer(layer, registry) -> LayerPlan:
+    """The default plan for one layer (before the user's policy)."""
+    cls = type(layer).__name__
+    params = int(layer.count_params()) if layer.built else 0
+    inbound = _inbound_layers(layer)
+    names = tuple(l.name for l in inbound)
+    mk = lambda status, detail="", **kw: LayerPlan(layer.name, cls, status, params, detail,
+                                                   inbound=names, **kw)
+    if cls == "InputLayer":
+        return mk(INPUT)
+    if cls in _UNWRAPPABLE:
+        what = getattr(layer, "symbol", None) or cls
+        return mk(CALIBRATED, f"{what}: tfmot cannot wrap it; the converter calibrates it "
+                              "from the representative data")
+    if _takes_integers(layer):
+        return mk(CALIBRATED, f"{cls} reads integer ids: tfmot's input quantizer cannot take "
+                              "them; the converter quantizes its table from the data")
+    if cls in _TRANSFORMED:
+        return mk(QUANTIZED, "split into depthwise + pointwise convs by tfmot's transforms")
+    if cls in _SAME_SCALE:
+        return mk(FALLBACK, "same-scale op in TFLite: no output quantizer, it keeps its "
+                            "input's scale", quantize_output=False)
+    if cls in _AFFINE:
+        return mk(CALIBRATED, f"{cls} is affine: the converter folds it or calibrates it as "
+                              "int8 MUL/ADD")
+    if cls == "BatchNormalization":
+        # tfmot's Conv+BN transforms only match a conv whose output feeds the BN alone
+        if any(type(l).__name__ in _CONVS and len(getattr(l, "_outbound_nodes", [])) == 1
+               for l in inbound):
+            return mk(FOLDED, "folded into the preceding conv by tfmot's transforms")
+        return mk(FALLBACK, "BatchNormalization not after a conv: output quantized "
+                            "(TFLite runs it as int8 MUL+ADD)", quantize_output=True)
+    if registry.supports(layer):
+        info = registry.get_quantize_config(layer)
+        if cls == "Activation" and _activation_name(layer.activation) not in _ACTIVATION_OK:
+            return mk(FALLBACK, f"activation '{_activation_name(layer.activation)}' unknown "
+                                "to tfmot: output quantized", quantize_output=True)
+        act = getattr(layer, "activation", None)
+        if cls != "Activation" and act is not None and \
+                _activation_name(act) not in _INNER_ACTIVATION_OK:
+            attrs = tuple(a for a in _WEIGHT_ATTRS if getattr(layer, a, None) is not None)
+            return mk(FALLBACK, f"fused activation '{_activation_name(act)}' unknown to tfmot: "
+                                "weights and output quantized", weight_attrs=attrs,
+                      quantize_output=True)
+        weights = getattr(info, "weight_attrs", None)
+        acts = getattr(info, "activation_attrs", None)
+        out = getattr(info, "quantize_output", None)
+        if weights == [] and acts == [] and not out and cls != "Activation":
+            return mk(PASSTHROUGH, "no-op in tfmot's registry (int8 passes through)")
+        return mk(QUANTIZED, "tfmot default 8-bit scheme")
+    attrs = tuple(a for a in _WEIGHT_ATTRS if getattr(layer, a, None) is not None)
+    if attrs:
+        return mk(FALLBACK, f"{cls} not in tfmot's registry: {', '.join(attrs)} and output "
+                            "quantized", weight_attrs=attrs, quantize_output=True)
+    return mk(FALLBACK, f"{cls} not in tfmot's registry: output quantized",
+              quantize_output=True)
+
+
+def plan(model) -> list[LayerPlan]:
+    from pipeline.core import keras_env
+
+    scheme = keras_env.load().tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
+    registry = scheme.get_quantize_registry()
+    return [plan_layer(layer, registry) for layer in model.layers]

@@ -1,0 +1,137 @@
+"""Annotate stage: decide per layer how QAT treats it, then ``quantize_apply``.
+
+1. ``graph.rebuild``: nested models are flattened and TFOpLambda arithmetic becomes plain
+   layers (same function, checked by tests).
+2. ``fallbacks.plan``: per layer, tfmot's registry, a fold into a conv, a pass-through, or a
+   fallback QuantizeConfig for what tfmot refuses.
+3. The policy (``[annotate]`` in the config) narrows it: ``include`` / ``exclude`` by
+   full-match regular expression on the layer name or class.
+4. ``quantize_annotate_layer`` on each chosen layer (with the fallback config where needed)
+   and tfmot's ``quantize_apply`` with its default 8-bit scheme.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pipeline.keras.coverage import Coverage
+from pipeline.core.errors import ConfigError, ConversionError, first_line
+from pipeline.keras.fallbacks import (CALIBRATED, EXCLUDED, FALLBACK, FOLDED, INPUT, KEEP_FLOAT,
+                                PASSTHROUGH, QUANTIZED, LayerPlan)
+
+_ANNOTATED = {QUANTIZED, FOLDED, PASSTHROUGH, FALLBACK}
+
+
+def _matches(pattern: str, layer: LayerPlan) -> bool:
+    return bool(re.fullmatch(pattern, layer.name) or re.fullmatch(pattern, layer.cls))
+
+
+def apply_policy(plans: list[LayerPlan], policy) -> list[LayerPlan]:
+    """Mark layers the policy leaves out as EXCLUDED; unknown patterns are errors."""
+    if policy is None:
+        return plans
+    from dataclasses import replace
+
+    for key in ("include", "exclude", "keep_float"):
+        for pattern in getattr(policy, key):
+            if not any(_matches(pattern, p) for p in plans if p.status != INPUT):
+                names = ", ".join([p.name for p in plans if p.status != INPUT][:8])
+                raise ConfigError(f"annotate.{key} pattern matches no layer", repr(pattern),
+                                  f"Patterns must match a whole layer name or class, e.g. "
+                                  f"'{plans[-1].name}' or '{plans[-1].cls}' (layers: {names}, …)")
+    out = []
+    for p in plans:
+        if p.status == INPUT:
+            out.append(p)
+            continue
+        left_out = (policy.include and not any(_matches(x, p) for x in policy.include)) or \
+            any(_matches(x, p) for x in policy.exclude)
+        if any(_matches(x, p) for x in policy.keep_float):
+            p = replace(p, status=KEEP_FLOAT, detail="kept float by policy: trains in float "
+                        "and runs float32 between DEQUANTIZE/QUANTIZE in the .tflite")
+        elif left_out:
+            p = replace(p, status=EXCLUDED, detail="excluded by annotate policy; the "
+                        "converter still quantizes it from the representative data")
+        elif p.status == FALLBACK and not policy.fallbacks:
+            raise ConversionError(f"tfmot cannot quantize layer {p.name} ({p.cls}) and "
+                                  "fallbacks are disabled", "annotate.fallbacks = false",
+                                  "Enable annotate.fallbacks or exclude the layer")
+        out.append(p)
+    # A BatchNormalization is folded into its conv by tfmot's transforms only when both are
+    # annotated: follow the conv's fate.
+    by_name = {p.name: p for p in out}
+    return [replace(p, status=by_name[_conv_of(p, by_name)].status,
+                    detail=f"follows its conv {_conv_of(p, by_name)}")
+            if p.status == FOLDED and _conv_of(p, by_name) else p for p in out]
+
+
+def _conv_of(bn: LayerPlan, by_name: dict) -> str | None:
+    """The excluded / kept-float conv a folded BatchNormalization follows, if any."""
+    for n in bn.inbound:
+        if by_name.get(n) is not None and by_name[n].status in (EXCLUDED, KEEP_FLOAT):
+            return n
+    return None
+
+
+def keep_float_layers(coverage) -> list[str]:
+    return [p.name for p in coverage.layers if p.status == KEEP_FLOAT]
+
+
+def prepare(model, policy=None):
+    """Graph rewrites and the per-layer plan, without touching tfmot's quantize_apply:
+    (model to annotate, Coverage). Cheap; run at the start of every run so a bad policy
+    fails before any training."""
+    from pipeline.keras import fallbacks, graph
+
+    rewritten = graph.rebuild(model)
+    notes = []
+    if rewritten.flattened:
+        notes.append(f"flattened nested model(s): {', '.join(rewritten.flattened)}")
+    if rewritten.replaced:
+        kinds = sorted({v.split("(")[0] for v in rewritten.replaced.values()})
+        notes.append(f"rewrote {len(rewritten.replaced)} TFOpLambda op(s) as "
+                     f"{', '.join(kinds)} layers")
+    plans = apply_policy(fallbacks.plan(rewritten.model), policy)
+    if not any(p.status in _ANNOTATED - {PASSTHROUGH} for p in plans):
+        raise ConfigError("No layer is left to quantize", "the annotate policy excludes all",
+                          "Loosen annotate.include / annotate.exclude")
+    return rewritten.model, Coverage(model.name, plans, notes)
+
+
+def apply(model, policy=None):
+    """Return (qat_model, coverage). ``policy`` is an AnnotateConfig (or None: all layers)."""
+    from pipeline.keras import fallbacks, graph
+    from pipeline.core import keras_env
+
+    env = keras_env.load()
+    q = env.tfmot.quantization.keras
+    keras = env.keras
+    source, coverage = prepare(model, policy)
+    status = {p.name: p for p in coverage.layers}
+    cls = fallbacks.config_class()
+
+    def annotate_layer(layer):
+        p = status.get(layer.name)
+        if p is None or p.status not in _ANNOTATED:
+            return layer
+        if p.status == FALLBACK:
+            return q.quantize_annotate_layer(layer, cls(p.weight_attrs, p.quantize_output))
+        return q.quantize_annotate_layer(layer)
+
+    plain = source is model and policy is None and not any(
+        p.status in (FALLBACK, CALIBRATED, EXCLUDED, KEEP_FLOAT) for p in coverage.layers)
+    # quantize_apply clones the model through its config: the model's own layer classes
+    # (e.g. ConvNeXt's LayerScale in tf_keras.applications) must be resolvable by name.
+    own = {type(l).__name__: type(l) for l in source.layers}
+    # tfmot's transforms add unnamed layers: their automatic names must not repeat ours.
+    keras_env.reserve_layer_names({l.name for m in (model, source)
+                                   for l in graph.all_layers(m)})
+    try:
+        with q.quantize_scope({**own, **fallbacks.custom_objects()}):
+            annotated = q.quantize_annotate_model(model) if plain else \
+                keras.models.clone_model(source, clone_function=annotate_layer)
+            qat_model = q.quantize_apply(annotated)
+    except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        raise ConversionError("tfmot could not annotate the model for QAT", first_line(exc, 300),
+                              "Exclude the layer named in the message with annotate.exclude")
+    return qat_model, coverage

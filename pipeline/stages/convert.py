@@ -1,0 +1,93 @@
+"""Convert stage: Keras -> .tflite variants, each inspected after conversion.
+
+- ``float32``: the float model as is (the accuracy and latency baseline).
+- ``ptq_int8``: full-integer post-training quantization of the float model, calibrated on a
+  representative sample of the train split.
+- ``qat_int8``: the QAT model; its fake-quant ranges become the int8 parameters. The
+  representative data calibrates anything QAT did not cover.
+
+Int8 variants get int8 input and output tensors by default (an app feeds int8 directly);
+``io="float"`` keeps float I/O with QUANTIZE/DEQUANTIZE at the edges.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.core.errors import ConversionError
+from pipeline.core.records import Variant
+from pipeline.tflite.tflite_model import TFLiteModel, Verdict
+
+
+@dataclass(frozen=True)
+class Converted:
+    variant: Variant
+    content: bytes
+    model: TFLiteModel
+    verdict: Verdict | None  # None for float32 (not meant to be int8)
+    seconds: float
+    islands: object | None = None       # islands.IslandReport when layers were kept float
+    islands_only: bool | None = None    # not full-int8 only because of those islands
+
+    @property
+    def size(self) -> int:
+        return len(self.content)
+
+
+def _representative(x: np.ndarray):
+    # float data is fed as float32; integer inputs (token ids) keep their integer type
+    x = x if x.dtype.kind in "iu" else x.astype(np.float32)
+
+    def gen():
+        for i in range(len(x)):
+            yield [x[i: i + 1]]
+    return gen
+
+
+def to_tflite(model, variant: Variant, representative: np.ndarray | None = None,
+              io: str = "int8") -> bytes:
+    """Run the TFLite converter for one variant and return the flatbuffer bytes."""
+    from pipeline.core import keras_env
+
+    tf = keras_env.load().tf
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if variant.is_int8:
+        if representative is None or len(representative) == 0:
+            raise ConversionError(f"{variant.value} needs a representative dataset",
+                                  "0 samples", "Set convert.representative_samples >= 1")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative(representative)
+        # Builtin int8 kernels only: conversion fails instead of silently keeping float ops.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io == "int8":
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    from pipeline.tflite.runtime import quiet_native_output
+
+    try:
+        with warnings.catch_warnings(), quiet_native_output():
+            # "Statistics for quantized inputs were expected": benign for QAT models, whose
+            # input range comes from the QuantizeLayer (tensorflow#46006).
+            warnings.simplefilter("ignore", UserWarning)
+            return bytes(converter.convert())
+    except Exception as exc:  # ConverterError and friends carry MLIR diagnostics
+        lines = [l for l in str(exc).splitlines() if "error" in l.lower()] or \
+            str(exc).splitlines() or [type(exc).__name__]
+        raise ConversionError(f"The TFLite converter failed for {variant.value}",
+                              lines[0].strip()[:300],
+                              "Check the model's ops are TFLite builtins with int8 kernels")
+
+
+def convert(variant: Variant, model, *, representative: np.ndarray | None = None,
+            io: str = "int8") -> Converted:
+    import time
+
+    t0 = time.perf_counter()
+    content = to_tflite(model, variant, representative, io)
+    seconds = time.perf_counter() - t0
+    view = TFLiteModel.from_bytes(content, source=variant.filename)
+    verdict = view.verdict(allow_float_io=(io == "float")) if variant.is_int8 else None
+    return Converted(variant, content, view, verdict, seconds)

@@ -1,0 +1,294 @@
+"""Model loading: a zoo name or a Keras-2 file (.h5, tf_keras .keras, SavedModel directory).
+
+Safety: a Lambda layer stores Python code (marshalled bytecode in .h5/SavedModel) that runs when
+the model is deserialized, and tf_keras' ``safe_mode`` only guards the .keras format (see
+tf_keras/src/layers/core/lambda_layer.py). So the stored config is read *as data* first and any
+Lambda layer is refused unless ``trust_model`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.core.errors import ModelFileError, first_line
+
+
+@dataclass
+class LoadedModel:
+    model: object             # a tf_keras Model
+    source: str               # "zoo:NAME" or the file path
+    kind: str                 # zoo | h5 | keras | savedmodel
+    needs_training: bool      # zoo architectures ship untrained
+    is_qat: bool = False      # the file already holds a quantize_apply'd model
+    translation: object | None = None  # keras3.Translated for a Keras 3 model
+
+
+def _find_lambdas(config) -> list[str]:
+    """Names of Lambda layers anywhere in a (nested) Keras config (iterative: a deeply nested
+    config cannot overflow the stack)."""
+    found = []
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                cfg = node.get("config") or {}
+                found.append(str(cfg.get("name", "?")) if isinstance(cfg, dict) else "?")
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return found
+
+
+_RESAVE = "Re-save the model with tf_keras model.save()"
+
+
+def _parse_json(raw, path, what: str):
+    """JSON text stored in a model file, as data; a one-line ModelFileError otherwise."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelFileError(f"The model's {what} is not UTF-8 text", f"{path} (byte "
+                                 f"{exc.start})", _RESAVE)
+    if not isinstance(raw, str):
+        raise ModelFileError(f"The model's {what} is not JSON text",
+                             f"{path} (a {type(raw).__name__})", _RESAVE)
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ModelFileError(f"The model's {what} is nested too deeply", path, _RESAVE)
+    except ValueError as exc:
+        raise ModelFileError(f"The model's {what} is not valid JSON",
+                             f"{path} ({str(exc)[:200]})", _RESAVE)
+
+
+def _check_config(config, path, what: str) -> dict:
+    """A Keras model config is {"class_name": ..., "config": {...} or [...]}."""
+    if not isinstance(config, dict):
+        raise ModelFileError(f"The model's {what} is not a Keras model config (expected a JSON "
+                             "object with class_name and config)",
+                             f"{path} (a JSON {type(config).__name__})", _RESAVE)
+    missing = [k for k in ("class_name", "config") if k not in config]
+    if missing or not isinstance(config["class_name"], str) or \
+            not isinstance(config["config"], (dict, list)):
+        raise ModelFileError(f"The model's {what} is not a Keras model config (expected a JSON "
+                             "object with class_name and config)",
+                             f"{path} (" + (f"missing {', '.join(missing)}" if missing else
+                                            f"class_name={config['class_name']!r}, config is a "
+                                            f"{type(config['config']).__name__}") + ")",
+                             _RESAVE)
+    return config
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _savedmodel_lambdas(meta_path: Path, path) -> list[str]:
+    """Lambda layers named in a SavedModel's keras_metadata.pb, parsed (a SavedMetadata proto
+    whose nodes carry each layer's metadata as JSON), so reformatting the JSON (whitespace, key
+    order, unicode escapes) cannot hide one."""
+    from pipeline.core import files
+
+    blob = files.read_bytes(meta_path, "model", ModelFileError, "SavedModel's keras_metadata.pb")
+    from google.protobuf.message import DecodeError
+
+    from pipeline.core import keras_env
+
+    proto = keras_env.saved_metadata_proto()
+    try:
+        proto.ParseFromString(blob)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError("The SavedModel's keras_metadata.pb is not a valid Keras metadata "
+                             "file", f"{path} ({exc})", _RESAVE)
+    found = []
+    for node in proto.nodes:
+        meta = _parse_json(node.metadata, path, f"metadata of {node.node_path or 'a node'}") \
+            if node.metadata else {}
+        names = _find_lambdas(meta)
+        if names:
+            found += [f"{n} ({node.node_path})" if node.node_path else n for n in names]
+    return sorted(set(found))
+
+
+def read_stored_config(path: str) -> tuple[str, dict | None, str | None]:
+    """(kind, model config as JSON data, keras_version) without deserializing any layer.
+
+    Every file is checked first (pipeline/core/files.py): a regular file (or a directory of them
+    for a SavedModel) within the model size limit; .h5 must carry the HDF5 signature and a
+    .keras archive must not expand past the limit or be a zip bomb."""
+    from pipeline.core import files
+
+    p = Path(path)
+    try:
+        exists = os.path.lexists(p)
+    except ValueError:
+        exists = False
+    if not exists:
+        raise ModelFileError("The model file does not exist", path, "Check the path")
+    if p.is_dir():
+        meta = p / "keras_metadata.pb"
+        if not (p / "saved_model.pb").is_file() and not (p / "saved_model.pbtxt").is_file():
+            raise ModelFileError("The directory is not a SavedModel (no saved_model.pb)", path,
+                                 "Pass a .h5/.keras file or a directory written by model.save()")
+        if not os.path.lexists(meta):
+            raise ModelFileError("The SavedModel has no Keras metadata (keras_metadata.pb); it "
+                                 "was not saved from a Keras model", path,
+                                 "Save the Keras model with tf_keras model.save(dir)")
+        files.check_tree(p, "model", ModelFileError, "SavedModel directory")
+        return "savedmodel", {"_lambdas": _savedmodel_lambdas(meta, path)}, None
+    suffix = p.suffix.lower()
+    if suffix not in (".h5", ".hdf5", ".keras"):
+        files.check_file(p, "model", ModelFileError, "model file")
+        raise ModelFileError("Unsupported model file type", path,
+                             "Pass a .h5, .keras file or a SavedModel directory")
+    st = files.check_file(p, "model", ModelFileError, "model file")
+    if suffix in (".h5", ".hdf5"):
+        files.check_hdf5_signature(p, ModelFileError, "model file", st.st_size)
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get("model_config")
+                version = f.attrs.get("keras_version")
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelFileError("The file is not a readable HDF5 model", path,
+                                 "Save the model with tf_keras model.save('model.h5') "
+                                 f"({first_line(exc, 120)})")
+        if raw is None:
+            raise ModelFileError("The .h5 file holds weights only, no model architecture", path,
+                                 "Save the whole model (model.save), not save_weights")
+        config = _check_config(_parse_json(raw, path, "config (model_config)"), path,
+                               "config (model_config)")
+        return "h5", config, _text(version)
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError("The .keras file is not a zip archive", path,
+                             "Save the model with model.save('model.keras')")
+    try:
+        with zipfile.ZipFile(path) as z:
+            files.check_zip(z, path, "model", ModelFileError, ".keras archive")
+            names = set(z.namelist())
+            if "config.json" not in names:
+                raise ModelFileError("The .keras archive has no config.json", path,
+                                     "Save the model with model.save('model.keras')")
+            config = _check_config(_parse_json(z.read("config.json"), path, "config.json"),
+                                   path, "config.json")
+            meta = _parse_json(z.read("metadata.json"), path, "metadata.json") \
+                if "metadata.json" in names else {}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError,
+            NotImplementedError) as exc:
+        raise ModelFileError("The .keras archive cannot be read", f"{path} ({type(exc).__name__}: "
+                             f"{str(exc)[:120]})", "Save the model with model.save('model.keras')")
+    if not isinstance(meta, dict):
+        raise ModelFileError("The .keras archive's metadata.json is not a JSON object",
+                             f"{path} (a JSON {type(meta).__name__})", _RESAVE)
+    return "keras", config, _text(meta.get("keras_version"))
+
+
+def load_model(name: str = "", path: str = "", *, trust_model: bool = False,
+               custom_objects: dict | None = None, seed: int = 0) -> LoadedModel:
+    from pipeline.core import keras_env
+
+    env = keras_env.load()
+    if name:
+        from models import get_model, zoo_names
+
+        zoo = get_model(name)
+        if zoo is None:
+            raise ModelFileError("Unknown zoo model", name,
+                                 f"Use one of {', '.join(zoo_names())} or pass a model file")
+        return LoadedModel(zoo.build(env.keras), f"zoo:{name}", "zoo", needs_training=True)
+
+    kind, config, keras_version = read_stored_config(path)
+    if keras_version and str(keras_version).startswith("3."):
+        # Keras 3: rebuilt as tf_keras and checked equal on random inputs (keras3.py). Lambda
+        # layers are always refused there, --trust-model or not.
+        if kind != "keras":
+            raise ModelFileError("Only .keras files saved by Keras 3 are supported", path,
+                                 "Re-save it with Keras 3: model.save('model.keras')")
+        from pipeline.keras import keras3
+
+        t = keras3.translate_keras3_file(path, seed=seed)
+        check_model_shape(t.model, path)
+        return LoadedModel(t.model, os.fspath(path), "keras3", needs_training=False,
+                           translation=t)
+    lambdas = config.get("_lambdas", []) if kind == "savedmodel" else _find_lambdas(config)
+    if lambdas and not trust_model:
+        raise ModelFileError(
+            f"The model contains Lambda layer(s) {', '.join(lambdas)} whose stored Python code "
+            "would run on load", path,
+            "Pass --trust-model only if you trust the file, or replace the Lambda with a "
+            "built-in layer")
+    keras = env.keras
+    quantize_scope = env.tfmot.quantization.keras.quantize_scope
+    from pipeline.keras import fallbacks
+
+    objects = {**fallbacks.custom_objects(), **(custom_objects or {})}  # QAT models' configs
+    try:
+        from tf_keras.src.saving import serialization_lib
+
+        with quantize_scope(objects), \
+                serialization_lib.SafeModeScope(not trust_model):
+            model = keras.models.load_model(path, compile=False,
+                                            **({"safe_mode": not trust_model}
+                                               if kind == "keras" else {}))
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        msg = first_line(exc, None)
+        fix = "Re-save the model with tf_keras"
+        if "Unknown layer" in msg or "custom" in msg.lower():
+            fix = ("Register the custom class with tf_keras.utils.register_keras_serializable "
+                   "or load it in Python and pass custom_objects")
+        raise ModelFileError("The Keras model could not be loaded", f"{path} ({msg[:200]})", fix)
+    check_model_shape(model, path)
+    is_qat = any(type(l).__name__.startswith("Quantize") for l in model.layers)
+    return LoadedModel(model, os.fspath(path), kind, needs_training=False, is_qat=is_qat)
+
+
+def check_model_shape(model, where: str) -> None:
+    """What the pipeline needs: a Sequential/Functional model with one input and one output."""
+    cls = type(model).__name__
+    if not getattr(model, "_is_graph_network", False) and cls != "Sequential":
+        raise ModelFileError(
+            "Subclassed models cannot be annotated for QAT (tfmot needs Sequential or "
+            "Functional)", f"{where} ({cls})",
+            "Rebuild the model with keras.Input and layer calls (Functional API), then copy "
+            "the weights with set_weights")
+    inputs = list(getattr(model, "inputs", None) or [])
+    outputs = list(getattr(model, "outputs", None) or [])
+    if not inputs:
+        raise ModelFileError("The model has no inputs (it was saved unbuilt, without an input "
+                             "shape)", f"{where} ({cls})",
+                             "Build it with keras.Input(shape=...) as its first layer (or call "
+                             "model.build) and save it again")
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelFileError("Only single-input, single-output models are supported",
+                             f"{where} ({len(inputs)} inputs, {len(outputs)} outputs)",
+                             "Export the classification head as the only output")
+
+
+def input_shape(model) -> tuple:
+    return tuple(model.inputs[0].shape)
+
+
+def output_size(model) -> int:
+    shape = tuple(model.outputs[0].shape)
+    return int(shape[-1]) if shape and shape[-1] is not None else 0
+
+
+def outputs_are_probabilities(model) -> bool:
+    """True if the model ends in a softmax (so the loss must not apply one again)."""
+    last = model.layers[-1]
+    last = getattr(last, "layer", last)  # a QuantizeWrapper holds the real layer
+    act = getattr(last, "activation", None)
+    if act is not None and getattr(act, "__name__", "") == "softmax":
+        return True
+    return type(last).__name__ == "Softmax"

@@ -1,0 +1,191 @@
+"""Layer-by-layer parity between a Keras QAT model and its int8 .tflite.
+
+Why: a QAT model can score well in Keras while its converted .tflite does not (tfmot #368,
+#974, #1107; tensorflow#47068), and the outputs alone do not say where the two part ways.
+
+How: run the Keras QAT model capturing the output of every quantized layer (what its
+fake-quant produces), run the .tflite with ``experimental_preserve_all_tensors=True`` on the
+same inputs, match TFLite activation tensors to Keras layers by name - the converter names a
+tensor after the layers it came from, e.g. ``model/quant_conv1_relu/Relu;model/quant_conv1_bn/
+FusedBatchNormV3;model/quant_conv1/Conv2D`` for a Conv+BN+ReLU fused into one op, whose output
+is the last layer of the chain - dequantize and compare. Errors are in LSB of each tensor's
+own scale; the first layer whose mean error exceeds the threshold is named as the divergence.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from pipeline.tflite.runtime import ModelRunner
+from pipeline.tflite.tflite_model import TFLiteModel
+from pipeline.stages.verify import sqnr_db
+
+_TOKEN = re.compile(r"[/;:]")
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    layer: str                  # Keras layer name (inside its QuantizeWrapper)
+    status: str                 # compared | fused | no_tensor
+    tensor: str | None = None   # TFLite tensor compared with (or holding the fused result)
+    fused_into: str | None = None
+    shape: tuple[int, ...] = ()
+    scale: float | None = None
+    mean_error_lsb: float | None = None
+    max_error_lsb: float | None = None
+    sqnr_db: float | None = None
+    diverges: bool = False
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass
+class LayerParity:
+    rows: list[LayerRow]
+    threshold_lsb: float
+    samples: int
+    first_divergent: str | None = None
+    unmatched_tensors: list[str] = field(default_factory=list)
+
+    @property
+    def compared(self) -> list[LayerRow]:
+        return [r for r in self.rows if r.status == "compared"]
+
+    def to_dict(self) -> dict:
+        return {"threshold_lsb": self.threshold_lsb, "samples": self.samples,
+                "first_divergent": self.first_divergent,
+                "layers": [r.to_dict() for r in self.rows],
+                "unmatched_tensors": self.unmatched_tensors}
+
+    def markdown(self) -> str:
+        lines = ["| layer | TFLite tensor | shape | mean |Δ| (LSB) | max |Δ| (LSB) | SQNR (dB) | |",
+                 "|---|---|---|---:|---:|---:|---|"]
+        for r in self.rows:
+            if r.status == "compared":
+                flag = "**diverges**" if r.diverges else "ok"
+                sqnr = "∞" if r.sqnr_db is None or r.sqnr_db == float("inf") else \
+                    f"{r.sqnr_db:.1f}"
+                lines.append(f"| {r.layer} | `{_short(r.tensor)}` | {list(r.shape)} | "
+                             f"{r.mean_error_lsb:.3f} | {r.max_error_lsb:.2f} | "
+                             f"{sqnr} | {flag} |")
+            elif r.status == "fused":
+                lines.append(f"| {r.layer} | fused into {r.fused_into} | | | | | |")
+            else:
+                lines.append(f"| {r.layer} | no tensor (identity at inference) | | | | | |")
+        verdict = (f"First divergent layer: **{self.first_divergent}** (mean error above "
+                   f"{self.threshold_lsb} LSB)." if self.first_divergent else
+                   f"No layer diverges (every mean error <= {self.threshold_lsb} LSB).")
+        return "\n".join(lines + ["", verdict])
+
+
+def _short(name: str | None, width: int = 60) -> str:
+    if not name:
+        return ""
+    first = name.split(";")[0]
+    return first if len(first) <= width else "…" + first[-width:]
+
+
+def quantized_layers(qat_model) -> list:
+    """Layers of a QAT model whose outputs are compared: the input quantizer and every
+    QuantizeWrapper, in topological order."""
+    return [l for l in qat_model.layers
+            if type(l).__name__.startswith(("QuantizeWrapper", "QuantizeLayer"))]
+
+
+def _inner_name(layer) -> str:
+    return layer.layer.name if hasattr(layer, "layer") else layer.name
+
+
+def match_tensors(view: TFLiteModel, layers: list) -> tuple[dict, dict, list]:
+    """Map Keras layers to TFLite activation tensors.
+
+    Returns (layer name -> tensor index for the layer ending a fused chain, layer name -> name
+    of the layer it is fused into, unmatched activation tensor names).
+    """
+    sg = view.main
+    order = {l.name: k for k, l in enumerate(layers)}
+    wrapper_of = {l.name: l for l in layers}
+    activations = sorted({i for op in sg.operators for i in op.outputs if i >= 0}
+                         | set(sg.inputs))
+    produced: dict[str, int] = {}
+    fused: dict[str, str] = {}
+    unmatched = []
+    # signature names: model inputs/outputs are named after the Keras input/output layers
+    by_signature = {}
+    for sig in view.signatures:
+        if sig.subgraph != 0:
+            continue
+        for key, idx in list(sig.inputs.items()) + list(sig.outputs.items()):
+            by_signature.setdefault(idx, set()).add(key)
+    quantize_layer = next((l.name for l in layers if type(l).__name__ == "QuantizeLayer"), None)
+    for idx in activations:
+        t = sg.tensors[idx]
+        if t.is_constant or t.quantization is None:
+            continue
+        tokens = set(_TOKEN.split(t.name)) | by_signature.get(idx, set())
+        names = [n for n in wrapper_of if n in tokens]
+        if idx in sg.inputs and quantize_layer:
+            names = [quantize_layer]
+        if not names:
+            unmatched.append(t.name)
+            continue
+        last = max(names, key=order.__getitem__)
+        if last in produced:  # two tensors for one layer (e.g. a requantize): keep the later
+            if sg.tensors[produced[last]].name in t.name:
+                continue
+        produced[last] = idx
+        for n in names:
+            if n != last:
+                fused[n] = last
+    return produced, fused, unmatched
+
+
+def compare_layers(qat_model, tflite: bytes | str, x: np.ndarray, *, threshold_lsb: float = 1.0,
+                   batch_size: int = 0, runtime: str | None = None) -> LayerParity:
+    """Compare every quantized layer of ``qat_model`` with the matching tensor of ``tflite``."""
+    from pipeline.core import keras_env
+
+    keras = keras_env.load().keras
+    content = tflite if isinstance(tflite, bytes) else open(tflite, "rb").read()
+    view = TFLiteModel.from_bytes(content)
+    layers = quantized_layers(qat_model)
+    produced, fused, unmatched = match_tensors(view, layers)
+
+    capture = keras.Model(qat_model.inputs, [l.output for l in layers])
+    keras_outs = capture.predict(x, batch_size=batch_size or 256, verbose=0)
+    if not isinstance(keras_outs, list):
+        keras_outs = [keras_outs]
+    runner = ModelRunner(content, batch_size=batch_size, runtime=runtime,
+                         preserve_all_tensors=True)
+    _, tensors = runner.run_with_tensors(x, sorted(set(produced.values())))
+
+    rows: list[LayerRow] = []
+    first = None
+    for layer, k_out in zip(layers, keras_outs):
+        name = layer.name
+        shown = _inner_name(layer)
+        if name in produced:
+            t = view.main.tensors[produced[name]]
+            got = tensors[produced[name]]
+            ref = np.asarray(k_out, dtype=np.float64).reshape(got.shape)
+            err = np.abs(got.astype(np.float64) - ref)
+            scale = t.scale
+            mean_lsb = float(err.mean() / scale)
+            max_lsb = float(err.max() / scale)
+            diverges = mean_lsb > threshold_lsb
+            if diverges and first is None:
+                first = shown
+            rows.append(LayerRow(shown, "compared", t.name, None, tuple(got.shape[1:]), scale,
+                                 mean_lsb, max_lsb, sqnr_db(ref, err), diverges))
+        elif name in fused:
+            rows.append(LayerRow(shown, "fused", fused_into=_inner_name(
+                next(l for l in layers if l.name == fused[name]))))
+        else:
+            rows.append(LayerRow(shown, "no_tensor"))
+    return LayerParity(rows, threshold_lsb, int(len(x)), first, unmatched)

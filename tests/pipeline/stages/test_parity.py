@@ -1,0 +1,85 @@
+"""Layer-by-layer parity on the digits model: clean model passes, a sabotaged layer is named.
+
+Tolerance: mean error <= 1 LSB of each tensor's own scale (the verifier's default threshold)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.stages import modelio, parity
+from pipeline.cli.app import main, parse_args
+from tests import tflite_craft as craft
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_assets(demo_run, env):
+    code, run_dir = demo_run
+    assert code == 0
+    qat = modelio.load_model(path=str(run_dir / "keras" / "qat_model.h5")).model
+    return run_dir, qat, (run_dir / "qat_int8.tflite").read_bytes()
+
+
+def test_every_quantized_layer_within_one_lsb(run_assets, digits):
+    run_dir, qat, content = run_assets
+    p = parity.compare_layers(qat, content, digits["x_test"])
+    wrapped = {l.layer.name for l in qat.layers if type(l).__name__.startswith("QuantizeWrapper")}
+    listed = {r.layer for r in p.rows}
+    assert wrapped <= listed  # every quantized layer is listed ...
+    for r in p.rows:  # ... either compared, or fused into a compared layer, or an identity
+        assert r.status in ("compared", "fused", "no_tensor")
+        if r.status == "fused":
+            assert r.fused_into in {c.layer for c in p.compared}
+    assert {r.layer for r in p.rows if r.status == "no_tensor"} == {"dropout"}
+    assert len(p.compared) == 9 and not p.unmatched_tensors
+    for r in p.compared:
+        assert r.mean_error_lsb <= 1.0, r
+    assert p.first_divergent is None
+    # and the report of the run carries the same table
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["layer_parity"]["first_divergent"] is None
+    assert "Layer parity" in (run_dir / "report.md").read_text()
+
+
+def test_perturbed_weights_in_one_layer_are_found(run_assets, digits):
+    """Overwrite the int8 weights of block2_pw_conv inside the flatbuffer: the first divergent
+    layer must be the op that conv is fused into, and the layers before it stay clean."""
+    _, qat, content = run_assets
+    rng = np.random.default_rng(0)
+
+    def sabotage(m):
+        _, t = craft.tensor_named(m, "quant_block2_pw_conv/Conv2D", constant=True)
+        data = np.array(m.buffers[t.buffer].data)
+        m.buffers[t.buffer].data = rng.integers(0, 256, len(data)).astype(np.uint8)
+
+    broken = craft.edit(content, sabotage)
+    p = parity.compare_layers(qat, broken, digits["x_test"][:200])
+    assert p.first_divergent == "block2_pw_relu"
+    fused = {r.layer for r in p.rows if r.fused_into == "block2_pw_relu"}
+    assert "block2_pw_conv" in fused
+    rows = {r.layer: r for r in p.compared}
+    assert rows["block1_relu"].mean_error_lsb <= 1 and rows["block2_relu"].mean_error_lsb <= 1
+    assert rows["block2_pw_relu"].mean_error_lsb > 5
+
+
+def test_cli_layers_exit_codes(run_assets, tmp_path, capsys):
+    run_dir, _, content = run_assets
+    code = main(parse_args(["verify", str(run_dir / "qat_int8.tflite"), "--data", "digits",
+                            "--layers", "--json"]))
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["layers"]["first_divergent"] is None
+
+    def sabotage(m):
+        _, t = craft.tensor_named(m, "quant_block3_pw_conv/Conv2D", constant=True)
+        m.buffers[t.buffer].data = -np.array(m.buffers[t.buffer].data)
+
+    bad = tmp_path / "qat_int8.tflite"
+    bad.write_bytes(craft.edit(content, sabotage))
+    code = main(parse_args(["verify", str(bad), "--data", "digits", "--layers", "--keras",
+                            str(run_dir / "keras" / "qat_model.h5")]))
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "First divergent layer: **block3_pw_relu**" in out
+    assert "gate failed: layer block3_pw_relu diverges" in out
