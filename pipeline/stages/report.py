@@ -1,13 +1,24 @@
-"""Report stage: report.json (machine), report.md (human), model_card.json and manifest.json."""
+"""Report stage: report.json (machine), report.md (human), model_card.json and manifest.json.
+
+``build`` takes the stages' typed results (pipeline/stages/results.py) and gives a ``Report``:
+``to_dict()`` is report.json, ``markdown()`` report.md, one small function per section.
+"""
 
 from __future__ import annotations
 
 import platform
 import sys
+from dataclasses import dataclass
 from importlib import metadata as md
 
 from pipeline.core import machine
-from pipeline.core.records import SCHEMA_VERSION
+from pipeline.core.records import SCHEMA_VERSION, Agreement, GateResult, VariantResult
+from pipeline.stages import gates as gates_mod
+from pipeline.stages import modelio
+from pipeline.stages.config import Config
+from pipeline.stages.parity import LayerParity
+from pipeline.stages.results import Conversions, FloatStage, Inputs, QatStage, Verified
+from pipeline.tflite.runtime import ModelRunner
 
 
 def _v(dist: str) -> str | None:
@@ -50,135 +61,270 @@ def model_card(name: str, variant: str, io: dict, preprocessing: dict, num_class
     return card
 
 
+def deliverable_card(name: str, inputs: Inputs, floats: FloatStage, conv: Conversions) -> dict:
+    """The model card of the variant an app ships (Conversions.deliverable)."""
+    variant = conv.deliverable
+    io = ModelRunner(conv.by_variant[variant].content, batch_size=1).describe()
+    return model_card(name, variant.value, io, inputs.dataset.preprocessing,
+                      modelio.output_size(floats.model))
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything a run's report says, as the stages produced it. A run stopped at the float
+    gate has no ``qat`` (nor conversions, verification, parity or model card)."""
+
+    name: str
+    status: str                     # passed | gates_failed
+    seed: int
+    config_sha256: str
+    inputs: Inputs
+    floats: FloatStage
+    gates: tuple[GateResult, ...]
+    timings: dict                   # stage -> seconds, "total" last
+    machine: dict                   # machine.describe()
+    qat: QatStage | None = None
+    conv: Conversions | None = None
+    verified: Verified | None = None
+    parity: LayerParity | None = None
+    card: dict | None = None        # model_card()
+
+    @property
+    def completed(self) -> bool:
+        """QAT, conversion and verification ran (not stopped at the float gate)."""
+        return self.qat is not None
+
+    def to_dict(self) -> dict:
+        """report.json."""
+        doc = {"schema_version": SCHEMA_VERSION, "name": self.name, "status": self.status,
+               "seed": self.seed, "config_sha256": self.config_sha256,
+               "model": _model_doc(self), "data": self.inputs.dataset.summary(),
+               "float_training": self.floats.training}
+        if self.completed:
+            doc["qat"] = self.qat.to_dict()
+        doc["keras"] = {"float_accuracy": self.floats.accuracy,
+                        "qat_accuracy": self.verified.keras_qat.accuracy
+                        if self.verified else None}
+        doc["variants"] = [v.to_dict() for v in self.variant_rows()]
+        doc["agreement"] = [a.to_dict() for a in self.agreements()]
+        if self.completed:
+            doc["comparisons"] = [a.to_dict() for a in self.verified.comparisons]
+            doc["layer_parity"] = None if self.parity is None else self.parity.to_dict()
+            doc["float_islands"] = {k: r.to_dict() for k, r in self.conv.islands.items()} \
+                or None
+            doc["model_card"] = self.card
+        doc.update(gates=[g.to_dict() for g in self.gates], timings=self.timings,
+                   machine=self.machine)
+        return doc
+
+    def markdown(self) -> str:
+        """report.md."""
+        sections = (_heading, _variants, _differences, _layer_parity, _gates, _islands,
+                    _findings, _feeding, _training, _coverage, _times)
+        return "\n".join(line for section in sections for line in section(self))
+
+    def variant_rows(self) -> list[VariantResult]:
+        return list(self.verified.variants.values()) if self.verified else []
+
+    def agreements(self) -> list[Agreement]:
+        return list(self.verified.agreement.values()) if self.verified else []
+
+
+def build(cfg: Config, inputs: Inputs, floats: FloatStage, gates: list[GateResult],
+          timings: dict, *, qat: QatStage | None = None, conv: Conversions | None = None,
+          verified: Verified | None = None, parity: LayerParity | None = None,
+          card: dict | None = None) -> Report:
+    """The report of a run: every stage's result (those after the float gate only when the
+    run got there), its gates and stage times."""
+    status = "passed" if gates_mod.passed(gates) else "gates_failed"
+    return Report(cfg.run_name, status, cfg.seed, cfg.hash(), inputs, floats, tuple(gates),
+                  timings, machine.describe(), qat, conv, verified, parity, card)
+
+
+def _translation(loaded) -> dict | None:
+    t = loaded.translation
+    if t is None:
+        return None
+    return {"max_abs_diff": t.max_abs_diff, "output_scale": t.output_scale,
+            "max_layer_rel_diff": t.max_layer_rel_diff,
+            "layers": t.layers, "notes": list(t.notes)}
+
+
+def _model_doc(r: Report) -> dict:
+    model = r.floats.model
+    return {"source": r.inputs.loaded.source, "kind": r.inputs.loaded.kind,
+            "input_shape": list(modelio.input_shape(model)[1:]),
+            "outputs": modelio.output_size(model),
+            "from_logits": r.inputs.from_logits,
+            "coverage": r.qat.coverage.to_dict() if r.completed else None,
+            "keras3_translation": _translation(r.inputs.loaded)}
+
+
 def _pct(v):
     return "—" if v is None else f"{100 * v:.2f} %"
 
 
-def markdown(report: dict) -> str:
-    r = report
-    lines = [f"# QAT report: {r['name']}", ""]
-    status = "PASSED" if r["status"] == "passed" else "FAILED"
-    lines += [f"**Status: {status}** — model `{r['model']['source']}`, data "
-              f"`{r['data']['source']}` ({r['data']['train']} train / {r['data']['test']} test), "
-              f"seed {r['seed']}.", ""]
-    if r.get("machine"):
-        lines += [f"Measured on {machine.summary(r['machine'])}.", ""]
-    lines += ["## Variants", "",
-              "| variant | size (bytes) | × float32 | accuracy | Δ vs float (pp) | "
-              "agreement | full-int8 |",
-              "|---|---:|---:|---:|---:|---:|---|"]
-    float_acc = r["keras"]["float_accuracy"]
-    agree = {a["candidate"]: a for a in r["agreement"]}
-    lines.append(f"| Keras float | — | — | {_pct(float_acc)} | 0.00 | — | — |")
-    if r["keras"].get("qat_accuracy") is not None:
-        qa = r["keras"]["qat_accuracy"]
-        lines.append(f"| Keras QAT | — | — | {_pct(qa)} | {100 * (qa - float_acc):+.2f} | — | — |")
-    base = next((v["size_bytes"] for v in r["variants"] if v["variant"] == "float32"), None)
-    for v in r["variants"]:
-        a = agree.get(v["variant"])
-        ratio = f"{v['size_bytes'] / base:.3f}" if base else "—"
-        fi8 = "—" if v["full_int8"] is None else ("yes" if v["full_int8"] else "**no**")
-        lines.append(
-            f"| `{v['variant']}.tflite` | {v['size_bytes']:,} | {ratio} | {_pct(v['accuracy'])} "
-            f"| {100 * (v['accuracy'] - float_acc):+.2f} | "
-            f"{_pct(a['top1_agreement']) if a else '—'} | {fi8} |")
-    lines += ["", "Agreement: top-1 agreement of each `.tflite` with its Keras source on the "
-              "test split (float32 and ptq_int8 vs Keras float, qat_int8 vs Keras QAT).", ""]
-    lines += ["## Output differences", "",
-              "| reference | candidate | top-1 agreement | mean |Δ| (LSB) | max |Δ| (LSB) | "
-              "SQNR (dB) | cosine |", "|---|---|---:|---:|---:|---:|---:|"]
-    for a in r["agreement"] + r.get("comparisons", []):
-        f = lambda x, p=2: "—" if x is None else f"{x:.{p}f}"
-        lines.append(f"| {a['reference']} | {a['candidate']} | {_pct(a['top1_agreement'])} | "
-                     f"{f(a['mean_error_lsb'])} | {f(a['max_error_lsb'])} | {f(a['sqnr_db'], 1)} "
-                     f"| {f(a['cosine'], 5)} |")
-    lines += ["", "LSB = one step of the candidate's int8 output scale.", ""]
-    lp = r.get("layer_parity")
-    if lp:
-        from pipeline.stages.parity import LayerParity, LayerRow
+def _num(x, p=2):
+    return "—" if x is None else f"{x:.{p}f}"
 
-        rows = [LayerRow(**{**row, "shape": tuple(row["shape"])}) for row in lp["layers"]]
-        view = LayerParity(rows, lp["threshold_lsb"], lp["samples"], lp["first_divergent"])
-        lines += ["## Layer parity: Keras QAT vs qat_int8.tflite", "",
-                  f"Each quantized layer's output in Keras vs the matching tensor of the "
-                  f".tflite on the {lp['samples']} test images, in LSB of that tensor's scale.",
-                  "", view.markdown(), ""]
-    lines += ["## Quality gates", "", "| gate | value | threshold | result |", "|---|---:|---:|---|"]
-    for g in r["gates"]:
-        lines.append(f"| {g['name']} | {g['value']} | {g['threshold']} | "
-                     f"{'pass' if g['passed'] else '**FAIL** ' + g['detail']} |")
-    isl = r.get("float_islands")
-    if isl:
-        lines += ["", "## Float islands (annotate.keep_float)", ""]
-        for variant, rep in isl.items():
-            lines.append(f"- `{variant}`: layers {', '.join(rep['layers'])} run in float32 "
-                         f"({', '.join(rep['ops'])}; {rep['added_ops']} QUANTIZE/DEQUANTIZE "
-                         "ops added at the island's edges)")
-    not_int8 = [v for v in r["variants"] if v["full_int8"] is False]
-    if not_int8:
-        lines += ["", "## Full-int8 findings", ""]
-        for v in not_int8:
-            lines += [f"- `{v['variant']}`: " + "; ".join(v["full_int8_reasons"])]
-    card = r.get("model_card")
-    if card:
-        lines += ["", "## Feeding the model on the phone", "",
-                  f"File `{card['file']}`; preprocessing: {card['preprocessing'].get('transform', '')}",
-                  "", f"- input `{card['input']['name']}` {card['input']['dtype']} "
-                  f"{card['input']['shape']}, scale {card['input']['scale']}, zero point "
-                  f"{card['input']['zero_point']}",
-                  f"- output `{card['output']['name']}` {card['output']['dtype']} "
-                  f"{card['output']['shape']}, scale {card['output']['scale']}, zero point "
-                  f"{card['output']['zero_point']}"]
-        if card.get("feed"):
-            lines.append(f"- feed: `{card['feed']}`")
-        if card.get("read"):
-            lines.append(f"- read: `{card['read']}`")
-    q = r.get("qat") or {}
-    lines += ["", "## Training", ""]
-    if r.get("float_training"):
-        ft = r["float_training"]
+
+# report.md, one section per function; each returns its lines (the ones before the next
+# heading included).
+
+def _heading(r: Report) -> list[str]:
+    d = r.inputs.dataset.summary()
+    status = "PASSED" if r.status == "passed" else "FAILED"
+    lines = [f"# QAT report: {r.name}", "",
+             f"**Status: {status}** — model `{r.inputs.loaded.source}`, data "
+             f"`{d['source']}` ({d['train']} train / {d['test']} test), seed {r.seed}.", ""]
+    if r.machine:
+        lines += [f"Measured on {machine.summary(r.machine)}.", ""]
+    return lines
+
+
+def _variants(r: Report) -> list[str]:
+    float_acc = r.floats.accuracy
+    agree = {a.candidate: a for a in r.agreements()}
+    lines = ["## Variants", "",
+             "| variant | size (bytes) | × float32 | accuracy | Δ vs float (pp) | "
+             "agreement | full-int8 |",
+             "|---|---:|---:|---:|---:|---:|---|",
+             f"| Keras float | — | — | {_pct(float_acc)} | 0.00 | — | — |"]
+    if r.verified:
+        qa = r.verified.keras_qat.accuracy
+        lines.append(f"| Keras QAT | — | — | {_pct(qa)} | {100 * (qa - float_acc):+.2f} | — | — |")
+    base = next((v.size_bytes for v in r.variant_rows() if v.variant == "float32"), None)
+    for v in r.variant_rows():
+        a = agree.get(v.variant)
+        ratio = f"{v.size_bytes / base:.3f}" if base else "—"
+        fi8 = "—" if v.full_int8 is None else ("yes" if v.full_int8 else "**no**")
+        lines.append(
+            f"| `{v.variant}.tflite` | {v.size_bytes:,} | {ratio} | {_pct(v.accuracy)} "
+            f"| {100 * (v.accuracy - float_acc):+.2f} | "
+            f"{_pct(a.top1_agreement) if a else '—'} | {fi8} |")
+    return lines + ["", "Agreement: top-1 agreement of each `.tflite` with its Keras source on "
+                    "the test split (float32 and ptq_int8 vs Keras float, qat_int8 vs Keras "
+                    "QAT).", ""]
+
+
+def _differences(r: Report) -> list[str]:
+    lines = ["## Output differences", "",
+             "| reference | candidate | top-1 agreement | mean |Δ| (LSB) | max |Δ| (LSB) | "
+             "SQNR (dB) | cosine |", "|---|---|---:|---:|---:|---:|---:|"]
+    pairs = r.agreements() + (r.verified.comparisons if r.verified else [])
+    for a in pairs:
+        lines.append(f"| {a.reference} | {a.candidate} | {_pct(a.top1_agreement)} | "
+                     f"{_num(a.mean_error_lsb)} | {_num(a.max_error_lsb)} | "
+                     f"{_num(a.sqnr_db, 1)} | {_num(a.cosine, 5)} |")
+    return lines + ["", "LSB = one step of the candidate's int8 output scale.", ""]
+
+
+def _layer_parity(r: Report) -> list[str]:
+    lp = r.parity
+    if lp is None:
+        return []
+    return ["## Layer parity: Keras QAT vs qat_int8.tflite", "",
+            f"Each quantized layer's output in Keras vs the matching tensor of the .tflite on "
+            f"the {lp.samples} test images, in LSB of that tensor's scale.", "",
+            lp.markdown(), ""]
+
+
+def _gates(r: Report) -> list[str]:
+    lines = ["## Quality gates", "", "| gate | value | threshold | result |",
+             "|---|---:|---:|---|"]
+    for g in r.gates:
+        lines.append(f"| {g.name} | {g.value} | {g.threshold} | "
+                     f"{'pass' if g.passed else '**FAIL** ' + g.detail} |")
+    return lines
+
+
+def _islands(r: Report) -> list[str]:
+    islands = r.conv.islands if r.conv else {}
+    if not islands:
+        return []
+    lines = ["", "## Float islands (annotate.keep_float)", ""]
+    for variant, rep in islands.items():
+        lines.append(f"- `{variant}`: layers {', '.join(rep.layers)} run in float32 "
+                     f"({', '.join(rep.ops)}; {rep.added_ops} QUANTIZE/DEQUANTIZE "
+                     "ops added at the island's edges)")
+    return lines
+
+
+def _findings(r: Report) -> list[str]:
+    not_int8 = [v for v in r.variant_rows() if v.full_int8 is False]
+    if not not_int8:
+        return []
+    return ["", "## Full-int8 findings", ""] + \
+        [f"- `{v.variant}`: " + "; ".join(v.full_int8_reasons) for v in not_int8]
+
+
+def _feeding(r: Report) -> list[str]:
+    card = r.card
+    if not card:
+        return []
+    inp, out = card["input"], card["output"]
+    lines = ["", "## Feeding the model on the phone", "",
+             f"File `{card['file']}`; preprocessing: "
+             f"{card['preprocessing'].get('transform', '')}", "",
+             f"- input `{inp['name']}` {inp['dtype']} {inp['shape']}, scale {inp['scale']}, "
+             f"zero point {inp['zero_point']}",
+             f"- output `{out['name']}` {out['dtype']} {out['shape']}, scale {out['scale']}, "
+             f"zero point {out['zero_point']}"]
+    if card.get("feed"):
+        lines.append(f"- feed: `{card['feed']}`")
+    if card.get("read"):
+        lines.append(f"- read: `{card['read']}`")
+    return lines
+
+
+def _training(r: Report) -> list[str]:
+    lines = ["", "## Training", ""]
+    ft = r.floats.training
+    if ft:
         lines.append(f"- float baseline trained {ft['epochs']} epochs "
                      f"(best val accuracy {_pct(ft['best_val_accuracy'])})")
-    if q:
-        lines.append(f"- QAT: {q['epochs_run']} epoch(s) this run, resumed from epoch "
-                     f"{q['resumed_from_epoch']}, best epoch {q['best_epoch']}, stopped early: "
-                     f"{q['stopped_early']}")
-        if q.get("range_init"):
-            ri = q["range_init"]
+    if r.completed:
+        fit, ri = r.qat.fit, r.qat.range_init
+        lines.append(f"- QAT: {fit.epochs_run} epoch(s) this run, resumed from epoch "
+                     f"{fit.resumed_from}, best epoch {fit.best_epoch}, stopped early: "
+                     f"{fit.stopped_early}")
+        if ri:
             lines.append(f"- activation ranges initialised from {ri['samples']} training "
                          f"samples ({ri['ranges']} range variables; tfmot starts activation "
                          "ranges at [-6, 6])")
-    cov = r["model"].get("coverage")
-    if cov:
-        lines.append(f"- QAT covers {cov['layers_quantized']}/{cov['layers']} layers "
-                     f"({cov['params_quantized']:,}/{cov['params']:,} parameters); see QAT "
+        s = r.qat.coverage.share()
+        lines.append(f"- QAT covers {s['layers_quantized']}/{s['layers']} layers "
+                     f"({s['params_quantized']:,}/{s['params']:,} parameters); see QAT "
                      "coverage below")
-    k3 = r["model"].get("keras3_translation")
-    if k3:
-        lines.append(f"- rebuilt from Keras 3 as tf_keras: {k3['layers']} layers, outputs equal "
-                     f"within {k3['max_abs_diff']:.1e} on random inputs"
-                     + (f" ({'; '.join(k3['notes'])})" if k3["notes"] else ""))
-    if cov:
-        from pipeline.keras.coverage import Coverage
-        from pipeline.keras.fallbacks import LayerPlan
-
-        plans = [LayerPlan(**{**l, "weight_attrs": tuple(l["weight_attrs"]),
-                              "inbound": tuple(l["inbound"])}) for l in cov["per_layer"]]
-        lines += ["", "## QAT coverage", "",
-                  Coverage(cov["model"], plans, cov["notes"]).markdown()]
-    lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---:|"]
-    for stage, sec in r["timings"].items():
-        lines.append(f"| {stage} | {sec:.1f} |")
-    lines.append("")
-    return "\n".join(lines)
+    k3 = r.inputs.loaded.translation
+    if k3 is not None:
+        lines.append(f"- rebuilt from Keras 3 as tf_keras: {k3.layers} layers, outputs equal "
+                     f"within {k3.max_abs_diff:.1e} on random inputs"
+                     + (f" ({'; '.join(k3.notes)})" if k3.notes else ""))
+    return lines
 
 
-def write(run_dir, report: dict) -> None:
-    """report.json + report.md (+ model_card.json when there is one)."""
-    if report.get("model_card"):
-        run_dir.write_json("model_card.json", report["model_card"])
-    run_dir.write_json("report.json", report)
-    run_dir.write_text("report.md", markdown(report))
+def _coverage(r: Report) -> list[str]:
+    if not r.completed:
+        return []
+    return ["", "## QAT coverage", "", r.qat.coverage.markdown()]
+
+
+def _times(r: Report) -> list[str]:
+    lines = ["", "## Stage times", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {stage} | {sec:.1f} |" for stage, sec in r.timings.items()]
+    return lines + [""]
+
+
+def write(run_dir, report: Report) -> dict:
+    """report.json + report.md (+ model_card.json when there is one); returns report.json's
+    content."""
+    doc = report.to_dict()
+    if report.card:
+        run_dir.write_json("model_card.json", report.card)
+    run_dir.write_json("report.json", doc)
+    run_dir.write_text("report.md", report.markdown())
+    return doc
 
 
 def write_manifest(run_dir, *, config_hash: str, timings: dict, status: str) -> None:
