@@ -37,7 +37,7 @@ def main() -> int:
         model = Path(args.tflite)
     else:
         t0 = time.perf_counter()
-        from pipeline.stages import config, run as run_mod  # lazy: its import time is part of the timed run
+        from pipeline.stages import config, run as run_mod  # lazy: timed as part of the run
 
         out = args.output or tempfile.mkdtemp(prefix="qat-bench-")
         cfg = config.load("digits_cnn", {"output.dir": out, "qat.verbose": "0"})
