@@ -80,12 +80,8 @@ def _minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
-def load() -> KerasEnv:
-    """Import TensorFlow, tf_keras and tfmot once; raise KerasEnvError with the fix if unusable."""
-    global _ENV
-    if _ENV is not None:
-        return _ENV
-
+def _check_versions() -> tuple[str, str]:
+    """(tensorflow, tf-keras) versions; KerasEnvError with the fix if Keras 2 cannot be used."""
     legacy = os.environ.get("TF_USE_LEGACY_KERAS", "")
     if legacy.strip().lower() not in _TRUTHY:
         raise KerasEnvError(
@@ -114,6 +110,16 @@ def load() -> KerasEnv:
         raise KerasEnvError(
             "tensorflow-model-optimization is not installed", "no such distribution",
             "pip install 'tensorflow-model-optimization==0.8.*'")
+    return tf_version, tfk_version
+
+
+def load() -> KerasEnv:
+    """Import TensorFlow, tf_keras and tfmot once; raise KerasEnvError with the fix if unusable."""
+    global _ENV
+    if _ENV is not None:
+        return _ENV
+
+    tf_version, tfk_version = _check_versions()
 
     from pipeline.tflite.runtime import quiet_native_output
 
