@@ -39,6 +39,7 @@ ALLOWED = {
     "android_harness": {"android_harness", "core", "tflite"},
     "models": {"models"},
 }
+PIPELINE_LAYERS = ("core", "tflite", "keras", "stages", "cli")
 LAZY = re.compile(r"#\s*lazy:\s*\S")
 LONG = re.compile(r"\s*#\s*long:")
 
@@ -77,9 +78,7 @@ def layer(name: str) -> str:
     android_harness; models.x -> models."""
     parts = name.split(".")
     if parts[0] == "pipeline":
-        if len(parts) >= 2 and parts[1] in ALLOWED and parts[1] not in ("pipeline",):
-            return parts[1]
-        return "pipeline"
+        return parts[1] if len(parts) >= 2 and parts[1] in PIPELINE_LAYERS else "pipeline"
     return parts[0]
 
 
