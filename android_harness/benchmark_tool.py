@@ -325,8 +325,14 @@ def parse_output(text: str) -> ToolReport:
         i += 1
     if rep.init_us is None:  # the timings line of this version has no Init
         rep.init_us = session_init
-    # Stat lines come in run order: warm-up first, then the regular runs. Profile tables
-    # print their own "Timings (microseconds): count=..." which do not start with count=.
+    _assign_stats(rep, stats, text)
+    return rep
+
+
+def _assign_stats(rep: ToolReport, stats: list[RunStats], text: str) -> None:
+    """Warm-up and inference statistics from the stat lines, in run order: warm-up first, then
+    the regular runs (profile tables print their own "Timings (microseconds): count=..." lines,
+    which do not start with count=). Raises when the run died or printed nothing usable."""
     finished = rep.inference_avg_us is not None
     if len(stats) >= 2:
         rep.warmup, rep.inference = stats[-2], stats[-1]
@@ -346,7 +352,6 @@ def parse_output(text: str) -> ToolReport:
                                "(adb shell PATH --help) and rerun with --debug for the full output")
     if rep.inference is None:  # timing line only (legacy APK): a summary without spread
         rep.inference = RunStats(count=0, avg=rep.inference_avg_us)
-    return rep
 
 
 def _parse_timings(rest: str, rep: ToolReport) -> None:

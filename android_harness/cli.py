@@ -23,8 +23,17 @@ import threading
 import traceback
 from pathlib import Path
 
+from android_harness import benchmark_tool as bt
+from android_harness import protocol as harness_protocol  # tests stand in for run_targets
+from android_harness import results
+from android_harness.adb import Adb, find_adb
+from android_harness.conditions import Device
+from android_harness.device import DeviceBackend, run_cleanups
 from android_harness.errors import (EXIT_BAD_INPUT, EXIT_GATE_FAILED, DeviceUnavailable,
                                     HarnessError, UsageError, printable)
+from android_harness.host import HostBackend
+from android_harness.protocol import Protocol
+from android_harness.records import BenchConfig, model_infos, now_iso
 from pipeline.core.errors import EXIT_INTERRUPTED, QatError
 
 
@@ -161,12 +170,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # -----------------------------------------------------------------------------------------------
 def _configs(args):
-    from android_harness.records import BenchConfig
     return [BenchConfig(t, d, args.core_mask) for t in args.threads for d in args.delegate]
 
 
 def _protocol(args):
-    from android_harness.protocol import Protocol
     return Protocol(warmup_runs=args.warmup_runs, warmup_seconds=args.warmup_seconds,
                     min_runs=args.min_runs, min_seconds=args.min_seconds,
                     max_seconds=args.max_seconds, repeats=args.repeats, cooldown_s=args.cooldown,
@@ -254,23 +261,15 @@ def _pick_serials(args, adb) -> list[str]:
 
 
 def _run(args, command: str) -> int:
-    from android_harness import results
-    from android_harness.protocol import run_targets
-    from android_harness.records import model_infos, now_iso
-
     run_id = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-"
               + secrets.token_hex(2))
     protocol, configs = _protocol(args), _configs(args)
     models = model_infos(args.models)
     out_dir = _out_dir(args, run_id)
     if command == "host":
-        from android_harness.host import HostBackend
         backends = [HostBackend(runtime=None if args.runtime in (None, "auto") else args.runtime,
                                 inputs=args.inputs, engine=args.engine)]
     else:
-        from android_harness import benchmark_tool as bt
-        from android_harness.adb import Adb, find_adb
-        from android_harness.device import DeviceBackend
         adb = Adb(find_adb(args.adb))
         apk = Path(args.install_apk) if args.install_apk else args.apk
         if isinstance(apk, Path) and not apk.is_file():
@@ -283,8 +282,8 @@ def _run(args, command: str) -> int:
                     for s in _pick_serials(args, adb)]
     started = now_iso()
     cancel = threading.Event()
-    runs = run_targets(backends, models, configs, protocol, progress=_progress(args.quiet),
-                       cancel=cancel)
+    runs = harness_protocol.run_targets(backends, models, configs, protocol,
+                                        progress=_progress(args.quiet), cancel=cancel)
     doc = results.build(run_id=run_id, command=command, started_at=started,
                         finished_at=now_iso(), protocol=protocol, models=models,
                         configs=configs, runs=runs, baseline=args.baseline,
@@ -303,9 +302,6 @@ def _run(args, command: str) -> int:
 
 
 def _devices(args) -> int:
-    from android_harness.adb import Adb, find_adb
-    from android_harness.conditions import Device
-
     adb = Adb(find_adb(args.adb))
     rows = []
     for e in adb.devices():
@@ -352,8 +348,6 @@ def main(args: argparse.Namespace) -> int:
     for handler in logging.getLogger().handlers:  # adb output may be logged: escape it
         if type(handler) is logging.StreamHandler:
             handler.setFormatter(_SafeFormatter("%(levelname)s %(name)s: %(message)s"))
-    from android_harness.device import run_cleanups
-
     previous = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM becomes KeyboardInterrupt so the device work directories are removed.

@@ -27,6 +27,7 @@ from android_harness.inputs import ModelInput, load_inputs
 from android_harness.protocol import Backend, Job, Protocol
 from android_harness.records import BenchConfig, Measurement, ModelInfo, now_iso
 from pipeline.core.errors import QatError, first_line
+from pipeline.tflite.isolated import IsolatedInterpreter
 from pipeline.tflite.runtime import make_interpreter, resolve_runtime
 
 HOST_DELEGATES = ("cpu", "xnnpack")
@@ -164,8 +165,6 @@ class HostBackend(Backend):
         that crashes LiteRT (found by fuzzing: an op code changed to SPLIT gives SIGSEGV)
         becomes a one-line error (exit 2) instead of killing this process. model_infos has
         already pre-checked the files' structure."""
-        from pipeline.tflite.isolated import IsolatedInterpreter
-
         with IsolatedInterpreter(runtime=self.runtime_name, num_threads=threads) as child:
             for m in models:
                 child.run(m.path, precheck=False, source=m.path)

@@ -56,17 +56,27 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
 def load_inputs(spec: str, model_path: str | os.PathLike) -> list[ModelInput]:
     """Arrays for every input of the model, converted to the input dtypes."""
     path, key = split_spec(spec)
+    arrays = _read_npz(path)
+    tensors = TFLiteModel.from_file(model_path).inputs()
+    chosen = _choose_arrays(arrays, tensors, key)
+    return [_fit_input(t, chosen[t.name], spec) for t in tensors]
+
+
+def _read_npz(path: Path) -> dict:
     if not path.is_file():
         raise InputDataError("The --inputs file does not exist", os.fspath(path),
                              "Pass an .npz written with numpy.savez")
     try:
         data = np.load(path, allow_pickle=False)
-        arrays = {k: data[k] for k in data.files}
+        return {k: data[k] for k in data.files}
     except Exception as exc:
         raise InputDataError("The --inputs file is not a readable .npz", f"{path} ({exc})",
                              "Write it with numpy.savez(path, x_test=array)")
-    model = TFLiteModel.from_file(model_path)
-    tensors = model.inputs()
+
+
+def _choose_arrays(arrays: dict, tensors, key: str | None) -> dict:
+    """{input tensor name: array}: the array named by ``key``, the only or the usual one
+    (x_test, ...) for a single-input model, else one array per input named like it."""
     if key is not None:
         if key not in arrays:
             raise InputDataError("The --inputs key is not in the .npz",
@@ -76,45 +86,46 @@ def load_inputs(spec: str, model_path: str | os.PathLike) -> list[ModelInput]:
             raise InputDataError("A single --inputs key was given for a multi-input model",
                                  f"{len(tensors)} inputs", "Name the arrays after the inputs: "
                                  + ", ".join(t.name for t in tensors))
-        chosen = {tensors[0].name: arrays[key]}
-    elif len(tensors) == 1:
+        return {tensors[0].name: arrays[key]}
+    if len(tensors) == 1:
         pick = next((k for k in _DEFAULT_KEYS if k in arrays), None)
         if len(arrays) == 1:
             pick = next(iter(arrays))
         if pick is None:
             raise InputDataError("Cannot tell which array of the .npz feeds the model",
                                  f"keys: {', '.join(sorted(arrays))}", "Pass --inputs FILE:KEY")
-        chosen = {tensors[0].name: arrays[pick]}
-    else:
-        missing = [t.name for t in tensors if t.name not in arrays]
-        if missing:
-            raise InputDataError("The .npz lacks arrays named after the model inputs",
-                                 f"missing {', '.join(missing)}",
-                                 "Save one array per input, named like the input tensors")
-        chosen = {t.name: arrays[t.name] for t in tensors}
-    out = []
-    for t in tensors:
-        x = np.asarray(chosen[t.name])
-        shape = tuple(d if d > 0 else 1 for d in (t.shape or (1,)))
-        if x.shape[1:] != shape[1:]:
-            if x.ndim == len(shape) - 1 and x.shape == shape[1:]:
-                x = x[None]  # a single sample without the batch axis
-            else:
-                raise InputDataError(
-                    f"Input data has shape {x.shape} but the model expects (N, "
-                    f"{', '.join(map(str, shape[1:]))})", f"inputs={spec} for {t.name}",
-                    "Reshape the array or pass another key")
-        if len(x) < shape[0]:
-            raise InputDataError("The --inputs array has fewer samples than the model's batch",
-                                 f"{len(x)} < {shape[0]} for {t.name}", "Pass more samples")
-        dtype = _NUMPY.get(t.dtype)
-        if dtype is None:
-            raise InputDataError("Unsupported input dtype for --inputs", f"{t.name}: {t.dtype}",
-                                 "Run without --inputs (random inputs)")
-        x = x[:MAX_SAMPLES * shape[0]]
-        q = t.quantization
-        if np.issubdtype(dtype, np.integer) and q and q.scales and x.dtype.kind == "f":
-            x = QuantParams(float(q.scales[0]), int(q.zero_points[0] if q.zero_points else 0),
-                            np.dtype(dtype).name).quantize(x)
-        out.append(ModelInput(t.name, shape, x.astype(dtype, copy=False)))
-    return out
+        return {tensors[0].name: arrays[pick]}
+    missing = [t.name for t in tensors if t.name not in arrays]
+    if missing:
+        raise InputDataError("The .npz lacks arrays named after the model inputs",
+                             f"missing {', '.join(missing)}",
+                             "Save one array per input, named like the input tensors")
+    return {t.name: arrays[t.name] for t in tensors}
+
+
+def _fit_input(t, array, spec: str) -> ModelInput:
+    """One input's array checked against the tensor's shape, cut to MAX_SAMPLES batches and
+    converted (quantized, for an int8 input given floats) to its dtype."""
+    x = np.asarray(array)
+    shape = tuple(d if d > 0 else 1 for d in (t.shape or (1,)))
+    if x.shape[1:] != shape[1:]:
+        if x.ndim == len(shape) - 1 and x.shape == shape[1:]:
+            x = x[None]  # a single sample without the batch axis
+        else:
+            raise InputDataError(
+                f"Input data has shape {x.shape} but the model expects (N, "
+                f"{', '.join(map(str, shape[1:]))})", f"inputs={spec} for {t.name}",
+                "Reshape the array or pass another key")
+    if len(x) < shape[0]:
+        raise InputDataError("The --inputs array has fewer samples than the model's batch",
+                             f"{len(x)} < {shape[0]} for {t.name}", "Pass more samples")
+    dtype = _NUMPY.get(t.dtype)
+    if dtype is None:
+        raise InputDataError("Unsupported input dtype for --inputs", f"{t.name}: {t.dtype}",
+                             "Run without --inputs (random inputs)")
+    x = x[:MAX_SAMPLES * shape[0]]
+    q = t.quantization
+    if np.issubdtype(dtype, np.integer) and q and q.scales and x.dtype.kind == "f":
+        x = QuantParams(float(q.scales[0]), int(q.zero_points[0] if q.zero_points else 0),
+                        np.dtype(dtype).name).quantize(x)
+    return ModelInput(t.name, shape, x.astype(dtype, copy=False))

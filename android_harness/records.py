@@ -15,6 +15,7 @@ from typing import Sequence
 
 from android_harness.benchmark_tool import DELEGATES
 from android_harness.errors import UsageError
+from pipeline.tflite.tflite_model import TFLiteModel, read_file
 
 # Interpreter threads per run: LiteRT (and benchmark_model) start one OS thread each, and
 # 100000 of them crashed the host run with SIGSEGV; no phone or host CPU uses more than this.
@@ -77,8 +78,6 @@ def model_infos(paths: Sequence[str | os.PathLike]) -> list[ModelInfo]:
     Each model is read the bounded way and pre-checked structurally (pipeline.tflite.tflite_model:
     a regular file of at most 2 GiB, the TFL3 header, every offset and index), so a FIFO, a
     device, a huge or a crafted file is refused (exit 2) before anything loads or pushes it."""
-    from pipeline.tflite.tflite_model import TFLiteModel, read_file
-
     resolved, digests = [], {}
     for p in paths:
         path = Path(p)

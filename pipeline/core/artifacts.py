@@ -14,6 +14,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -21,7 +22,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.core.errors import OutputError, UsageError
+from pipeline.core.files import describe_mode
 
 _TMP_PREFIX = ".tmp-"
 # Errors of the disk, not of the program: a full disk or quota, a read-only filesystem, no
@@ -67,8 +71,6 @@ def check_output_dir(path, option: str = "--output") -> None:
             continue
         if q.is_dir():
             return
-        from pipeline.core.files import describe_mode
-
         what = "a regular file" if q.is_file() else describe_mode(os.stat(q).st_mode) \
             if q.exists() else "a broken symbolic link"
         where = "is" if q == p else f"is under {q}, which is"
@@ -306,8 +308,6 @@ def dumps_json(obj) -> str:
 
 
 def _finite(o):
-    import math
-
     if isinstance(o, float) and not math.isfinite(o):
         return None
     if isinstance(o, dict):
@@ -318,8 +318,6 @@ def _finite(o):
 
 
 def _jsonable(o):
-    import numpy as np
-
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):

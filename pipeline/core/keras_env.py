@@ -22,7 +22,9 @@ import warnings
 from dataclasses import dataclass
 from types import ModuleType
 
-from pipeline.core.errors import KerasEnvError
+from pipeline.core import machine
+from pipeline.core.errors import KerasEnvError, ModelFileError
+from pipeline.core.native import quiet_native_output
 
 _TRUTHY = {"1", "true", "yes", "on"}
 
@@ -80,12 +82,8 @@ def _minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
-def load() -> KerasEnv:
-    """Import TensorFlow, tf_keras and tfmot once; raise KerasEnvError with the fix if unusable."""
-    global _ENV
-    if _ENV is not None:
-        return _ENV
-
+def _check_versions() -> tuple[str, str]:
+    """(tensorflow, tf-keras) versions; KerasEnvError with the fix if Keras 2 cannot be used."""
     legacy = os.environ.get("TF_USE_LEGACY_KERAS", "")
     if legacy.strip().lower() not in _TRUTHY:
         raise KerasEnvError(
@@ -114,9 +112,17 @@ def load() -> KerasEnv:
         raise KerasEnvError(
             "tensorflow-model-optimization is not installed", "no such distribution",
             "pip install 'tensorflow-model-optimization==0.8.*'")
+    return tf_version, tfk_version
 
-    from pipeline.tflite.runtime import quiet_native_output
 
+def load() -> KerasEnv:
+    """Import TensorFlow, tf_keras and tfmot once; raise KerasEnvError with the fix if unusable."""
+    global _ENV
+    if _ENV is not None:
+        return _ENV
+
+    tf_version, tfk_version = _check_versions()
+    machine.note_tensorflow_import()
     # quiet_native_output: TensorFlow's C++ prints "All log messages before
     # absl::InitializeLog()" and the CUDA-stub notice at import whatever TF_CPP_MIN_LOG_LEVEL
     # says; the text is replayed if the import fails.
@@ -151,26 +157,44 @@ def load() -> KerasEnv:
 
 def saved_metadata_proto():
     """An empty ``SavedMetadata`` message: the format of a tf_keras SavedModel's
-    keras_metadata.pb (one JSON metadata string per saved layer), to parse it as data."""
+    keras_metadata.pb (one JSON metadata string per saved layer), to parse it as data.
+    ``tf_keras.protobuf`` is where tf_keras ships its generated protos (outside ``tf_keras.src``,
+    the package's private implementation)."""
     load()
-    try:
-        from tf_keras.protobuf import saved_metadata_pb2
-    except ImportError:  # pragma: no cover - older layouts
-        from tensorflow.python.keras.protobuf import saved_metadata_pb2
+    saved_metadata_pb2 = importlib.import_module("tf_keras.protobuf.saved_metadata_pb2")
     return saved_metadata_pb2.SavedMetadata()
 
 
 def onednn_enabled() -> bool | None:
-    """Whether the loaded TensorFlow runs its oneDNN graph rewrites (None: not loaded, or this
-    build cannot say). No public API exists; TensorFlow's own tests use this one."""
+    """Whether the loaded TensorFlow runs its oneDNN graph rewrites (None: not loaded).
+    TensorFlow has no public API for it: machine.py applies TensorFlow's own rule."""
     if "tensorflow" not in sys.modules:
         return None
-    try:
-        from tensorflow.python.util import _pywrap_util_port
+    return machine.onednn_enabled()[0]
 
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        return None
+
+def call_in_safe_mode(fn, safe: bool):
+    """``fn()`` with tf_keras' safe mode set to ``safe`` for every deserialization inside it.
+
+    Safe mode refuses Python bytecode (Lambda layers, RNN cell wrappers' lambdas) but
+    ``load_model(safe_mode=...)`` only passes it on for the .keras format; .h5 and SavedModel
+    loading then finds it unset and runs the bytecode. The public way to set it for a call tree
+    is ``tf_keras.saving.deserialize_keras_object(config, safe_mode=...)``, which holds it while
+    the object's ``from_config`` runs: ``fn`` runs as the ``from_config`` of a local class."""
+    env = load()
+    result = []
+
+    class _SafeModeCall:
+        @classmethod
+        def from_config(cls, config):
+            result.append(fn())
+            return cls()
+
+    name = "_QatSafeModeCall"
+    env.keras.saving.deserialize_keras_object(
+        {"class_name": name, "config": {}, "module": None, "registered_name": name},
+        custom_objects={name: _SafeModeCall}, safe_mode=bool(safe))
+    return result[0]
 
 
 def set_seed(seed: int) -> None:
@@ -183,26 +207,58 @@ def set_seed(seed: int) -> None:
         pass
 
 
+# At most this many probe layers per name (each costs ~0.2 ms): the counter of a model's most
+# crowded automatic name (conv2d_N) is moved this far; a wall of names further than that means
+# a hostile or generated file.
+MAX_NAME_PROBES = 20_000
+_AUTO_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
 def reserve_layer_names(names) -> None:
     """Make tf_keras' automatic layer names skip ``names`` (layer names already in a model).
 
-    tf_keras names an unnamed layer from a per-graph counter (``conv2d``, ``conv2d_1``, ...,
-    tf_keras/src/backend.py ``unique_object_name``); a layer created with an explicit name does
-    not advance it. tfmot's layout transforms create unnamed layers (SeparableConvQuantize: a
-    DepthwiseConv2D and a Conv2D per SeparableConv2D) and rebuild the model by layer name, so
-    in a process that never auto-named a ``conv2d`` the new pointwise conv is called
-    ``conv2d`` too when the model already has one (a Keras 3 Xception translated from its
-    config, a Keras 2 model loaded from a file): two config entries share a name and
-    ``Model.from_config`` loops forever or fails. Each ``base`` / ``base_N`` name here moves
-    the counter of ``base`` past N."""
-    load()
-    backend = importlib.import_module("tf_keras.src.backend")
-    uids = backend.get_default_graph_uid_map()
+    tf_keras names an unnamed layer from a per-graph counter of the snake_case class name
+    (``conv2d``, ``conv2d_1``, ...); a layer created with an explicit name does not advance it.
+    tfmot's layout transforms create unnamed layers (SeparableConvQuantize: a DepthwiseConv2D
+    and a Conv2D per SeparableConv2D) and rebuild the model by layer name, so in a process that
+    never auto-named a ``conv2d`` the new pointwise conv is called ``conv2d`` too when the model
+    already has one (a Keras 3 Xception translated from its config, a Keras 2 model loaded from
+    a file): two config entries share a name and ``Model.from_config`` loops forever or fails.
+
+    tf_keras has no public call that sets the counter, so it is advanced the public way: by
+    creating unnamed layers of a class called ``base`` until the next ``len(names) * 2 + 64``
+    automatic names (more than tfmot creates for this model) are free."""
+    env = load()
+    names = list(names)
+    taken: dict[str, set[int]] = {}
     for name in names:
         m = re.fullmatch(r"(.+?)(?:_(\d+))?", str(name))
-        if m:
-            key = ("", m.group(1))  # layers use the blank namespace
-            uids[key] = max(uids[key], int(m.group(2) or 0) + 1)
+        if m and _AUTO_NAME.fullmatch(m.group(1)):  # tf_keras never generates other names
+            taken.setdefault(m.group(1), set()).add(int(m.group(2) or 0))
+    reach = 2 * len(names) + 64
+    for base, suffixes in sorted(taken.items()):
+        _advance_name_counter(env.keras.layers.Layer, base, suffixes, reach)
+
+
+def _advance_name_counter(layer_cls, base: str, suffixes: set[int], reach: int) -> None:
+    probe = type(base, (layer_cls,), {})  # its instances are named base, base_1, base_2, ...
+
+    def next_number() -> int:
+        m = re.fullmatch(re.escape(base) + r"(?:_(\d+))?", probe().name)
+        return int(m.group(1) or 0)
+
+    current = target = next_number()  # the number this probe took; the next auto name is +1
+    for s in sorted(suffixes):
+        if s > target + reach:
+            break
+        target = max(target, s)
+    if target - current > MAX_NAME_PROBES:
+        raise ModelFileError(
+            "The model's layer names occupy too many of tf_keras' automatic names",
+            f"{base}_{current + 1} ... {base}_{target}",
+            "Rename those layers: tfmot names the layers it adds from the same counter")
+    while current < target:
+        current = next_number()
 
 
 def load_keras3() -> ModuleType:

@@ -9,8 +9,8 @@ run oneDNN's sgemm, whose kernels follow the CPU's instruction set (``ONEDNN_MAX
 caps it). This project turns the rewrites off and caps the kernels at AVX2 unless the user set
 the variables (``keras_env``), and records here what was in force, for ``manifest.json``.
 
-No TensorFlow import here: ``describe`` reads /proc/cpuinfo and the environment, and asks
-TensorFlow only if it is already imported.
+No TensorFlow import here: ``describe`` reads /proc/cpuinfo and the environment (as TensorFlow
+read it when it loaded, if it did).
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ _ENV_SKIP = ("TF_VAR_", "TF_TOKEN_", "TF_CLI_", "TF_LOG", "TF_WORKSPACE", "TF_DA
              "TF_IN_AUTOMATION", "TF_INPUT", "TF_REGISTRY_", "TF_PLUGIN_", "TF_APPEND_",
              "TF_IGNORE", "TF_STATE")
 _SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "KEY")
-_FALSE = {"0", "false", "no", "off"}
-_TRUE = {"1", "true", "yes", "on"}
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -64,21 +62,43 @@ def onednn_default_for(flags: set[str], machine: str | None = None) -> bool:
     return any(f in flags for f in ONEDNN_DEFAULT_ON_FLAGS)
 
 
-def onednn_enabled() -> tuple[bool, str]:
-    """(on?, what decided it): TensorFlow's own answer once it is loaded, else the variable if
-    set, else TensorFlow's rule for this CPU."""
-    value = os.environ.get(ONEDNN_VAR)
-    why = f"{ONEDNN_VAR}={value}" if value is not None else "tensorflow default for this CPU"
-    if "tensorflow" in sys.modules:
-        from pipeline.core import keras_env
+_UNKNOWN = object()
+_SEEN_BY_TENSORFLOW: object = _UNKNOWN  # ONEDNN_VAR as TensorFlow read it (None: unset)
 
-        asked = keras_env.onednn_enabled()
-        if asked is not None:
-            return asked, why
-    if value is not None and value.strip().lower() in _FALSE | _TRUE:
-        return value.strip().lower() in _TRUE, why
+
+def note_tensorflow_import() -> None:
+    """Called right before TensorFlow is first imported (keras_env.load): TensorFlow reads
+    ONEDNN_VAR once, as it loads, so later changes of the variable do not count."""
+    global _SEEN_BY_TENSORFLOW
+    if "tensorflow" not in sys.modules:
+        _SEEN_BY_TENSORFLOW = os.environ.get(ONEDNN_VAR)
+
+
+def onednn_rule(value: str | None, flags: set[str], machine: str | None = None) -> bool:
+    """TensorFlow's IsMklEnabled() in its oneDNN builds (tensorflow/core/util/util.cc), which
+    has no public API: the variable if it reads 0/false/1/true (any case; TensorFlow ignores
+    anything else with a warning), else the default for this CPU. test_machine.py checks the
+    rule against TensorFlow's own answer on the machine running the tests."""
+    word = (value or "").lower()
+    if value is not None and word in ("0", "false", "1", "true"):
+        return word in ("1", "true")
+    return onednn_default_for(flags, machine)
+
+
+def onednn_enabled() -> tuple[bool, str]:
+    """(on?, what decided it): the variable as TensorFlow saw it when it loaded (as it is now,
+    if TensorFlow is not loaded or was imported before the pipeline), by TensorFlow's rule."""
+    value = os.environ.get(ONEDNN_VAR)
+    if "tensorflow" in sys.modules and _SEEN_BY_TENSORFLOW is not _UNKNOWN:
+        value = _SEEN_BY_TENSORFLOW
+    if value is None:
+        why = "tensorflow default for this CPU"
+    elif value.lower() in ("0", "false", "1", "true"):
+        why = f"{ONEDNN_VAR}={value}"
+    else:
+        why = f"tensorflow default for this CPU ({ONEDNN_VAR}={value} is not 0/1/true/false)"
     _, flags = _cpuinfo()
-    return onednn_default_for(flags), why
+    return onednn_rule(value, flags), why
 
 
 def recorded_environment() -> dict:

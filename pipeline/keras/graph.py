@@ -17,6 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from pipeline.core import keras_env
+
 # TFOpLambda symbols rewritten to layers: symbol -> kind
 _CONST_OPS = {"__operators__.add": "add", "math.add": "add", "math.multiply": "mul",
               "math.truediv": "div", "math.divide": "div", "math.subtract": "sub",
@@ -42,8 +46,6 @@ def _is_tensor(keras, x) -> bool:
 
 def _scalar(v):
     """A Python/NumPy scalar constant, or None."""
-    import numpy as np
-
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)
     if isinstance(v, np.ndarray) and v.size == 1:
@@ -93,8 +95,6 @@ def _replacement(keras, layer, args, kwargs, name: str):
 
 def rebuild(model) -> Rewritten:
     """Flatten nested models and rewrite TFOpLambda arithmetic; returns the new model."""
-    from pipeline.core import keras_env
-
     env = keras_env.load()
     keras, tf = env.keras, env.tf
     result = Rewritten(model)

@@ -29,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core import files, keras_env
 from pipeline.core.errors import ModelFileError, first_line
 from pipeline.keras.keras3_graph import model_kind, translate
+from pipeline.keras.stored import check_config, parse_json
 
 ATOL = 1e-5  # docs/architecture.md, Tolerances: float conversion ~1e-5
 
@@ -93,9 +95,6 @@ def read_keras3_file(path, custom_objects: dict | None = None):
     The config is read as data first and any Lambda refused (its marshalled bytecode would
     run on load); Keras 3 itself then loads with safe_mode=True, which also refuses lambdas
     and imports classes only from keras packages (keras/src/saving/serialization_lib.py)."""
-    from pipeline.core import files
-    from pipeline.stages.modelio import _check_config, _parse_json
-
     p = Path(path)
     if not os.path.lexists(p):
         raise ModelFileError("The model file does not exist", path, "Check the path")
@@ -111,8 +110,8 @@ def read_keras3_file(path, custom_objects: dict | None = None):
         if "config.json" not in z.namelist():
             raise ModelFileError("The .keras archive has no config.json", path,
                                  "Save the whole model with model.save('model.keras')")
-        config = _check_config(_parse_json(z.read("config.json"), path, "config.json"), path,
-                               "config.json")
+        config = check_config(parse_json(z.read("config.json"), path, "config.json"), path,
+                              "config.json")
     unsafe = _unsafe_entries(config, [])
     if unsafe:
         raise ModelFileError(
@@ -120,8 +119,6 @@ def read_keras3_file(path, custom_objects: dict | None = None):
             f"({', '.join(unsafe)}) whose stored code would run on load; it was not loaded",
             path, "Replace the Lambda with built-in layers (or a registered custom layer) in "
             "Keras 3 and re-save")
-    from pipeline.core import keras_env
-
     keras3 = keras_env.load_keras3()
     try:
         return keras3.saving.load_model(os.fspath(p), custom_objects=custom_objects,
@@ -151,8 +148,6 @@ def to_tf_keras(model3, *, seed: int = 0, samples: int = 2, atol: float = ATOL,
                              "Pass a model built with `import keras` (Keras 3), or give a "
                              "tf_keras model straight to the pipeline")
     model_kind(model3)  # subclassed models: a clear error before anything else
-    from pipeline.core import keras_env
-
     keras3, env = keras_env.load_keras3(), keras_env.load()
     if not model3.built or not model3.inputs:
         raise ModelFileError("The Keras 3 model is not built (no inputs)", model3.name,
@@ -268,8 +263,6 @@ def compare_outputs(model3, model2, *, seed: int = 0, samples: int = 2, atol: fl
     other fusions: oneDNN's rewrites) sum in other orders, so logits of magnitude 30 differ by
     a few 1e-6 while a wrong layer is off by far more. Over atol / rtol raises ModelFileError
     naming the first layer, in graph order, whose output differs."""
-    from pipeline.core import keras_env
-
     keras3, env = keras_env.load_keras3(), keras_env.load()
     xs = _random_inputs(model2, seed, samples)
     feed = xs if len(xs) > 1 else xs[0]

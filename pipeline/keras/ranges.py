@@ -21,6 +21,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from pipeline.core import keras_env
+
 
 @contextmanager
 def _ema_decay_zero(env):
@@ -51,8 +53,6 @@ def init_ranges(qat_model, x: np.ndarray) -> dict:
 
     Returns {"ranges": number of range variables set, "samples": len(x),
     "widest_before": ..., "widest_after": ...} (the largest |min|/|max| over all ranges)."""
-    from pipeline.core import keras_env
-
     env = keras_env.load()
     if len(x) == 0:
         return {"ranges": 0, "samples": 0}

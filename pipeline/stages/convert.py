@@ -12,12 +12,15 @@ Int8 variants get int8 input and output tensors by default (an app feeds int8 di
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.core import keras_env
 from pipeline.core.errors import ConversionError
+from pipeline.core.native import quiet_native_output
 from pipeline.core.records import Variant
 from pipeline.tflite.tflite_model import TFLiteModel, Verdict
 
@@ -50,8 +53,6 @@ def _representative(x: np.ndarray):
 def to_tflite(model, variant: Variant, representative: np.ndarray | None = None,
               io: str = "int8") -> bytes:
     """Run the TFLite converter for one variant and return the flatbuffer bytes."""
-    from pipeline.core import keras_env
-
     tf = keras_env.load().tf
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if variant.is_int8:
@@ -65,8 +66,6 @@ def to_tflite(model, variant: Variant, representative: np.ndarray | None = None,
         if io == "int8":
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-    from pipeline.tflite.runtime import quiet_native_output
-
     try:
         with warnings.catch_warnings(), quiet_native_output():
             # "Statistics for quantized inputs were expected": benign for QAT models, whose
@@ -83,8 +82,6 @@ def to_tflite(model, variant: Variant, representative: np.ndarray | None = None,
 
 def convert(variant: Variant, model, *, representative: np.ndarray | None = None,
             io: str = "int8") -> Converted:
-    import time
-
     t0 = time.perf_counter()
     content = to_tflite(model, variant, representative, io)
     seconds = time.perf_counter() - t0

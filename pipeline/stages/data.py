@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models import DATASETS, get_dataset
+from pipeline.core import files
 from pipeline.core.errors import DataError, first_line
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -47,8 +49,6 @@ def load(name: str = "", path: str = "") -> Dataset:
                                                       "transform": "as stored in the .npz"}
         ds_name = os.path.splitext(os.path.basename(path))[0]
     elif name:
-        from models import DATASETS, get_dataset
-
         zoo = get_dataset(name)
         if zoo is None:
             raise DataError("Unknown zoo dataset", name,
@@ -77,8 +77,6 @@ def load(name: str = "", path: str = "") -> Dataset:
 
 
 def _load_npz(path: str) -> dict:
-    from pipeline.core import files
-
     files.check_file(path, "data", DataError, "data file")
     if not zipfile.is_zipfile(path):
         raise DataError("The data file is not a readable .npz archive", path,

@@ -16,8 +16,9 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 
+from pipeline.core import keras_env
+from pipeline.core.errors import TrainingError, UsageError, first_line
 from pipeline.keras import weights
-from pipeline.core.errors import TrainingError, first_line
 
 CKPT_DIR = "checkpoints"
 STATE = f"{CKPT_DIR}/state.json"
@@ -116,8 +117,6 @@ def check_finite_before(model, what: str) -> None:
 def train_float(model, x, y, x_val, y_val, *, epochs: int, learning_rate: float,
                 batch_size: int, from_logits: bool, verbose: int = -1, patience: int = 10):
     """Train a zoo model's float baseline; keeps the weights of the best validation epoch."""
-    from pipeline.core import keras_env
-
     keras = keras_env.load().keras
     check_finite_before(model, "float model")
     steps = epochs * math.ceil(len(x) / batch_size)
@@ -138,8 +137,6 @@ def train_float(model, x, y, x_val, y_val, *, epochs: int, learning_rate: float,
 
 
 def compile_qat(qat_model, cfg, steps_per_epoch: int, from_logits: bool):
-    from pipeline.core import keras_env
-
     keras = keras_env.load().keras
     loss, metrics = _loss_and_metrics(keras, from_logits)
     sched = _schedule(keras, cfg.learning_rate, cfg.lr_schedule, cfg.epochs * steps_per_epoch)
@@ -153,34 +150,57 @@ def compile_qat(qat_model, cfg, steps_per_epoch: int, from_logits: bool):
 def fit(qat_model, x, y, x_val, y_val, cfg, run_dir, *, from_logits: bool,
         resume: bool = False, log=print) -> FitResult:
     """QAT fine-tuning. ``cfg`` is a QatConfig; ``run_dir`` a RunDir (checkpoints go there)."""
-    from pipeline.core import keras_env
-
     env = keras_env.load()
     tf, keras = env.tf, env.keras
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     check_finite_before(qat_model, "QAT model")
     optimizer = compile_qat(qat_model, cfg, steps_per_epoch, from_logits)
     ckpt = tf.train.Checkpoint(model=qat_model, optimizer=optimizer)
-    mode_max = cfg.monitor == "val_accuracy"
     state = {"epochs_done": 0, "best_epoch": 0, "best_value": None, "wait": 0,
              "stopped_early": False, "history": {}}
-    state_path = run_dir.path(STATE)
-    if resume and state_path.is_file():
-        state = _read_state(state_path)
-        last = run_dir.path(f"{CKPT_DIR}/epoch_{state['epochs_done']:03d}/ckpt")
-        try:
-            ckpt.read(str(last)).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as exc:
-            from pipeline.core.errors import UsageError
-
-            msg = first_line(exc, 160)
-            raise UsageError("The checkpoint of the run being resumed does not fit this model "
-                             "(another model, or a changed file)", f"{last} ({msg})",
-                             "Resume with the model the run started with, or drop --resume "
-                             "to start over") from exc
-        log(f"QAT: resumed after epoch {state['epochs_done']} (best epoch "
-            f"{state['best_epoch']}, {cfg.monitor}={state['best_value']})")
+    if resume and run_dir.path(STATE).is_file():
+        state = _resume(ckpt, run_dir, cfg, log)
     resumed_from = state["epochs_done"]
+    guard = _NanGuard()
+    if state["epochs_done"] < cfg.epochs and not state["stopped_early"]:
+        qat_model.fit(x, y, validation_data=(x_val, y_val), epochs=cfg.epochs,
+                      initial_epoch=state["epochs_done"], batch_size=cfg.batch_size,
+                      shuffle=True, verbose=_verbose(cfg.verbose),
+                      callbacks=_make_callbacks(keras, guard,
+                                                _epoch_end(state, ckpt, run_dir, cfg)))
+    if guard.where is not None:
+        _raise_nan(guard, "QAT", cfg.learning_rate, "qat.learning_rate")
+    if state["best_epoch"] and state["best_epoch"] != state["epochs_done"]:
+        best = run_dir.path(f"{CKPT_DIR}/epoch_{state['best_epoch']:03d}/ckpt")
+        tf.train.Checkpoint(model=qat_model).read(str(best)).expect_partial()
+        log(f"QAT: restored the best epoch {state['best_epoch']} "
+            f"({cfg.monitor}={state['best_value']:.4f})")
+    return FitResult(state["epochs_done"] - resumed_from, resumed_from, state["best_epoch"],
+                     state["best_value"], state["stopped_early"], state["history"])
+
+
+def _resume(ckpt, run_dir, cfg, log) -> dict:
+    """The progress of the run being resumed, with its last checkpoint read into ``ckpt``."""
+    tf = keras_env.load().tf
+    state = _read_state(run_dir.path(STATE))
+    last = run_dir.path(f"{CKPT_DIR}/epoch_{state['epochs_done']:03d}/ckpt")
+    try:
+        ckpt.read(str(last)).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as exc:
+        msg = first_line(exc, 160)
+        raise UsageError("The checkpoint of the run being resumed does not fit this model "
+                         "(another model, or a changed file)", f"{last} ({msg})",
+                         "Resume with the model the run started with, or drop --resume "
+                         "to start over") from exc
+    log(f"QAT: resumed after epoch {state['epochs_done']} (best epoch "
+        f"{state['best_epoch']}, {cfg.monitor}={state['best_value']})")
+    return state
+
+
+def _epoch_end(state: dict, ckpt, run_dir, cfg):
+    """After each epoch: checkpoint it, track the best epoch and early stopping in ``state``,
+    write state.json and keep only the last and the best checkpoints."""
+    mode_max = cfg.monitor == "val_accuracy"
 
     def better(v, best):
         return best is None or (v > best if mode_max else v < best)
@@ -207,21 +227,7 @@ def fit(qat_model, x, y, x_val, y_val, cfg, run_dir, *, from_logits: bool,
             if d.name not in keep:
                 shutil.rmtree(d, ignore_errors=True)
 
-    guard = _NanGuard()
-    if state["epochs_done"] < cfg.epochs and not state["stopped_early"]:
-        qat_model.fit(x, y, validation_data=(x_val, y_val), epochs=cfg.epochs,
-                      initial_epoch=state["epochs_done"], batch_size=cfg.batch_size,
-                      shuffle=True, verbose=_verbose(cfg.verbose),
-                      callbacks=_make_callbacks(keras, guard, on_epoch_end))
-    if guard.where is not None:
-        _raise_nan(guard, "QAT", cfg.learning_rate, "qat.learning_rate")
-    if state["best_epoch"] and state["best_epoch"] != state["epochs_done"]:
-        best = run_dir.path(f"{CKPT_DIR}/epoch_{state['best_epoch']:03d}/ckpt")
-        tf.train.Checkpoint(model=qat_model).read(str(best)).expect_partial()
-        log(f"QAT: restored the best epoch {state['best_epoch']} "
-            f"({cfg.monitor}={state['best_value']:.4f})")
-    return FitResult(state["epochs_done"] - resumed_from, resumed_from, state["best_epoch"],
-                     state["best_value"], state["stopped_early"], state["history"])
+    return on_epoch_end
 
 
 _STATE_KEYS = {"epochs_done": int, "best_epoch": int, "wait": int, "stopped_early": bool,
@@ -231,8 +237,6 @@ _STATE_KEYS = {"epochs_done": int, "best_epoch": int, "wait": int, "stopped_earl
 def _read_state(path) -> dict:
     """The progress file of the run being resumed, checked: a damaged one is the user's to
     fix (start over), not a bug."""
-    from pipeline.core.errors import UsageError
-
     try:
         state = json.loads(path.read_bytes()[:1 << 20])
         ok = isinstance(state, dict) and all(

@@ -8,13 +8,16 @@ Lambda layer is refused unless ``trust_model`` is set.
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from models import get_model, zoo_names
+from pipeline.core import files, keras_env
 from pipeline.core.errors import ModelFileError, first_line
+from pipeline.keras import fallbacks, keras3
+from pipeline.keras.stored import RESAVE, check_config, parse_json
 
 
 @dataclass
@@ -44,47 +47,6 @@ def _find_lambdas(config) -> list[str]:
     return found
 
 
-_RESAVE = "Re-save the model with tf_keras model.save()"
-
-
-def _parse_json(raw, path, what: str):
-    """JSON text stored in a model file, as data; a one-line ModelFileError otherwise."""
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ModelFileError(f"The model's {what} is not UTF-8 text", f"{path} (byte "
-                                 f"{exc.start})", _RESAVE)
-    if not isinstance(raw, str):
-        raise ModelFileError(f"The model's {what} is not JSON text",
-                             f"{path} (a {type(raw).__name__})", _RESAVE)
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise ModelFileError(f"The model's {what} is nested too deeply", path, _RESAVE)
-    except ValueError as exc:
-        raise ModelFileError(f"The model's {what} is not valid JSON",
-                             f"{path} ({str(exc)[:200]})", _RESAVE)
-
-
-def _check_config(config, path, what: str) -> dict:
-    """A Keras model config is {"class_name": ..., "config": {...} or [...]}."""
-    if not isinstance(config, dict):
-        raise ModelFileError(f"The model's {what} is not a Keras model config (expected a JSON "
-                             "object with class_name and config)",
-                             f"{path} (a JSON {type(config).__name__})", _RESAVE)
-    missing = [k for k in ("class_name", "config") if k not in config]
-    if missing or not isinstance(config["class_name"], str) or \
-            not isinstance(config["config"], (dict, list)):
-        raise ModelFileError(f"The model's {what} is not a Keras model config (expected a JSON "
-                             "object with class_name and config)",
-                             f"{path} (" + (f"missing {', '.join(missing)}" if missing else
-                                            f"class_name={config['class_name']!r}, config is a "
-                                            f"{type(config['config']).__name__}") + ")",
-                             _RESAVE)
-    return config
-
-
 def _text(value) -> str | None:
     if value is None:
         return None
@@ -97,22 +59,18 @@ def _savedmodel_lambdas(meta_path: Path, path) -> list[str]:
     """Lambda layers named in a SavedModel's keras_metadata.pb, parsed (a SavedMetadata proto
     whose nodes carry each layer's metadata as JSON), so reformatting the JSON (whitespace, key
     order, unicode escapes) cannot hide one."""
-    from pipeline.core import files
-
     blob = files.read_bytes(meta_path, "model", ModelFileError, "SavedModel's keras_metadata.pb")
     from google.protobuf.message import DecodeError
-
-    from pipeline.core import keras_env
 
     proto = keras_env.saved_metadata_proto()
     try:
         proto.ParseFromString(blob)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ModelFileError("The SavedModel's keras_metadata.pb is not a valid Keras metadata "
-                             "file", f"{path} ({exc})", _RESAVE)
+                             "file", f"{path} ({exc})", RESAVE)
     found = []
     for node in proto.nodes:
-        meta = _parse_json(node.metadata, path, f"metadata of {node.node_path or 'a node'}") \
+        meta = parse_json(node.metadata, path, f"metadata of {node.node_path or 'a node'}") \
             if node.metadata else {}
         names = _find_lambdas(meta)
         if names:
@@ -126,8 +84,6 @@ def read_stored_config(path: str) -> tuple[str, dict | None, str | None]:
     Every file is checked first (pipeline/core/files.py): a regular file (or a directory of them
     for a SavedModel) within the model size limit; .h5 must carry the HDF5 signature and a
     .keras archive must not expand past the limit or be a zip bomb."""
-    from pipeline.core import files
-
     p = Path(path)
     try:
         exists = os.path.lexists(p)
@@ -136,16 +92,7 @@ def read_stored_config(path: str) -> tuple[str, dict | None, str | None]:
     if not exists:
         raise ModelFileError("The model file does not exist", path, "Check the path")
     if p.is_dir():
-        meta = p / "keras_metadata.pb"
-        if not (p / "saved_model.pb").is_file() and not (p / "saved_model.pbtxt").is_file():
-            raise ModelFileError("The directory is not a SavedModel (no saved_model.pb)", path,
-                                 "Pass a .h5/.keras file or a directory written by model.save()")
-        if not os.path.lexists(meta):
-            raise ModelFileError("The SavedModel has no Keras metadata (keras_metadata.pb); it "
-                                 "was not saved from a Keras model", path,
-                                 "Save the Keras model with tf_keras model.save(dir)")
-        files.check_tree(p, "model", ModelFileError, "SavedModel directory")
-        return "savedmodel", {"_lambdas": _savedmodel_lambdas(meta, path)}, None
+        return _read_savedmodel(p, path)
     suffix = p.suffix.lower()
     if suffix not in (".h5", ".hdf5", ".keras"):
         files.check_file(p, "model", ModelFileError, "model file")
@@ -154,22 +101,44 @@ def read_stored_config(path: str) -> tuple[str, dict | None, str | None]:
     st = files.check_file(p, "model", ModelFileError, "model file")
     if suffix in (".h5", ".hdf5"):
         files.check_hdf5_signature(p, ModelFileError, "model file", st.st_size)
-        import h5py
+        return _read_h5(path)
+    return _read_keras_archive(path)
 
-        try:
-            with h5py.File(path, "r") as f:
-                raw = f.attrs.get("model_config")
-                version = f.attrs.get("keras_version")
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise ModelFileError("The file is not a readable HDF5 model", path,
-                                 "Save the model with tf_keras model.save('model.h5') "
-                                 f"({first_line(exc, 120)})")
-        if raw is None:
-            raise ModelFileError("The .h5 file holds weights only, no model architecture", path,
-                                 "Save the whole model (model.save), not save_weights")
-        config = _check_config(_parse_json(raw, path, "config (model_config)"), path,
-                               "config (model_config)")
-        return "h5", config, _text(version)
+
+def _read_savedmodel(p: Path, path) -> tuple[str, dict, None]:
+    """A SavedModel directory: only its Lambda layers are needed (see _savedmodel_lambdas)."""
+    meta = p / "keras_metadata.pb"
+    if not (p / "saved_model.pb").is_file() and not (p / "saved_model.pbtxt").is_file():
+        raise ModelFileError("The directory is not a SavedModel (no saved_model.pb)", path,
+                             "Pass a .h5/.keras file or a directory written by model.save()")
+    if not os.path.lexists(meta):
+        raise ModelFileError("The SavedModel has no Keras metadata (keras_metadata.pb); it "
+                             "was not saved from a Keras model", path,
+                             "Save the Keras model with tf_keras model.save(dir)")
+    files.check_tree(p, "model", ModelFileError, "SavedModel directory")
+    return "savedmodel", {"_lambdas": _savedmodel_lambdas(meta, path)}, None
+
+
+def _read_h5(path) -> tuple[str, dict, str | None]:
+    import h5py  # lazy: only .h5 models need it
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+            version = f.attrs.get("keras_version")
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelFileError("The file is not a readable HDF5 model", path,
+                             "Save the model with tf_keras model.save('model.h5') "
+                             f"({first_line(exc, 120)})")
+    if raw is None:
+        raise ModelFileError("The .h5 file holds weights only, no model architecture", path,
+                             "Save the whole model (model.save), not save_weights")
+    config = check_config(parse_json(raw, path, "config (model_config)"), path,
+                          "config (model_config)")
+    return "h5", config, _text(version)
+
+
+def _read_keras_archive(path) -> tuple[str, dict, str | None]:
     if not zipfile.is_zipfile(path):
         raise ModelFileError("The .keras file is not a zip archive", path,
                              "Save the model with model.save('model.keras')")
@@ -180,9 +149,9 @@ def read_stored_config(path: str) -> tuple[str, dict | None, str | None]:
             if "config.json" not in names:
                 raise ModelFileError("The .keras archive has no config.json", path,
                                      "Save the model with model.save('model.keras')")
-            config = _check_config(_parse_json(z.read("config.json"), path, "config.json"),
-                                   path, "config.json")
-            meta = _parse_json(z.read("metadata.json"), path, "metadata.json") \
+            config = check_config(parse_json(z.read("config.json"), path, "config.json"),
+                                  path, "config.json")
+            meta = parse_json(z.read("metadata.json"), path, "metadata.json") \
                 if "metadata.json" in names else {}
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError,
             NotImplementedError) as exc:
@@ -190,18 +159,16 @@ def read_stored_config(path: str) -> tuple[str, dict | None, str | None]:
                              f"{str(exc)[:120]})", "Save the model with model.save('model.keras')")
     if not isinstance(meta, dict):
         raise ModelFileError("The .keras archive's metadata.json is not a JSON object",
-                             f"{path} (a JSON {type(meta).__name__})", _RESAVE)
+                             f"{path} (a JSON {type(meta).__name__})", RESAVE)
     return "keras", config, _text(meta.get("keras_version"))
 
 
 def load_model(name: str = "", path: str = "", *, trust_model: bool = False,
                custom_objects: dict | None = None, seed: int = 0) -> LoadedModel:
-    from pipeline.core import keras_env
-
+    """A zoo architecture (``name``) or the model stored at ``path``, as a tf_keras model; a
+    Keras 3 .keras file is translated (keras3.py)."""
     env = keras_env.load()
     if name:
-        from models import get_model, zoo_names
-
         zoo = get_model(name)
         if zoo is None:
             raise ModelFileError("Unknown zoo model", name,
@@ -215,8 +182,6 @@ def load_model(name: str = "", path: str = "", *, trust_model: bool = False,
         if kind != "keras":
             raise ModelFileError("Only .keras files saved by Keras 3 are supported", path,
                                  "Re-save it with Keras 3: model.save('model.keras')")
-        from pipeline.keras import keras3
-
         t = keras3.translate_keras3_file(path, seed=seed)
         check_model_shape(t.model, path)
         return LoadedModel(t.model, os.fspath(path), "keras3", needs_training=False,
@@ -228,19 +193,16 @@ def load_model(name: str = "", path: str = "", *, trust_model: bool = False,
             "would run on load", path,
             "Pass --trust-model only if you trust the file, or replace the Lambda with a "
             "built-in layer")
-    keras = env.keras
-    quantize_scope = env.tfmot.quantization.keras.quantize_scope
-    from pipeline.keras import fallbacks
-
     objects = {**fallbacks.custom_objects(), **(custom_objects or {})}  # QAT models' configs
-    try:
-        from tf_keras.src.saving import serialization_lib
 
-        with quantize_scope(objects), \
-                serialization_lib.SafeModeScope(not trust_model):
-            model = keras.models.load_model(path, compile=False,
-                                            **({"safe_mode": not trust_model}
-                                               if kind == "keras" else {}))
+    def load():
+        with env.tfmot.quantization.keras.quantize_scope(objects):
+            return env.keras.models.load_model(path, compile=False,
+                                               **({"safe_mode": not trust_model}
+                                                  if kind == "keras" else {}))
+
+    try:
+        model = keras_env.call_in_safe_mode(load, not trust_model)
     except (ValueError, TypeError, KeyError, OSError) as exc:
         msg = first_line(exc, None)
         fix = "Re-save the model with tf_keras"

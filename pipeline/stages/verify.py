@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.core.records import Agreement, QuantParams
+from pipeline.tflite.isolated import DEFAULT_TIMEOUT_S, run_isolated
 from pipeline.tflite.runtime import ModelRunner
 
 
@@ -56,8 +57,6 @@ def score_tflite(name: str, model: bytes | str | os.PathLike, x: np.ndarray, y: 
     this process did not write: a crash of the interpreter becomes a ModelFileError).
     ``source`` names the model in errors (default: its path, or "<bytes>")."""
     if isolate:
-        from pipeline.tflite.isolated import DEFAULT_TIMEOUT_S, run_isolated
-
         outs, desc = run_isolated(model, x, batch_size=batch_size, runtime=runtime,
                                   num_threads=num_threads or None,
                                   timeout=timeout or DEFAULT_TIMEOUT_S, source=source)

@@ -6,11 +6,8 @@ release, 2.14, needs numpy<2) -> tf.lite (deprecated inside TensorFlow, imported
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import sys
-import tempfile
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -19,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.core.errors import ModelFileError, UsageError, first_line
+from pipeline.core.native import quiet_native_output
 from pipeline.core.records import QuantParams
 
 RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
@@ -58,39 +56,6 @@ def resolve_runtime(name: str | None = None) -> tuple[str, object]:
             errors.append(f"{candidate}: {type(exc).__name__}: {first_line(exc, None, '')}")
     raise UsageError("No LiteRT interpreter could be imported", "; ".join(errors),
                      "pip install 'ai-edge-litert>=2.3'")
-
-
-@contextlib.contextmanager
-def quiet_native_output(enabled: bool = True):
-    """Silence what native code prints straight to fds 1/2 (the converter's
-    "fully_quantize: 0, ..." line, LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate").
-    The text is kept and replayed to stderr if the block raises, so nothing useful is lost."""
-    if not enabled:
-        yield
-        return
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        failed = False
-        try:
-            yield
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            if failed:
-                sink.seek(0)
-                text = sink.read().decode(errors="replace").strip()
-                if text:
-                    print(text, file=sys.stderr)
 
 
 def auto_batch_size(interpreter, budget: int = AUTO_BATCH_BYTES, cap: int = MAX_AUTO_BATCH) -> int:

@@ -1,14 +1,17 @@
-import ast
+"""keras_env: Keras 2 is selected, a wrong setup is reported with its fix, and the helpers
+that stand in for tf_keras internals (layer-name counters, safe mode) do what they say.
+Only keras_env importing TensorFlow/Keras/tfmot is checked in tests/test_architecture.py."""
+
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from pipeline.core import keras_env
-from pipeline.core.errors import KerasEnvError
-from tests.conftest import REPO
-
-HEAVY = {"tensorflow", "tf_keras", "keras", "tensorflow_model_optimization"}
+from pipeline.core.errors import KerasEnvError, ModelFileError
+from tests.conftest import REPO, next_auto_name
 
 
 def _child(code: str, **env):
@@ -20,27 +23,6 @@ def _child(code: str, **env):
             e.pop(k)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e,
                           timeout=180)
-
-
-def test_only_keras_env_imports_tensorflow():
-    """docs/architecture.md: keras_env is THE module importing TensorFlow/Keras/tfmot."""
-    offenders = []
-    for pkg in ("pipeline", "models", "android_harness"):
-        for path in (REPO / pkg).rglob("*.py"):
-            if path.name == "keras_env.py":
-                continue
-            for node in ast.walk(ast.parse(path.read_text())):
-                names = []
-                if isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    names = [node.module]
-                bad = [n for n in names if n.split(".")[0] in HEAVY]
-                # tf_keras' own serialization scope is used by modelio for safe loading
-                bad = [n for n in bad if n != "tf_keras.src.saving"]
-                if bad:
-                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {bad}")
-    assert offenders == []
 
 
 def test_legacy_keras_is_selected():
@@ -72,3 +54,56 @@ def test_minor_version_mismatch_names_the_pin(monkeypatch):
         keras_env.load()
     assert "minor versions differ" in str(err.value)
     assert "pip install 'tf-keras==2.21.*'" in str(err.value)
+
+
+def _number(name: str) -> int:
+    return int(re.fullmatch(r"conv2d(?:_(\d+))?", name).group(1) or 0)
+
+
+def test_reserved_names_are_skipped_by_automatic_names(env):
+    start = _number(next_auto_name(env.keras, "Conv2D"))
+    taken = {f"conv2d_{start + k}" for k in (0, 3, 40)} | {"Conv2D_99", "dense/kernel"}
+    keras_env.reserve_layer_names(taken)
+    after = [env.keras.layers.Conv2D(1, 1).name for _ in range(100)]
+    assert not set(after) & taken, after
+    assert _number(after[0]) == start + 41  # the next free name after the last one in reach
+
+
+def test_a_far_away_name_costs_nothing_and_cannot_collide(env):
+    start = _number(next_auto_name(env.keras, "Conv2D"))
+    keras_env.reserve_layer_names({f"conv2d_{start + 10**12}"})  # no 10**12 probe layers
+    assert _number(env.keras.layers.Conv2D(1, 1).name) <= start + 2
+
+
+def test_a_wall_of_names_is_refused_not_walked(env):
+    start = _number(next_auto_name(env.keras, "Conv2D"))
+    wall = [f"conv2d_{start + 50 * k}" for k in range(keras_env.MAX_NAME_PROBES // 50 + 2)]
+    with pytest.raises(ModelFileError, match="occupy too many of tf_keras' automatic names"):
+        keras_env.reserve_layer_names(wall)
+
+
+def test_safe_mode_reaches_legacy_h5_loading(env, tmp_path):
+    """load_model(safe_mode=...) only covers .keras files; call_in_safe_mode covers .h5 too."""
+    keras = env.keras
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Lambda(lambda x: x * 2.0, name="double")(inp))
+    path = tmp_path / "lambda.h5"
+    model.save(path)
+
+    def load():
+        return keras.models.load_model(path, compile=False)
+
+    with pytest.raises(ValueError, match="Lambda layer with a Python `lambda`"):
+        keras_env.call_in_safe_mode(load, True)
+    loaded = keras_env.call_in_safe_mode(load, False)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), 2 * x)
+
+
+def test_saved_metadata_proto_parses_a_saved_models_metadata(env, tmp_path):
+    keras = env.keras
+    inp = keras.Input((2,))
+    keras.Model(inp, keras.layers.Dense(1, name="head")(inp)).save(tmp_path / "sm")
+    proto = keras_env.saved_metadata_proto()
+    proto.ParseFromString((tmp_path / "sm" / "keras_metadata.pb").read_bytes())
+    assert any('"name": "head"' in node.metadata for node in proto.nodes)

@@ -11,8 +11,11 @@ import pytest
 from pipeline.core import machine
 from tests.conftest import REPO
 
+# TensorFlow's own answer comes from a private module: fine in a test, which checks that
+# machine.py's copy of TensorFlow's rule still matches it (the product may not import it).
 PROBE = ("import json; from pipeline.core import keras_env, machine; keras_env.load(); "
-         "print(json.dumps(machine.describe()))")
+         "from tensorflow.python.util import _pywrap_util_port as port; "
+         "print(json.dumps({**machine.describe(), 'tensorflow_says': port.IsMklEnabled()}))")
 
 
 def _probe(**env_changes) -> dict:
@@ -30,7 +33,7 @@ def _probe(**env_changes) -> dict:
 
 def test_onednn_is_off_by_default_and_the_users_choice_wins():
     default = _probe(ONEDNN_MAX_CPU_ISA=None)
-    assert default["onednn_graph_rewrites"] is False
+    assert default["onednn_graph_rewrites"] is False is default["tensorflow_says"]
     assert default["onednn_decided_by"] == "TF_ENABLE_ONEDNN_OPTS=0"
     assert default["environment"]["TF_ENABLE_ONEDNN_OPTS"] == "0"
     x86 = default["machine"] in ("x86_64", "AMD64")
@@ -38,10 +41,40 @@ def test_onednn_is_off_by_default_and_the_users_choice_wins():
     if default["machine"] not in ("x86_64", "AMD64"):
         pytest.skip(f"oneDNN graph rewrites are built for x86-64 only, not "
                     f"{default['machine']}: nothing to turn on")
-    chosen = _probe(TF_ENABLE_ONEDNN_OPTS="1", ONEDNN_MAX_CPU_ISA="ALL")
-    assert chosen["onednn_graph_rewrites"] is True  # asked of TensorFlow itself
-    assert chosen["onednn_decided_by"] == "TF_ENABLE_ONEDNN_OPTS=1"
+    chosen = _probe(TF_ENABLE_ONEDNN_OPTS="True", ONEDNN_MAX_CPU_ISA="ALL")
+    assert chosen["onednn_graph_rewrites"] is True is chosen["tensorflow_says"]
+    assert chosen["onednn_decided_by"] == "TF_ENABLE_ONEDNN_OPTS=True"
     assert chosen["onednn_max_cpu_isa"] == "ALL"
+
+
+def test_a_value_tensorflow_ignores_gives_its_default_for_this_cpu():
+    odd = _probe(TF_ENABLE_ONEDNN_OPTS="yes")  # not 0/1/true/false: TensorFlow warns, ignores
+    assert odd["onednn_graph_rewrites"] is odd["tensorflow_says"]
+    assert odd["onednn_graph_rewrites"] is machine.onednn_default_for(set(odd["cpu_flags"]))
+    assert odd["onednn_decided_by"] == ("tensorflow default for this CPU "
+                                        "(TF_ENABLE_ONEDNN_OPTS=yes is not 0/1/true/false)")
+
+
+def test_the_variable_counts_as_tensorflow_read_it_at_import():
+    code = ("import json, os; from pipeline.core import keras_env, machine; keras_env.load(); "
+            "os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1'; "  # too late: TensorFlow has read it
+            "print(json.dumps([machine.onednn_enabled(), keras_env.onednn_enabled()]))")
+    env = {k: v for k, v in os.environ.items() if k != machine.ONEDNN_VAR}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (on, why), asked = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (on, why, asked) == (False, "TF_ENABLE_ONEDNN_OPTS=0", False)
+
+
+@pytest.mark.parametrize("value, flags, expected", [
+    ("0", {"avx512_vnni"}, False), ("FALSE", {"avx512_vnni"}, False),
+    ("1", {"avx2"}, True), ("tRuE", {"avx2"}, True),
+    ("yes", {"avx2"}, False), ("yes", {"avx512_vnni"}, True), ("", {"avx_vnni"}, True),
+    (None, {"avx2"}, False), (None, {"amx_tile"}, True),
+])
+def test_tensorflows_variable_rule(value, flags, expected):
+    assert machine.onednn_rule(value, flags, "x86_64") is expected
 
 
 @pytest.mark.parametrize("flags, arch, expected", [
