@@ -1,11 +1,14 @@
 # Two entry points (README): `make demo` runs the pipeline on the bundled model, `make test`
-# runs the suite. Both create the virtualenv on first use.
+# runs the suite. Both create the virtualenv on first use (the dev extra: the training stack
+# and pytest). `make test-quick` leaves out the tests marked slow (training, the demo run,
+# TensorFlow conversion); `make check-core` checks the core install (no TensorFlow) in a fresh
+# venv.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-parallel bench bench-harness venv clean
+.PHONY: demo test test-quick test-parallel check-core bench bench-harness venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +24,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# the suite without the slow tests (no training): the edit-test loop; see README
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
 # the same suite on one worker per core (pytest-xdist); see README
 test-parallel: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist loadgroup
+
+# `pip install .` with no extras into a temp venv, then inspect / verify --reference /
+# android-harness host on artifacts/digits_cnn (made by `make demo` if missing)
+check-core:
+	PYTHON=$(PYTHON) bash scripts/check_core_install.sh
 
 bench: $(STAMP)
 	$(PY) benchmarks/pipeline_bench.py --output artifacts

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.core.errors import DataError
+
 DATASET = "digits"
 SPLIT_SEED = 0
 TEST_FRACTION = 0.25
@@ -29,8 +31,13 @@ PREPROCESSING = {
 
 
 def load_dataset() -> dict:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:  # scikit-learn comes with the `qat` extra, not the core install
+        raise DataError("The bundled digits dataset needs scikit-learn, which is not installed "
+                        "(core install)", f"import sklearn: {exc}",
+                        "pip install 'qat-deploy[qat]', or pass an .npz file") from exc
 
     digits = load_digits()
     x = (digits.images.astype(np.float32) / np.float32(16.0))[..., None]

@@ -128,6 +128,13 @@ def next_auto_name(keras, cls: str = "Conv2D") -> str:
     return f"{base}_{int(n or 0) + 1}"
 
 
+# Fixtures that train a model or run the demo (10-50 s each, once per session or module): a
+# test that uses one, directly or through another fixture (trained_h5, tflite_variants, ...),
+# is marked slow, so `make test-quick` (-m "not slow") never starts them.
+SLOW_FIXTURES = frozenset({"trained_model", "qat_model", "demo_run", "keras3_model_file"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the slow marks must be there by then
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test-parallel`: `-n auto --dist loadgroup`), every test that
     needs the demo run goes to one worker, so the ~45 s pipeline run is made once.
@@ -138,5 +145,8 @@ def pytest_collection_modifyitems(config, items):
     if os.environ.get("QAT_TEST_ORDER") == "reverse":
         items.reverse()
     for item in items:
-        if "demo_run" in getattr(item, "fixturenames", ()):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "demo_run" in fixtures:
             item.add_marker(pytest.mark.xdist_group("demo_run"))
+        if fixtures & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)

@@ -82,6 +82,21 @@ def _minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
+# The training stack is the `qat` extra: a core install (numpy + ai-edge-litert) runs
+# `qat inspect`, `qat verify --reference` and android-harness, and every command that needs
+# TensorFlow says how to add it.
+EXTRA_FIX = "Install the training stack: pip install 'qat-deploy[qat]' (in a checkout: make venv)"
+
+
+def _import(module: str, label: str) -> ModuleType:
+    """Import ``module``; a failure is a KerasEnvError naming the extra, not a traceback."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise KerasEnvError(f"{label} cannot be imported (a core install has no training stack)",
+                            f"import {module}: {exc}", EXTRA_FIX) from exc
+
+
 def _check_versions() -> tuple[str, str]:
     """(tensorflow, tf-keras) versions; KerasEnvError with the fix if Keras 2 cannot be used."""
     legacy = os.environ.get("TF_USE_LEGACY_KERAS", "")
@@ -93,14 +108,14 @@ def _check_versions() -> tuple[str, str]:
         )
     tf_version = _version("tensorflow") or _version("tensorflow-cpu")
     if tf_version is None:
-        raise KerasEnvError("TensorFlow is not installed", "no 'tensorflow' distribution",
-                            "Run `make venv` or `pip install -e .` (installs tensorflow==2.21.*)")
+        raise KerasEnvError("TensorFlow is not installed (core install)",
+                            "no 'tensorflow' distribution", EXTRA_FIX)
     tfk_version = _version("tf-keras") or _version("tf_keras")
     if tfk_version is None:
         raise KerasEnvError(
             "tf-keras (Keras 2) is not installed; tfmot cannot run on Keras 3",
             f"tensorflow=={tf_version}",
-            f"pip install 'tf-keras=={_minor(tf_version)}.*'",
+            f"pip install 'qat-deploy[qat]' (or 'tf-keras=={_minor(tf_version)}.*')",
         )
     if _minor(tfk_version) != _minor(tf_version):
         raise KerasEnvError(
@@ -111,7 +126,7 @@ def _check_versions() -> tuple[str, str]:
     if _version("tensorflow-model-optimization") is None:
         raise KerasEnvError(
             "tensorflow-model-optimization is not installed", "no such distribution",
-            "pip install 'tensorflow-model-optimization==0.8.*'")
+            "pip install 'qat-deploy[qat]' (or 'tensorflow-model-optimization==0.8.*')")
     return tf_version, tfk_version
 
 
@@ -128,8 +143,8 @@ def load() -> KerasEnv:
     # says; the text is replayed if the import fails.
     with warnings.catch_warnings(), quiet_native_output():
         warnings.simplefilter("ignore")
-        tf = importlib.import_module("tensorflow")
-        keras = importlib.import_module("tf_keras")
+        tf = _import("tensorflow", "TensorFlow")
+        keras = _import("tf_keras", "tf-keras (Keras 2)")
         tf_keras_name = getattr(tf.keras, "__name__", "")
         if not tf_keras_name.startswith("tf_keras"):
             raise KerasEnvError(
@@ -138,7 +153,7 @@ def load() -> KerasEnv:
                 f"tf.keras={tf_keras_name or tf.keras!r}",
                 "Import pipeline before TensorFlow, or export TF_USE_LEGACY_KERAS=1",
             )
-        tfmot = importlib.import_module("tensorflow_model_optimization")
+        tfmot = _import("tensorflow_model_optimization", "tensorflow-model-optimization")
     tf.get_logger().setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
 

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.core.errors import ModelFileError, UsageError, first_line
+from pipeline.core.errors import ModelFileError, QatError, UsageError, first_line
 from pipeline.core.native import quiet_native_output
 from pipeline.core.records import QuantParams
 
@@ -53,6 +53,8 @@ def resolve_runtime(name: str | None = None) -> tuple[str, object]:
         try:
             return candidate, _import_runtime(candidate)
         except Exception as exc:  # ImportError, or numpy-ABI errors from tflite_runtime
+            if name != "auto" and isinstance(exc, QatError):
+                raise  # the asked-for runtime's own fix (keras_env names the missing extra)
             errors.append(f"{candidate}: {type(exc).__name__}: {first_line(exc, None, '')}")
     raise UsageError("No LiteRT interpreter could be imported", "; ".join(errors),
                      "pip install 'ai-edge-litert>=2.3'")

@@ -96,6 +96,7 @@ def test_bad_input(case, fragments, tmp_path, digits, trained_h5, env, capsys):
     _assert_nothing_written(out_dir)
 
 
+@pytest.mark.slow
 def test_console_exit_codes_and_no_traceback(tmp_path):
     r = run_cli("run", "--model", str(tmp_path / "missing.h5"), "--data", "digits",
                 "--output", str(tmp_path / "o"))

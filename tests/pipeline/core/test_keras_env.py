@@ -37,6 +37,7 @@ def test_explicit_keras3_choice_is_reported_with_the_fix():
     assert "set TF_USE_LEGACY_KERAS=1" in r.stderr
 
 
+@pytest.mark.slow
 def test_tensorflow_imported_first_with_keras3_is_reported():
     code = ("import tensorflow as tf; tf.keras.layers  # resolves Keras 3\n"
             "from pipeline.core import keras_env\n"

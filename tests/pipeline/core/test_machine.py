@@ -31,6 +31,7 @@ def _probe(**env_changes) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_onednn_is_off_by_default_and_the_users_choice_wins():
     default = _probe(ONEDNN_MAX_CPU_ISA=None)
     assert default["onednn_graph_rewrites"] is False is default["tensorflow_says"]

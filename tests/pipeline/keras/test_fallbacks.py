@@ -92,6 +92,7 @@ KINDS = {  # kind -> the fallback class the plan must contain
 # float whatever QAT does, and the verdict reports it - not a fallback case.)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_fallback_reaches_full_int8_and_agrees(kind, env):
     keras_env.set_seed(0)  # seeds and deterministic ops, as the product runs

@@ -252,6 +252,7 @@ def test_translated_model_is_plain_serializable_tf_keras(k3, tfk, tmp_path):
     np.testing.assert_array_equal(again(x).numpy(), t.model(x).numpy())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,size,kwargs", [("MobileNetV2", 32, {"alpha": 0.35}),
                                               ("MobileNetV3Small", 32, {"alpha": 0.75})])
 def test_real_application_from_a_keras3_file(k3, tmp_path, name, size, kwargs):

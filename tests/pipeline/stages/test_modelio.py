@@ -111,6 +111,7 @@ def test_subclassed_model_is_refused_with_a_fix(env):
     assert "Functional API" in str(err.value)
 
 
+@pytest.mark.slow
 def test_keras3_file_is_recognised(tmp_path):
     """A .keras written by Keras 3 is identified from its metadata, not mis-loaded."""
     path = tmp_path / "k3.keras"
