@@ -26,6 +26,7 @@ from pathlib import Path
 from android_harness.errors import (EXIT_BAD_INPUT, EXIT_GATE_FAILED, DeviceUnavailable,
                                     HarnessError, UsageError, printable)
 from pipeline.core.errors import EXIT_INTERRUPTED, QatError
+from pipeline.core.records import RUNTIME_AUTO, Runtime
 
 
 def harness_version() -> str:
@@ -139,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave the work directory on the device")
     p = sub.add_parser("host", help="the same protocol on this machine (LiteRT interpreter)")
     _common(p)
-    p.add_argument("--runtime", default=None, choices=["auto", "litert", "tflite_runtime"],
-                   help="interpreter package (default: auto)")
+    p.add_argument("--runtime", default=None, choices=Runtime.names(tensorflow=False),
+                   help=f"interpreter package (default: {RUNTIME_AUTO})")
     p.add_argument("--engine", default="interpreter", choices=["interpreter", "compiled"],
                    help="interpreter: the Interpreter API (default); compiled: LiteRT's "
                    "CompiledModel API, the engine benchmark_litert_model.py times")
@@ -265,8 +266,8 @@ def _run(args, command: str) -> int:
     out_dir = _out_dir(args, run_id)
     if command == "host":
         from android_harness.host import HostBackend
-        backends = [HostBackend(runtime=None if args.runtime in (None, "auto") else args.runtime,
-                                inputs=args.inputs, engine=args.engine)]
+        runtime = None if args.runtime in (None, RUNTIME_AUTO) else args.runtime
+        backends = [HostBackend(runtime=runtime, inputs=args.inputs, engine=args.engine)]
     else:
         from android_harness import benchmark_tool as bt
         from android_harness.adb import Adb, find_adb
