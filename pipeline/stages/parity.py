@@ -5,10 +5,10 @@ Why: a QAT model can score well in Keras while its converted .tflite does not (t
 
 How: run the Keras QAT model capturing the output of every quantized layer (what its
 fake-quant produces), run the .tflite with ``experimental_preserve_all_tensors=True`` on the
-same inputs, match TFLite activation tensors to Keras layers by name - the converter names a
-tensor after the layers it came from, e.g. ``model/quant_conv1_relu/Relu;model/quant_conv1_bn/
-FusedBatchNormV3;model/quant_conv1/Conv2D`` for a Conv+BN+ReLU fused into one op, whose output
-is the last layer of the chain - dequantize and compare. Errors are in LSB of each tensor's
+same inputs, match TFLite activation tensors to Keras layers by name (tflite/names.py) - the
+converter names a tensor after the layers it came from, e.g. ``model/quant_conv1_relu/Relu;
+model/quant_conv1_bn/FusedBatchNormV3;model/quant_conv1/Conv2D`` for a Conv+BN+ReLU fused into
+one op, whose output is the last layer of the chain - dequantize and compare. Errors are in LSB of each tensor's
 own scale; the first layer whose mean error exceeds the threshold is named as the divergence.
 """
 
