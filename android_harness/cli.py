@@ -35,6 +35,7 @@ from android_harness.host import HostBackend
 from android_harness.protocol import Protocol
 from android_harness.records import BenchConfig, model_infos, now_iso
 from pipeline.core.errors import EXIT_INTERRUPTED, QatError
+from pipeline.core.records import RUNTIME_AUTO, Runtime
 
 
 def harness_version() -> str:
@@ -148,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave the work directory on the device")
     p = sub.add_parser("host", help="the same protocol on this machine (LiteRT interpreter)")
     _common(p)
-    p.add_argument("--runtime", default=None, choices=["auto", "litert", "tflite_runtime"],
-                   help="interpreter package (default: auto)")
+    p.add_argument("--runtime", default=None, choices=Runtime.names(tensorflow=False),
+                   help=f"interpreter package (default: {RUNTIME_AUTO})")
     p.add_argument("--engine", default="interpreter", choices=["interpreter", "compiled"],
                    help="interpreter: the Interpreter API (default); compiled: LiteRT's "
                    "CompiledModel API, the engine benchmark_litert_model.py times")
@@ -267,8 +268,8 @@ def _run(args, command: str) -> int:
     models = model_infos(args.models)
     out_dir = _out_dir(args, run_id)
     if command == "host":
-        backends = [HostBackend(runtime=None if args.runtime in (None, "auto") else args.runtime,
-                                inputs=args.inputs, engine=args.engine)]
+        runtime = None if args.runtime in (None, RUNTIME_AUTO) else args.runtime
+        backends = [HostBackend(runtime=runtime, inputs=args.inputs, engine=args.engine)]
     else:
         adb = Adb(find_adb(args.adb))
         apk = Path(args.install_apk) if args.install_apk else args.apk

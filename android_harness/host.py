@@ -27,6 +27,7 @@ from android_harness.inputs import ModelInput, load_inputs
 from android_harness.protocol import Backend, Job, Protocol
 from android_harness.records import BenchConfig, Measurement, ModelInfo, now_iso
 from pipeline.core.errors import QatError, first_line
+from pipeline.core.records import RUNTIME_AUTO, Runtime
 from pipeline.tflite.isolated import IsolatedInterpreter
 from pipeline.tflite.runtime import make_interpreter, resolve_runtime
 
@@ -96,11 +97,13 @@ class HostBackend(Backend):
         super().__init__("host")
         if engine not in ENGINES:
             raise UsageError("Unknown host engine", engine, f"Use one of: {', '.join(ENGINES)}")
-        if engine == "compiled" and runtime not in (None, "auto", "litert"):
-            raise UsageError("The compiled engine is part of ai-edge-litert", runtime,
-                             "Use --runtime litert (or auto) with --engine compiled")
+        if engine == "compiled" and runtime not in (None, RUNTIME_AUTO, Runtime.LITERT):
+            raise UsageError(f"The compiled engine is part of {Runtime.LITERT.package}", runtime,
+                             f"Use --runtime {Runtime.LITERT} (or {RUNTIME_AUTO}) with "
+                             "--engine compiled")
         self.engine = engine
-        self.runtime_name, _ = resolve_runtime("litert" if engine == "compiled" else runtime)
+        self.runtime_name, _ = resolve_runtime(Runtime.LITERT if engine == "compiled"
+                                               else runtime)
         self.inputs_spec = inputs
         self._inputs: dict[str, list[ModelInput]] = {}
         self._paths: dict[str, str] = {}
@@ -109,8 +112,7 @@ class HostBackend(Backend):
         return host_conditions()
 
     def tool_info(self) -> dict:
-        package = {"litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
-                   "tensorflow": "tensorflow"}[self.runtime_name]
+        package = Runtime(self.runtime_name).package
         try:
             version = md.version(package)
         except md.PackageNotFoundError:

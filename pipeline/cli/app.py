@@ -19,8 +19,8 @@ import traceback
 from pipeline import __version__
 from pipeline.cli.commands import COMMANDS
 from pipeline.core.errors import (EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_INTERNAL,
-                             EXIT_INTERRUPTED, QatError, first_line)
-
+                                  EXIT_INTERRUPTED, QatError, first_line)
+from pipeline.core.records import RUNTIME_AUTO, Runtime, Variant
 
 
 def _log(msg: str) -> None:
@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    for add in (_add_run, _add_convert, _add_verify, _add_inspect):
+        _common(add(sub))
+    return parser
 
+
+def _add_run(sub) -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the main job: annotate, fine-tune, convert, verify, report",
                        description="Run the whole pipeline. RECIPE is a TOML file or a bundled "
                        "model name (e.g. digits_cnn); flags override it.")
@@ -57,16 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trust-model", action="store_true",
                    help="allow Lambda layers (their stored Python code runs on load)")
     r.add_argument("-q", "--quiet", action="store_true", help="no Keras progress bars")
-    _common(r)
+    return r
 
+
+def _add_convert(sub) -> argparse.ArgumentParser:
+    f, p, q = Variant.FLOAT32, Variant.PTQ_INT8, Variant.QAT_INT8
     c = sub.add_parser("convert", help="convert a Keras model file to .tflite variants",
-                       description="Convert a float Keras model (float32, ptq_int8) or a saved "
-                       "QAT model (qat_int8) and inspect each result.")
+                       description=f"Convert a float Keras model ({f}, {p}) or a saved "
+                       f"QAT model ({q}) and inspect each result.")
     c.add_argument("model", help="Keras-2 model file (.h5/.keras/SavedModel directory)")
     c.add_argument("--data", required=True,
                    help="zoo dataset name or .npz; its train split calibrates int8 variants")
-    c.add_argument("--variants", help="comma list of float32, ptq_int8, qat_int8 "
-                   "(default: float32,ptq_int8 for a float model, qat_int8 for a QAT model)")
+    c.add_argument("--variants", help=f"comma list of {', '.join(Variant.names())} "
+                   f"(default: {f},{p} for a float model, {q} for a QAT model)")
     c.add_argument("--io", choices=["int8", "float"], default="int8",
                    help="input/output tensor type of int8 variants (default int8)")
     c.add_argument("--representative-samples", type=int, default=200)
@@ -75,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not fail (exit 1) when an int8 variant is not full-int8")
     c.add_argument("--trust-model", action="store_true")
     c.add_argument("--seed", type=int, default=0)
-    _common(c)
+    return c
 
+
+def _add_verify(sub) -> argparse.ArgumentParser:
     v = sub.add_parser(
         "verify", help="check a .tflite: accuracy on data, layer parity, or a reference bundle",
         description="Run a .tflite with the LiteRT interpreter (in a child process by default, "
@@ -102,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--split", choices=["test", "train"], default="test")
     v.add_argument("--batch-size", type=int, default=0,
                    help="samples per invoke (default 0: cache-sized, at most 256)")
-    v.add_argument("--runtime", default="auto",
-                   choices=["auto", "litert", "tflite_runtime", "tensorflow"])
+    v.add_argument("--runtime", default=RUNTIME_AUTO, choices=Runtime.names())
     v.add_argument("--num-threads", type=int, default=0)
     v.add_argument("--workers", type=int, default=0,
                    help="interpreters run in parallel over shards with --no-isolate "
@@ -117,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 if accuracy is below this fraction")
     v.add_argument("--require-full-int8", action="store_true",
                    help="exit 1 if the model is not full-int8")
-    _common(v)
+    return v
 
+
+def _add_inspect(sub) -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="what is inside a .tflite (no TensorFlow needed), or "
                        "a Keras model's QAT coverage (--coverage)",
                        description="Ops, tensors by dtype, inputs/outputs with quantization, "
@@ -135,8 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--require-full-int8", action="store_true",
                    help="exit 1 if the model is not full-int8")
     i.add_argument("--tensors", action="store_true", help="list every tensor")
-    _common(i)
-    return parser
+    return i
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

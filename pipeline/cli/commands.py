@@ -1,14 +1,28 @@
 """The CLI's command bodies: ``cmd_<name>(args, out) -> exit code`` for run, convert, verify
-and inspect. Argument parsing, error handling and exit codes stay in pipeline/cli/app.py; each
-command imports its stages lazily so that ``--help`` never loads TensorFlow."""
+and inspect. Argument parsing, error handling and exit codes stay in pipeline/cli/app.py.
+None of the modules imported here imports TensorFlow at module level (only
+core.keras_env.load() does), so ``--help``, ``inspect`` and ``verify --reference`` never load it.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+from dataclasses import dataclass, field
 
-from pipeline.core.artifacts import dumps_json
+from models import DATASETS, zoo_names
+from pipeline.core import keras_env
+from pipeline.core.artifacts import atomic_write_bytes, check_output_dir, dumps_json
 from pipeline.core.errors import EXIT_GATE_FAILED, EXIT_OK, UsageError
+from pipeline.core.records import SCHEMA_VERSION, Variant
+from pipeline.stages import annotate, config, convert, modelio, parity, verify
+from pipeline.stages import data as data_mod
+from pipeline.stages.run import run
+from pipeline.tflite import inspect_report, reference
+from pipeline.tflite.isolated import run_isolated
+from pipeline.tflite.runtime import ModelRunner
+from pipeline.tflite.tflite_model import TFLiteModel, read_file
 
 
 def _log(msg: str) -> None:
@@ -36,10 +50,6 @@ def _source(value: str, what: str, zoo: list[str]) -> tuple[str, str]:
 
 
 def cmd_run(args, out) -> int:
-    from models import DATASETS, zoo_names
-    from pipeline.stages import config
-    from pipeline.stages.run import run
-
     overrides: dict = _split_set(args.set)
     if args.model:
         kind, val = _source(args.model, "model", zoo_names())
@@ -53,9 +63,7 @@ def cmd_run(args, out) -> int:
                              "Pass a directory, e.g. --output artifacts")
         overrides["output.dir"] = args.output
     if args.name is not None:
-        from pipeline.stages.config import check_run_name
-
-        check_run_name(args.name, "--name")
+        config.check_run_name(args.name, "--name")
         overrides["output.name"] = args.name
     if args.epochs is not None:
         overrides["qat.epochs"] = str(args.epochs)
@@ -79,27 +87,11 @@ def cmd_run(args, out) -> int:
 
 
 def cmd_convert(args, out) -> int:
-    from pipeline.stages import convert as conv, data as data_mod, modelio
-    from pipeline.core import keras_env
-    from pipeline.core.artifacts import atomic_write_bytes, check_output_dir
-    from pipeline.core.records import Variant
-
     check_output_dir(args.output)  # before loading or converting anything
     keras_env.load()
     keras_env.set_seed(args.seed)
     loaded = modelio.load_model(path=args.model, trust_model=args.trust_model)
-    default = "qat_int8" if loaded.is_qat else "float32,ptq_int8"
-    names = [s.strip() for s in (args.variants or default).split(",") if s.strip()]
-    try:
-        variants = [Variant(n) for n in names]
-    except ValueError:
-        raise UsageError("Unknown variant", args.variants, "Use float32, ptq_int8, qat_int8")
-    if loaded.is_qat and any(v is not Variant.QAT_INT8 for v in variants):
-        raise UsageError("A QAT model converts only to qat_int8", args.variants,
-                         "Pass --variants qat_int8, or the float model for float32/ptq_int8")
-    if not loaded.is_qat and Variant.QAT_INT8 in variants:
-        raise UsageError("qat_int8 needs a QAT model (saved after quantize_apply)", args.model,
-                         "Run `qat run` first, or convert its keras/qat_model.h5")
+    variants = _variants(args, loaded.is_qat)
     if args.representative_samples < 1:
         raise UsageError("--representative-samples must be at least 1",
                          args.representative_samples, "Use e.g. 200")
@@ -109,7 +101,7 @@ def cmd_convert(args, out) -> int:
     rep = data_mod.representative_sample(ds.x_train, args.representative_samples, args.seed)
     results, bad = [], False
     for variant in variants:
-        c = conv.convert(variant, loaded.model, representative=rep, io=args.io)
+        c = convert.convert(variant, loaded.model, representative=rep, io=args.io)
         path = os.path.join(args.output, variant.filename)
         atomic_write_bytes(path, c.content)
         row = {"variant": variant.value, "path": path, "bytes": c.size,
@@ -124,20 +116,74 @@ def cmd_convert(args, out) -> int:
                 f"  full-int8: {'yes' if c.verdict.full_int8 else 'NO'}"
             print(f"{path}  {c.size:,} bytes{flag}", file=out)
     if args.json:
-        print(dumps_json({"schema_version": 1, "outputs": results}), file=out)
+        print(dumps_json({"schema_version": SCHEMA_VERSION, "outputs": results}), file=out)
     return EXIT_GATE_FAILED if bad and not args.allow_float else EXIT_OK
 
 
-def _datasets() -> list[str]:
-    from models import DATASETS
+def _variants(args, is_qat: bool) -> list[Variant]:
+    """--variants, checked against the kind of model (default: what the model converts to)."""
+    if not args.variants:
+        return [Variant.QAT_INT8] if is_qat else [Variant.FLOAT32, Variant.PTQ_INT8]
+    try:
+        variants = [Variant(s.strip()) for s in args.variants.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError("Unknown variant", args.variants, f"Use {', '.join(Variant.names())}")
+    if is_qat and any(v is not Variant.QAT_INT8 for v in variants):
+        raise UsageError(f"A QAT model converts only to {Variant.QAT_INT8}", args.variants,
+                         f"Pass --variants {Variant.QAT_INT8}, or the float model for "
+                         f"{Variant.FLOAT32}/{Variant.PTQ_INT8}")
+    if not is_qat and Variant.QAT_INT8 in variants:
+        raise UsageError(f"{Variant.QAT_INT8} needs a QAT model (saved after quantize_apply)",
+                         args.model, "Run `qat run` first, or convert its keras/qat_model.h5")
+    return variants
 
+
+def _datasets() -> list[str]:
     return sorted(DATASETS)
 
 
-def cmd_verify(args, out) -> int:
-    from pipeline.stages import verify
-    from pipeline.tflite.tflite_model import TFLiteModel, read_file
+@dataclass
+class _Verification:
+    """What ``qat verify`` found: the JSON result, the text lines, the failed checks."""
 
+    result: dict
+    lines: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def cmd_verify(args, out) -> int:
+    _check_verify_args(args)
+    content = read_file(args.model)  # a regular file, size and header checked first
+    # structural pre-check, bounded by the file size and by --timeout
+    view = TFLiteModel.from_bytes(content, source=args.model,
+                                  deadline=time.monotonic() + args.timeout)
+    verdict = view.verdict()
+    isolate = not args.no_isolate
+    found = _Verification({"schema_version": SCHEMA_VERSION, "model": args.model,
+                           "size_bytes": view.file_size, "full_int8": verdict.full_int8,
+                           "full_int8_reasons": list(verdict.reasons), "isolated": isolate,
+                           "input": view.inputs()[0].to_dict(),
+                           "output": view.outputs()[0].to_dict()})
+    if args.reference:
+        _verify_reference(args, content, isolate, found)
+    if args.data:
+        x = _verify_accuracy(args, content, view, isolate, found)
+        found.lines += [f"  - {r}" for r in verdict.reasons]
+        if args.layers:
+            _verify_layers(args, content, x, found)
+    if args.require_full_int8 and not verdict.full_int8:
+        found.failures.append("not full-int8: " + "; ".join(verdict.reasons))
+    if found.failures:
+        found.result["gate_failed"] = "; ".join(found.failures)
+        found.lines.append(f"gate failed: {found.result['gate_failed']}")
+    if args.json:
+        print(dumps_json(found.result), file=out)
+    else:
+        print("\n".join(found.lines), file=out)
+    return EXIT_GATE_FAILED if found.failures else EXIT_OK
+
+
+def _check_verify_args(args) -> None:
     if args.batch_size < 0:
         raise UsageError("--batch-size must be 0 (auto) or more", args.batch_size,
                          "Use 0 for a cache-sized batch, or e.g. 64")
@@ -147,109 +193,83 @@ def cmd_verify(args, out) -> int:
     if not (args.timeout > 0 and args.timeout != float("inf")):  # also refuses NaN
         raise UsageError("--timeout must be a positive number of seconds", args.timeout,
                          "Use e.g. --timeout 60")
-    import time
-
-    content = read_file(args.model)  # a regular file, size and header checked first
-    # structural pre-check, bounded by the file size and by --timeout
-    view = TFLiteModel.from_bytes(content, source=args.model,
-                                  deadline=time.monotonic() + args.timeout)
-    verdict = view.verdict()
-    isolate = not args.no_isolate
-    result: dict = {"schema_version": 1, "model": args.model, "size_bytes": view.file_size,
-                    "full_int8": verdict.full_int8, "full_int8_reasons": list(verdict.reasons),
-                    "isolated": isolate, "input": view.inputs()[0].to_dict(),
-                    "output": view.outputs()[0].to_dict()}
-    failures = []
-    lines = []
-    if args.reference:
-        from pipeline.tflite import reference
-
-        ref, doc, x, y = reference.load(args.reference)
-        name, how = reference.pick_variant(doc, content, args.model, args.variant)
-        raw = _run_raw(content, x, args, isolate)
-        chk = reference.check(raw, ref, doc, name, y, how, tolerance_lsb=args.tolerance_lsb)
-        result["reference"] = chk.to_dict()
-        lines.append(f"{args.model}: reference check {'PASSED' if chk.passed else 'FAILED'} "
-                     f"as {name} (matched by {how}): {100 * chk.exact_fraction:.2f} % of "
-                     f"outputs identical, max difference "
-                     f"{'%g LSB' % chk.max_error_lsb if chk.max_error_lsb is not None else '%.3g' % chk.max_abs_error}, "
-                     f"top-1 agreement {100 * chk.top1_agreement:.2f} %, accuracy "
-                     f"{100 * chk.accuracy:.2f} % (expected {100 * chk.expected_accuracy:.2f} %)")
-        failures += list(chk.reasons)
-    if args.data:
-        from pipeline.stages import data as data_mod
-
-        kind, val = _source(args.data, "dataset", _datasets())
-        ds = data_mod.load(**{kind: val})
-        x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
-        inp = view.inputs()[0]
-        data_mod.validate(ds, tuple(inp.shape_signature or inp.shape),
-                          int((view.outputs()[0].shape or [0])[-1]))
-        scored = verify.score_tflite(os.path.basename(args.model), content, x, y,
-                                     batch_size=args.batch_size, runtime=args.runtime,
-                                     num_threads=args.num_threads, workers=args.workers,
-                                     isolate=isolate, timeout=args.timeout,
-                                     source=args.model)
-        result.update(runtime=scored.runtime, split=args.split, samples=int(len(y)),
-                      accuracy=scored.accuracy)
-        lines.append(f"{args.model}: accuracy {100 * scored.accuracy:.2f} % on {len(y)} "
-                     f"{args.split} samples ({scored.runtime}); full-int8: "
-                     f"{'yes' if verdict.full_int8 else 'no'}")
-        lines += [f"  - {r}" for r in verdict.reasons]
-        if args.min_accuracy is not None and scored.accuracy < args.min_accuracy:
-            failures.append(f"accuracy {scored.accuracy:.4f} < {args.min_accuracy}")
-        if args.layers:
-            from pipeline.stages import modelio, parity
-
-            keras_path = args.keras or os.path.join(os.path.dirname(os.path.abspath(
-                args.model)), "keras", "qat_model.h5")
-            if not os.path.exists(keras_path):
-                raise UsageError("--layers needs the Keras QAT model", keras_path,
-                                 "Pass --keras path/to/qat_model.h5")
-            # the isolated run above proved the file loads without crashing this process
-            loaded = modelio.load_model(path=keras_path)
-            if not loaded.is_qat:
-                raise UsageError("--keras must be a QAT model (saved after quantize_apply)",
-                                 keras_path, "Use keras/qat_model.h5 of the run")
-            par = parity.compare_layers(loaded.model, content, x, batch_size=args.batch_size,
-                                        threshold_lsb=args.threshold_lsb, runtime=args.runtime)
-            result["layers"] = par.to_dict()
-            lines += ["", par.markdown()]
-            if par.first_divergent:
-                failures.append(f"layer {par.first_divergent} diverges")
-    elif args.layers:
+    if args.layers and not args.data:
         raise UsageError("--layers needs --data", "no --data", "Pass --data digits")
-    if args.require_full_int8 and not verdict.full_int8:
-        failures.append("not full-int8: " + "; ".join(verdict.reasons))
-    if failures:
-        result["gate_failed"] = "; ".join(failures)
-        lines.append(f"gate failed: {result['gate_failed']}")
-    if args.json:
-        print(dumps_json(result), file=out)
-    else:
-        print("\n".join(lines), file=out)
-    return EXIT_GATE_FAILED if failures else EXIT_OK
+
+
+def _verify_reference(args, content: bytes, isolate: bool, found: _Verification) -> None:
+    """--reference: the outputs against the expected outputs the run saved."""
+    ref, doc, x, y = reference.load(args.reference)
+    name, how = reference.pick_variant(doc, content, args.model, args.variant)
+    raw = _run_raw(content, x, args, isolate)
+    chk = reference.check(raw, ref, doc, name, y, how, tolerance_lsb=args.tolerance_lsb)
+    found.result["reference"] = chk.to_dict()
+    diff = f"{chk.max_error_lsb:g} LSB" if chk.max_error_lsb is not None else \
+        f"{chk.max_abs_error:.3g}"
+    found.lines.append(
+        f"{args.model}: reference check {'PASSED' if chk.passed else 'FAILED'} as {name} "
+        f"(matched by {how}): {100 * chk.exact_fraction:.2f} % of outputs identical, max "
+        f"difference {diff}, top-1 agreement {100 * chk.top1_agreement:.2f} %, accuracy "
+        f"{100 * chk.accuracy:.2f} % (expected {100 * chk.expected_accuracy:.2f} %)")
+    found.failures += list(chk.reasons)
+
+
+def _verify_accuracy(args, content: bytes, view: TFLiteModel, isolate: bool,
+                     found: _Verification):
+    """--data: accuracy over a split; returns the inputs used (for --layers)."""
+    kind, val = _source(args.data, "dataset", _datasets())
+    ds = data_mod.load(**{kind: val})
+    x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
+    inp = view.inputs()[0]
+    data_mod.validate(ds, tuple(inp.shape_signature or inp.shape),
+                      int((view.outputs()[0].shape or [0])[-1]))
+    scored = verify.score_tflite(os.path.basename(args.model), content, x, y,
+                                 batch_size=args.batch_size, runtime=args.runtime,
+                                 num_threads=args.num_threads, workers=args.workers,
+                                 isolate=isolate, timeout=args.timeout, source=args.model)
+    found.result.update(runtime=scored.runtime, split=args.split, samples=int(len(y)),
+                        accuracy=scored.accuracy)
+    full = found.result["full_int8"]
+    found.lines.append(f"{args.model}: accuracy {100 * scored.accuracy:.2f} % on {len(y)} "
+                       f"{args.split} samples ({scored.runtime}); full-int8: "
+                       f"{'yes' if full else 'no'}")
+    if args.min_accuracy is not None and scored.accuracy < args.min_accuracy:
+        found.failures.append(f"accuracy {scored.accuracy:.4f} < {args.min_accuracy}")
+    return x
+
+
+def _verify_layers(args, content: bytes, x, found: _Verification) -> None:
+    """--layers: layer-by-layer parity with the Keras QAT model."""
+    keras_path = args.keras or os.path.join(os.path.dirname(os.path.abspath(
+        args.model)), "keras", "qat_model.h5")
+    if not os.path.exists(keras_path):
+        raise UsageError("--layers needs the Keras QAT model", keras_path,
+                         "Pass --keras path/to/qat_model.h5")
+    # the isolated run before this proved the file loads without crashing this process
+    loaded = modelio.load_model(path=keras_path)
+    if not loaded.is_qat:
+        raise UsageError("--keras must be a QAT model (saved after quantize_apply)",
+                         keras_path, "Use keras/qat_model.h5 of the run")
+    par = parity.compare_layers(loaded.model, content, x, batch_size=args.batch_size,
+                                threshold_lsb=args.threshold_lsb, runtime=args.runtime)
+    found.result["layers"] = par.to_dict()
+    found.lines += ["", par.markdown()]
+    if par.first_divergent:
+        found.failures.append(f"layer {par.first_divergent} diverges")
 
 
 def _run_raw(content: bytes, x, args, isolate: bool) -> list:
     """Raw (not dequantized) outputs of the model on x."""
     if isolate:
-        from pipeline.tflite.isolated import run_isolated
-
         return run_isolated(content, x, batch_size=args.batch_size, dequantize=False,
                             runtime=args.runtime, num_threads=args.num_threads or None,
                             timeout=args.timeout, precheck=False, source=args.model)[0]
-    from pipeline.tflite.runtime import ModelRunner
-
     return ModelRunner(content, batch_size=args.batch_size, runtime=args.runtime,
                        num_threads=args.num_threads or None,
                        source=args.model).run(x, dequantize=False)
 
 
 def cmd_inspect(args, out) -> int:
-    from pipeline.tflite import inspect_report
-    from pipeline.tflite.tflite_model import TFLiteModel
-
     if args.coverage:
         return _coverage(args, out)
 
@@ -265,9 +285,6 @@ def cmd_inspect(args, out) -> int:
 
 
 def _coverage(args, out) -> int:
-    from models import zoo_names
-    from pipeline.stages import annotate, modelio
-
     kind, val = _source(args.model, "model", zoo_names())
     loaded = modelio.load_model(**{kind: val}, trust_model=args.trust_model)
     _, cov = annotate.prepare(loaded.model)

@@ -1,4 +1,4 @@
-"""Shared small types: variant names, quantization parameters, metric records.
+"""Shared small types: variant and runtime names, quantization parameters, metric records.
 
 Frozen dataclasses and enums only, no TensorFlow; every machine-readable output built from them
 carries ``SCHEMA_VERSION``.
@@ -28,6 +28,42 @@ class Variant(str, enum.Enum):
     @property
     def is_int8(self) -> bool:
         return self is not Variant.FLOAT32
+
+    def __str__(self) -> str:  # f-strings and messages show the name as written in configs
+        return self.value
+
+    @staticmethod
+    def names() -> tuple[str, ...]:
+        return tuple(v.value for v in Variant)
+
+
+# "auto": try the runtimes in Runtime's order and use the first that imports.
+RUNTIME_AUTO = "auto"
+
+
+class Runtime(str, enum.Enum):
+    """The Python packages that run a .tflite, in the order ``auto`` tries them: LiteRT (the
+    maintained package), tflite_runtime (its last release, 2.14, needs numpy<2), tf.lite
+    (deprecated inside TensorFlow)."""
+
+    LITERT = "litert"
+    TFLITE_RUNTIME = "tflite_runtime"
+    TENSORFLOW = "tensorflow"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def package(self) -> str:
+        """The pip distribution that provides it."""
+        return {"litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
+                "tensorflow": "tensorflow"}[self.value]
+
+    @staticmethod
+    def names(auto: bool = True, tensorflow: bool = True) -> tuple[str, ...]:
+        """Names a user may pass (``auto`` first), e.g. for argparse choices and messages."""
+        return ((RUNTIME_AUTO,) if auto else ()) + tuple(
+            r.value for r in Runtime if tensorflow or r is not Runtime.TENSORFLOW)
 
 
 @dataclass(frozen=True)

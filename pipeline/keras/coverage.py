@@ -10,12 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pipeline.keras.fallbacks import (CALIBRATED, EXCLUDED, FALLBACK, FOLDED, INPUT, KEEP_FLOAT,
-                                PASSTHROUGH, QUANTIZED, LayerPlan)
 from pipeline.core.records import SCHEMA_VERSION
-
-# Statuses whose layer is trained with int8 noise (QAT proper).
-_QAT = {QUANTIZED, FOLDED, FALLBACK}
+from pipeline.keras.plan import LayerPlan, LayerStatus
 
 
 @dataclass
@@ -26,12 +22,12 @@ class Coverage:
 
     @property
     def counted(self) -> list[LayerPlan]:
-        return [l for l in self.layers if l.status != INPUT]
+        return [l for l in self.layers if l.status is not LayerStatus.INPUT]
 
     def share(self) -> dict:
         layers = self.counted
         params = sum(l.params for l in layers) or 1
-        q = [l for l in layers if l.status in _QAT]
+        q = [l for l in layers if l.status.trains_quantized]
         return {"layers": len(layers), "layers_quantized": len(q),
                 "layers_quantized_share": len(q) / max(1, len(layers)),
                 "params": sum(l.params for l in layers),
@@ -39,12 +35,12 @@ class Coverage:
                 "params_quantized_share": sum(l.params for l in q) / params}
 
     def by_status(self) -> dict[str, int]:
-        return dict(Counter(l.status for l in self.counted))
+        return {s.value: n for s, n in Counter(l.status for l in self.counted).items()}
 
     def fallbacks(self) -> dict[str, int]:
         """Fallback kinds used, by layer class."""
         return dict(Counter(f"{l.cls} ({l.status})" for l in self.counted
-                            if l.status in (FALLBACK, CALIBRATED)))
+                            if l.status in (LayerStatus.FALLBACK, LayerStatus.CALIBRATED)))
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "model": self.model, **self.share(),
@@ -57,19 +53,12 @@ class Coverage:
                  f"({100 * s['layers_quantized_share']:.0f} %), "
                  f"{s['params_quantized']:,}/{s['params']:,} parameters "
                  f"({100 * s['params_quantized_share']:.1f} %).", ""]
-        legend = {QUANTIZED: "tfmot's default 8-bit scheme", FOLDED: "folded into its conv",
-                  PASSTHROUGH: "no-op in tfmot (int8 passes through)",
-                  FALLBACK: "our QuantizeConfig (tfmot refuses the layer)",
-                  CALIBRATED: "not wrappable; the converter calibrates it",
-                  EXCLUDED: "excluded by policy (the converter still makes it int8)",
-                  KEEP_FLOAT: "kept float by policy (mixed model)"}
         lines += ["| status | layers | meaning |", "|---|--:|---|"]
         for status, n in sorted(self.by_status().items(), key=lambda kv: -kv[1]):
-            lines.append(f"| {status} | {n} | {legend.get(status, '')} |")
+            lines.append(f"| {status} | {n} | {LayerStatus(status).meaning} |")
         if self.notes:
             lines += [""] + [f"- {n}" for n in self.notes]
-        special = [l for l in self.counted if l.status in (FALLBACK, CALIBRATED, EXCLUDED,
-                                                            KEEP_FLOAT)]
+        special = [l for l in self.counted if l.status.special]
         if per_layer and special:
             lines += ["", "| layer | class | status | what happens |", "|---|---|---|---|"]
             for l in special:

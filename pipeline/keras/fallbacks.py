@@ -14,17 +14,8 @@ the .tflite stays full-int8.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
-# What each plan status means, for the coverage report.
-QUANTIZED = "quantized"        # tfmot's registry: weights and/or output fake-quantized
-FOLDED = "folded"              # BatchNormalization folded into the conv before it
-PASSTHROUGH = "passthrough"    # registry no-op (shape ops, pooling, dropout): int8 passes
-FALLBACK = "fallback"          # our QuantizeConfig
-CALIBRATED = "calibrated"      # not annotated; the converter calibrates it (still int8)
-EXCLUDED = "excluded"          # policy: not annotated (the converter still makes it int8)
-KEEP_FLOAT = "keep_float"      # policy: stays float in the .tflite
-INPUT = "input"
+from pipeline.core import keras_env
+from pipeline.keras.plan import LayerPlan, LayerStatus
 
 # Weight attributes a fallback fake-quantizes (per tensor, symmetric, narrow range: tfmot's
 # LastValueQuantizer settings for kernels).
@@ -52,24 +43,6 @@ _UNWRAPPABLE = {"TFOpLambda", "Lambda", "SlicingOpLambda"}
 _AFFINE = {"Rescaling", "Normalization"}
 
 
-@dataclass(frozen=True)
-class LayerPlan:
-    name: str
-    cls: str
-    status: str
-    params: int
-    detail: str = ""
-    weight_attrs: tuple[str, ...] = ()
-    quantize_output: bool = False
-    inbound: tuple[str, ...] = ()  # names of the layers feeding it
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["weight_attrs"] = list(self.weight_attrs)
-        d["inbound"] = list(self.inbound)
-        return d
-
-
 _CLASS = None
 
 
@@ -79,8 +52,6 @@ def config_class():
     global _CLASS
     if _CLASS is not None:
         return _CLASS
-    from pipeline.core import keras_env
-
     env = keras_env.load()
     q = env.tfmot.quantization.keras
 
@@ -153,61 +124,72 @@ def plan_layer(layer, registry) -> LayerPlan:
     params = int(layer.count_params()) if layer.built else 0
     inbound = _inbound_layers(layer)
     names = tuple(l.name for l in inbound)
-    mk = lambda status, detail="", **kw: LayerPlan(layer.name, cls, status, params, detail,
-                                                   inbound=names, **kw)
+
+    def mk(status: LayerStatus, detail: str = "", **kw) -> LayerPlan:
+        return LayerPlan(layer.name, cls, status, params, detail, inbound=names, **kw)
+
+    return _plan_by_class(layer, cls, inbound, mk) or _plan_by_registry(layer, cls, registry, mk)
+
+
+def _plan_by_class(layer, cls: str, inbound: list, mk) -> LayerPlan | None:
+    """Layers whose plan follows from their class alone (None: ask tfmot's registry)."""
     if cls == "InputLayer":
-        return mk(INPUT)
+        return mk(LayerStatus.INPUT)
     if cls in _UNWRAPPABLE:
         what = getattr(layer, "symbol", None) or cls
-        return mk(CALIBRATED, f"{what}: tfmot cannot wrap it; the converter calibrates it "
-                              "from the representative data")
+        return mk(LayerStatus.CALIBRATED, f"{what}: tfmot cannot wrap it; the converter "
+                  "calibrates it from the representative data")
     if _takes_integers(layer):
-        return mk(CALIBRATED, f"{cls} reads integer ids: tfmot's input quantizer cannot take "
-                              "them; the converter quantizes its table from the data")
+        return mk(LayerStatus.CALIBRATED, f"{cls} reads integer ids: tfmot's input quantizer "
+                  "cannot take them; the converter quantizes its table from the data")
     if cls in _TRANSFORMED:
-        return mk(QUANTIZED, "split into depthwise + pointwise convs by tfmot's transforms")
+        return mk(LayerStatus.QUANTIZED,
+                  "split into depthwise + pointwise convs by tfmot's transforms")
     if cls in _SAME_SCALE:
-        return mk(FALLBACK, "same-scale op in TFLite: no output quantizer, it keeps its "
-                            "input's scale", quantize_output=False)
+        return mk(LayerStatus.FALLBACK, "same-scale op in TFLite: no output quantizer, it "
+                  "keeps its input's scale", quantize_output=False)
     if cls in _AFFINE:
-        return mk(CALIBRATED, f"{cls} is affine: the converter folds it or calibrates it as "
-                              "int8 MUL/ADD")
+        return mk(LayerStatus.CALIBRATED, f"{cls} is affine: the converter folds it or "
+                  "calibrates it as int8 MUL/ADD")
     if cls == "BatchNormalization":
         # tfmot's Conv+BN transforms only match a conv whose output feeds the BN alone
         if any(type(l).__name__ in _CONVS and len(getattr(l, "_outbound_nodes", [])) == 1
                for l in inbound):
-            return mk(FOLDED, "folded into the preceding conv by tfmot's transforms")
-        return mk(FALLBACK, "BatchNormalization not after a conv: output quantized "
-                            "(TFLite runs it as int8 MUL+ADD)", quantize_output=True)
-    if registry.supports(layer):
-        info = registry.get_quantize_config(layer)
-        if cls == "Activation" and _activation_name(layer.activation) not in _ACTIVATION_OK:
-            return mk(FALLBACK, f"activation '{_activation_name(layer.activation)}' unknown "
-                                "to tfmot: output quantized", quantize_output=True)
-        act = getattr(layer, "activation", None)
-        if cls != "Activation" and act is not None and \
-                _activation_name(act) not in _INNER_ACTIVATION_OK:
-            attrs = tuple(a for a in _WEIGHT_ATTRS if getattr(layer, a, None) is not None)
-            return mk(FALLBACK, f"fused activation '{_activation_name(act)}' unknown to tfmot: "
-                                "weights and output quantized", weight_attrs=attrs,
-                      quantize_output=True)
-        weights = getattr(info, "weight_attrs", None)
-        acts = getattr(info, "activation_attrs", None)
-        out = getattr(info, "quantize_output", None)
-        if weights == [] and acts == [] and not out and cls != "Activation":
-            return mk(PASSTHROUGH, "no-op in tfmot's registry (int8 passes through)")
-        return mk(QUANTIZED, "tfmot default 8-bit scheme")
+            return mk(LayerStatus.FOLDED, "folded into the preceding conv by tfmot's transforms")
+        return mk(LayerStatus.FALLBACK, "BatchNormalization not after a conv: output quantized "
+                  "(TFLite runs it as int8 MUL+ADD)", quantize_output=True)
+    return None
+
+
+def _plan_by_registry(layer, cls: str, registry, mk) -> LayerPlan:
+    """tfmot's registry decides; what it refuses gets a fallback QuantizeConfig."""
     attrs = tuple(a for a in _WEIGHT_ATTRS if getattr(layer, a, None) is not None)
-    if attrs:
-        return mk(FALLBACK, f"{cls} not in tfmot's registry: {', '.join(attrs)} and output "
-                            "quantized", weight_attrs=attrs, quantize_output=True)
-    return mk(FALLBACK, f"{cls} not in tfmot's registry: output quantized",
-              quantize_output=True)
+    if not registry.supports(layer):
+        if attrs:
+            return mk(LayerStatus.FALLBACK, f"{cls} not in tfmot's registry: "
+                      f"{', '.join(attrs)} and output quantized", weight_attrs=attrs,
+                      quantize_output=True)
+        return mk(LayerStatus.FALLBACK, f"{cls} not in tfmot's registry: output quantized",
+                  quantize_output=True)
+    info = registry.get_quantize_config(layer)
+    if cls == "Activation" and _activation_name(layer.activation) not in _ACTIVATION_OK:
+        return mk(LayerStatus.FALLBACK, f"activation '{_activation_name(layer.activation)}' "
+                  "unknown to tfmot: output quantized", quantize_output=True)
+    act = getattr(layer, "activation", None)
+    if cls != "Activation" and act is not None and \
+            _activation_name(act) not in _INNER_ACTIVATION_OK:
+        return mk(LayerStatus.FALLBACK, f"fused activation '{_activation_name(act)}' unknown to "
+                  "tfmot: weights and output quantized", weight_attrs=attrs,
+                  quantize_output=True)
+    weights = getattr(info, "weight_attrs", None)
+    acts = getattr(info, "activation_attrs", None)
+    out = getattr(info, "quantize_output", None)
+    if weights == [] and acts == [] and not out and cls != "Activation":
+        return mk(LayerStatus.PASSTHROUGH, "no-op in tfmot's registry (int8 passes through)")
+    return mk(LayerStatus.QUANTIZED, "tfmot default 8-bit scheme")
 
 
 def plan(model) -> list[LayerPlan]:
-    from pipeline.core import keras_env
-
     scheme = keras_env.load().tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
     registry = scheme.get_quantize_registry()
     return [plan_layer(layer, registry) for layer in model.layers]

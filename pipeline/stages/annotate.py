@@ -13,13 +13,13 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
-from pipeline.keras.coverage import Coverage
+from pipeline.core import keras_env
 from pipeline.core.errors import ConfigError, ConversionError, first_line
-from pipeline.keras.fallbacks import (CALIBRATED, EXCLUDED, FALLBACK, FOLDED, INPUT, KEEP_FLOAT,
-                                PASSTHROUGH, QUANTIZED, LayerPlan)
-
-_ANNOTATED = {QUANTIZED, FOLDED, PASSTHROUGH, FALLBACK}
+from pipeline.keras import fallbacks, graph
+from pipeline.keras.coverage import Coverage
+from pipeline.keras.plan import LayerPlan, LayerStatus
 
 
 def _matches(pattern: str, layer: LayerPlan) -> bool:
@@ -30,59 +30,56 @@ def apply_policy(plans: list[LayerPlan], policy) -> list[LayerPlan]:
     """Mark layers the policy leaves out as EXCLUDED; unknown patterns are errors."""
     if policy is None:
         return plans
-    from dataclasses import replace
-
+    layers = [p for p in plans if p.status is not LayerStatus.INPUT]
     for key in ("include", "exclude", "keep_float"):
         for pattern in getattr(policy, key):
-            if not any(_matches(pattern, p) for p in plans if p.status != INPUT):
-                names = ", ".join([p.name for p in plans if p.status != INPUT][:8])
+            if not any(_matches(pattern, p) for p in layers):
+                names = ", ".join([p.name for p in layers][:8])
                 raise ConfigError(f"annotate.{key} pattern matches no layer", repr(pattern),
                                   f"Patterns must match a whole layer name or class, e.g. "
                                   f"'{plans[-1].name}' or '{plans[-1].cls}' (layers: {names}, …)")
-    out = []
-    for p in plans:
-        if p.status == INPUT:
-            out.append(p)
-            continue
-        left_out = (policy.include and not any(_matches(x, p) for x in policy.include)) or \
-            any(_matches(x, p) for x in policy.exclude)
-        if any(_matches(x, p) for x in policy.keep_float):
-            p = replace(p, status=KEEP_FLOAT, detail="kept float by policy: trains in float "
-                        "and runs float32 between DEQUANTIZE/QUANTIZE in the .tflite")
-        elif left_out:
-            p = replace(p, status=EXCLUDED, detail="excluded by annotate policy; the "
-                        "converter still quantizes it from the representative data")
-        elif p.status == FALLBACK and not policy.fallbacks:
-            raise ConversionError(f"tfmot cannot quantize layer {p.name} ({p.cls}) and "
-                                  "fallbacks are disabled", "annotate.fallbacks = false",
-                                  "Enable annotate.fallbacks or exclude the layer")
-        out.append(p)
+    out = [p if p.status is LayerStatus.INPUT else _with_policy(p, policy) for p in plans]
     # A BatchNormalization is folded into its conv by tfmot's transforms only when both are
     # annotated: follow the conv's fate.
     by_name = {p.name: p for p in out}
     return [replace(p, status=by_name[_conv_of(p, by_name)].status,
                     detail=f"follows its conv {_conv_of(p, by_name)}")
-            if p.status == FOLDED and _conv_of(p, by_name) else p for p in out]
+            if p.status is LayerStatus.FOLDED and _conv_of(p, by_name) else p for p in out]
+
+
+def _with_policy(p: LayerPlan, policy) -> LayerPlan:
+    left_out = (policy.include and not any(_matches(x, p) for x in policy.include)) or \
+        any(_matches(x, p) for x in policy.exclude)
+    if any(_matches(x, p) for x in policy.keep_float):
+        return replace(p, status=LayerStatus.KEEP_FLOAT, detail="kept float by policy: trains "
+                       "in float and runs float32 between DEQUANTIZE/QUANTIZE in the .tflite")
+    if left_out:
+        return replace(p, status=LayerStatus.EXCLUDED, detail="excluded by annotate policy; "
+                       "the converter still quantizes it from the representative data")
+    if p.status is LayerStatus.FALLBACK and not policy.fallbacks:
+        raise ConversionError(f"tfmot cannot quantize layer {p.name} ({p.cls}) and "
+                              "fallbacks are disabled", "annotate.fallbacks = false",
+                              "Enable annotate.fallbacks or exclude the layer")
+    return p
 
 
 def _conv_of(bn: LayerPlan, by_name: dict) -> str | None:
     """The excluded / kept-float conv a folded BatchNormalization follows, if any."""
     for n in bn.inbound:
-        if by_name.get(n) is not None and by_name[n].status in (EXCLUDED, KEEP_FLOAT):
+        if by_name.get(n) is not None and \
+                by_name[n].status in (LayerStatus.EXCLUDED, LayerStatus.KEEP_FLOAT):
             return n
     return None
 
 
 def keep_float_layers(coverage) -> list[str]:
-    return [p.name for p in coverage.layers if p.status == KEEP_FLOAT]
+    return [p.name for p in coverage.layers if p.status is LayerStatus.KEEP_FLOAT]
 
 
 def prepare(model, policy=None):
     """Graph rewrites and the per-layer plan, without touching tfmot's quantize_apply:
     (model to annotate, Coverage). Cheap; run at the start of every run so a bad policy
     fails before any training."""
-    from pipeline.keras import fallbacks, graph
-
     rewritten = graph.rebuild(model)
     notes = []
     if rewritten.flattened:
@@ -92,7 +89,7 @@ def prepare(model, policy=None):
         notes.append(f"rewrote {len(rewritten.replaced)} TFOpLambda op(s) as "
                      f"{', '.join(kinds)} layers")
     plans = apply_policy(fallbacks.plan(rewritten.model), policy)
-    if not any(p.status in _ANNOTATED - {PASSTHROUGH} for p in plans):
+    if not any(p.status.trains_quantized for p in plans):
         raise ConfigError("No layer is left to quantize", "the annotate policy excludes all",
                           "Loosen annotate.include / annotate.exclude")
     return rewritten.model, Coverage(model.name, plans, notes)
@@ -100,9 +97,6 @@ def prepare(model, policy=None):
 
 def apply(model, policy=None):
     """Return (qat_model, coverage). ``policy`` is an AnnotateConfig (or None: all layers)."""
-    from pipeline.keras import fallbacks, graph
-    from pipeline.core import keras_env
-
     env = keras_env.load()
     q = env.tfmot.quantization.keras
     keras = env.keras
@@ -112,14 +106,14 @@ def apply(model, policy=None):
 
     def annotate_layer(layer):
         p = status.get(layer.name)
-        if p is None or p.status not in _ANNOTATED:
+        if p is None or not p.status.annotated:
             return layer
-        if p.status == FALLBACK:
+        if p.status is LayerStatus.FALLBACK:
             return q.quantize_annotate_layer(layer, cls(p.weight_attrs, p.quantize_output))
         return q.quantize_annotate_layer(layer)
 
     plain = source is model and policy is None and not any(
-        p.status in (FALLBACK, CALIBRATED, EXCLUDED, KEEP_FLOAT) for p in coverage.layers)
+        p.status.special for p in coverage.layers)
     # quantize_apply clones the model through its config: the model's own layer classes
     # (e.g. ConvNeXt's LayerScale in tf_keras.applications) must be resolvable by name.
     own = {type(l).__name__: type(l) for l in source.layers}

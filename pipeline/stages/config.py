@@ -2,24 +2,23 @@
 
 Unknown keys fail with a "did you mean" suggestion; values are type-checked and validated in
 ``__post_init__``; the resolved config round-trips to TOML (``to_toml``) and is saved next to the
-artifacts.
+artifacts. Reading the TOML text and type-checking single values live in recipe.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import math
 import os
 import re
-import tomllib
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.records import RUNTIME_AUTO, Runtime, Variant
+from pipeline.stages import recipe as recipe_io
 
 
 def _check(cond: bool, what: str, received: object, fix: str) -> None:
@@ -108,8 +107,6 @@ class AnnotateConfig:
     fallbacks: bool = True            # QuantizeConfigs for layers tfmot refuses
 
     def __post_init__(self):
-        import re
-
         for key in ("include", "exclude", "keep_float"):
             for pattern in getattr(self, key):
                 try:
@@ -121,15 +118,15 @@ class AnnotateConfig:
 
 @dataclass(frozen=True)
 class ConvertConfig:
-    variants: tuple[str, ...] = ("float32", "ptq_int8", "qat_int8")
+    variants: tuple[Variant, ...] = tuple(Variant)
     representative_samples: int = 200  # drawn from the train split, for PTQ calibration
     io: str = "int8"  # int8 input/output tensors (phone-friendly) or float (QUANTIZE at the edges)
 
     def __post_init__(self):
-        known = ("float32", "ptq_int8", "qat_int8")
         for v in self.variants:
-            _check(v in known, "Unknown variant in convert.variants", v,
-                   f"Use some of {', '.join(known)}")
+            _check(v in Variant.names(), "Unknown variant in convert.variants", v,
+                   f"Use some of {', '.join(Variant.names())}")
+        object.__setattr__(self, "variants", tuple(Variant(v) for v in self.variants))
         _check(len(self.variants) > 0, "convert.variants is empty", [], "List at least one")
         _check(self.representative_samples >= 1, "convert.representative_samples must be >= 1",
                self.representative_samples, "Use e.g. 200")
@@ -140,16 +137,16 @@ class ConvertConfig:
 @dataclass(frozen=True)
 class VerifyConfig:
     batch_size: int = 0     # samples per invoke; 0 = auto (cache-sized, at most 256)
-    runtime: str = "auto"   # auto | litert | tflite_runtime | tensorflow
+    runtime: str = RUNTIME_AUTO  # one of Runtime.names(): auto, litert, tflite_runtime, ...
     num_threads: int = 0    # 0 = the interpreter's default
     workers: int = 0        # interpreters run in parallel over shards; 0 = one per CPU core
 
     def __post_init__(self):
         _check(self.batch_size >= 0, "verify.batch_size must be 0 (auto) or more",
                self.batch_size, "Use 0 for a cache-sized batch, or e.g. 64")
-        _check(self.runtime in ("auto", "litert", "tflite_runtime", "tensorflow"),
-               "Unknown verify.runtime", self.runtime,
-               "Use auto, litert, tflite_runtime or tensorflow")
+        *others, last = Runtime.names()
+        _check(self.runtime in Runtime.names(), "Unknown verify.runtime", self.runtime,
+               f"Use {', '.join(others)} or {last}")
         _check(self.num_threads >= 0, "verify.num_threads must be >= 0", self.num_threads,
                "Use 0 for the default")
         _check(self.workers >= 0, "verify.workers must be >= 0", self.workers,
@@ -240,13 +237,13 @@ class Config:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["convert"]["variants"] = list(self.convert.variants)
+        d["convert"]["variants"] = [v.value for v in self.convert.variants]
         d["annotate"] = {k: list(v) if isinstance(v, tuple) else v
                          for k, v in d["annotate"].items()}
         return d
 
     def to_toml(self) -> str:
-        return dumps_toml(self.to_dict())
+        return recipe_io.dumps(self.to_dict())
 
     def hash(self) -> str:
         """sha256 of what decides the results: every key but where they are written
@@ -262,57 +259,14 @@ class Config:
 SECTIONS = {f.name: f for f in fields(Config)}
 
 
-def _coerce(value, annotation: str, key: str):
-    """Check a TOML/flag value against the field's annotation (given as a string)."""
-    kind = annotation.split("[")[0].strip()
-    if isinstance(value, str) and kind in ("int", "float", "bool"):  # from --set key=value
-        text = value.strip()
-        try:
-            if kind == "bool":
-                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return text.lower() in ("true", "1", "yes")
-            return int(text) if kind == "int" else float(text)
-        except ValueError:
-            raise ConfigError(f"Config key {key} expects {kind}", repr(value),
-                              f"Pass a valid {kind}")
-    if kind == "bool":
-        ok = isinstance(value, bool)
-    elif kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "float":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and math.isfinite(value)
-        value = float(value) if ok else value
-    elif kind == "str":
-        ok = isinstance(value, str)
-    elif kind == "tuple":
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        value = tuple(value) if ok else value
-    else:  # pragma: no cover - every field uses one of the kinds above
-        ok = True
-    if not ok:
-        raise ConfigError(f"Config key {key} expects {kind}", repr(value), f"Pass a {kind}")
-    return value
-
-
-def _unknown(key: str, known: typing.Iterable[str], where: str) -> ConfigError:
-    known = sorted(known)
-    close = difflib.get_close_matches(key.split(".")[-1], known, n=1)
-    hint = f"Did you mean '{close[0]}'?" if close else f"Known keys: {', '.join(known)}"
-    return ConfigError(f"Unknown config key in {where}", key, hint)
-
-
 def from_dict(raw: dict, where: str = "config") -> Config:
     """Build a Config from nested dicts (TOML), rejecting unknown keys."""
     top: dict = {}
     for key, value in raw.items():
         if key not in SECTIONS:
-            raise _unknown(key, SECTIONS, where)
+            raise recipe_io.unknown_key(key, SECTIONS, where)
         if key == "seed":
-            top["seed"] = _coerce(value, "int", "seed")
+            top["seed"] = recipe_io.coerce(value, "int", "seed")
             continue
         if not isinstance(value, dict):
             raise ConfigError(f"Config section [{key}] must be a table", repr(value),
@@ -322,8 +276,8 @@ def from_dict(raw: dict, where: str = "config") -> Config:
         kwargs = {}
         for k, v in value.items():
             if k not in hints:
-                raise _unknown(f"{key}.{k}", [f"{key}.{h}" for h in hints], where)
-            kwargs[k] = _coerce(v, str(hints[k]), f"{key}.{k}")
+                raise recipe_io.unknown_key(f"{key}.{k}", [f"{key}.{h}" for h in hints], where)
+            kwargs[k] = recipe_io.coerce(v, str(hints[k]), f"{key}.{k}")
         top[key] = kwargs
     base = Config()
     sections = {}
@@ -341,93 +295,30 @@ def from_dict(raw: dict, where: str = "config") -> Config:
 def load(recipe: str | os.PathLike | None = None,
          overrides: dict[str, object] | None = None) -> Config:
     """Load a recipe (a TOML path, or a zoo model name), then apply dotted-key overrides."""
-    raw: dict = {}
-    where = "defaults"
-    if recipe:
-        path = resolve_recipe(recipe)
-        where = str(path)
-        from pipeline.core import files
-
-        blob = files.read_bytes(path, "recipe", ConfigError, "recipe")
-        try:
-            text = blob.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError("The recipe is not UTF-8 text", f"{path} (byte {exc.start}: "
-                              f"{blob[exc.start:exc.start + 1]!r})",
-                              "Save the recipe as UTF-8 (TOML files must be UTF-8)")
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("The recipe is not valid TOML", f"{path} ({exc})",
-                              "Fix the TOML syntax")
-        except RecursionError:  # tomllib parses nested arrays/inline tables recursively
-            raise ConfigError("The recipe nests arrays or tables too deeply to parse",
-                              str(path), "A recipe needs one level of [section] tables") \
-                from None
-        base = path.parent
-        for section in ("model", "data"):  # recipe-relative file paths
-            p = raw.get(section, {}).get("path") if isinstance(raw.get(section), dict) else None
-            if isinstance(p, str) and p and not os.path.isabs(p):
-                raw[section]["path"] = str((base / p).resolve())
+    raw, where = recipe_io.read(recipe) if recipe else ({}, "defaults")
     for dotted, value in (overrides or {}).items():
-        parts = dotted.split(".")
-        if len(parts) == 1:
-            raw[parts[0]] = value
-            continue
-        if len(parts) != 2:
-            raise ConfigError("Config override keys look like section.key", dotted,
-                              "Use e.g. --set qat.epochs=3")
-        section, key = parts
-        if section not in SECTIONS or section == "seed":
-            raise _unknown(section, [s for s in SECTIONS if s != "seed"], "--set")
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
-            raise ConfigError(f"Config section [{section}] must be a table", f"{section} = "
-                              f"{raw[section]!r}", f"Write it as [{section}] with keys below it")
-        if section == "model" and key in ("name", "path"):
-            raw["model"].pop("name", None)
-            raw["model"].pop("path", None)
-        if section == "data" and key in ("name", "path"):
-            raw["data"].pop("name", None)
-            raw["data"].pop("path", None)
-        raw[section][key] = value
+        _override(raw, dotted, value)
     return from_dict(raw, where)
 
 
-def resolve_recipe(recipe: str | os.PathLike) -> Path:
-    path = Path(recipe)
-    from models import zoo_names
-
-    try:
-        exists = os.path.lexists(path)
-    except ValueError:  # a NUL in the name
-        exists = False
-    if exists and not (path.is_dir() and str(recipe) in zoo_names()):
-        return path  # read (and its kind checked) by files.read_bytes
-    from models import recipe_path  # zoo name -> bundled recipe
-
-    bundled = recipe_path(str(recipe))
-    if bundled is not None:
-        return bundled
-    raise ConfigError("Recipe not found", str(recipe),
-                      f"Pass a TOML file or a bundled model name ({', '.join(zoo_names())})")
-
-
-def dumps_toml(d: dict) -> str:
-    """Minimal TOML writer for the config tree (scalars, string lists, one level of tables)."""
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)  # a JSON string is a valid TOML basic string
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-    lines = [f"{k} = {val(v)}" for k, v in d.items() if not isinstance(v, dict)]
-    for k, v in d.items():
-        if isinstance(v, dict):
-            lines += ["", f"[{k}]"] + [f"{kk} = {val(vv)}" for kk, vv in v.items()]
-    return "\n".join(lines) + "\n"
+def _override(raw: dict, dotted: str, value: object) -> None:
+    """Set ``section.key`` (or a top-level key) in the raw tables; setting one of a model's or
+    a dataset's name/path drops the other."""
+    parts = dotted.split(".")
+    if len(parts) == 1:
+        raw[parts[0]] = value
+        return
+    if len(parts) != 2:
+        raise ConfigError("Config override keys look like section.key", dotted,
+                          "Use e.g. --set qat.epochs=3")
+    section, key = parts
+    if section not in SECTIONS or section == "seed":
+        raise recipe_io.unknown_key(section, [s for s in SECTIONS if s != "seed"], "--set")
+    raw.setdefault(section, {})
+    if not isinstance(raw[section], dict):
+        raise ConfigError(f"Config section [{section}] must be a table", f"{section} = "
+                          f"{raw[section]!r}", f"Write it as [{section}] with keys below it")
+    if section in ("model", "data") and key in ("name", "path"):
+        raw[section].pop("name", None)
+        raw[section].pop("path", None)
+    raw[section][key] = value

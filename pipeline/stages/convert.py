@@ -22,7 +22,8 @@ from pipeline.core import keras_env
 from pipeline.core.errors import ConversionError
 from pipeline.core.native import quiet_native_output
 from pipeline.core.records import Variant
-from pipeline.tflite.tflite_model import TFLiteModel, Verdict
+from pipeline.tflite.tflite_model import TFLiteModel
+from pipeline.tflite.verdict import Verdict
 
 
 @dataclass(frozen=True)

@@ -5,25 +5,24 @@ Why: a QAT model can score well in Keras while its converted .tflite does not (t
 
 How: run the Keras QAT model capturing the output of every quantized layer (what its
 fake-quant produces), run the .tflite with ``experimental_preserve_all_tensors=True`` on the
-same inputs, match TFLite activation tensors to Keras layers by name - the converter names a
-tensor after the layers it came from, e.g. ``model/quant_conv1_relu/Relu;model/quant_conv1_bn/
-FusedBatchNormV3;model/quant_conv1/Conv2D`` for a Conv+BN+ReLU fused into one op, whose output
-is the last layer of the chain - dequantize and compare. Errors are in LSB of each tensor's
+same inputs, match TFLite activation tensors to Keras layers by name (tflite/names.py) - the
+converter names a tensor after the layers it came from, e.g. ``model/quant_conv1_relu/Relu;
+model/quant_conv1_bn/FusedBatchNormV3;model/quant_conv1/Conv2D`` for a Conv+BN+ReLU fused into
+one op, whose output is the last layer of the chain - dequantize and compare. Errors are in LSB of each tensor's
 own scale; the first layer whose mean error exceeds the threshold is named as the divergence.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from pipeline.tflite.runtime import ModelRunner
-from pipeline.tflite.tflite_model import TFLiteModel
+from pipeline.core import keras_env
 from pipeline.stages.verify import sqnr_db
-
-_TOKEN = re.compile(r"[/;:]")
+from pipeline.tflite.names import LayerNames, primary
+from pipeline.tflite.runtime import ModelRunner
+from pipeline.tflite.tflite_model import TFLiteModel, read_file
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class LayerParity:
 def _short(name: str | None, width: int = 60) -> str:
     if not name:
         return ""
-    first = name.split(";")[0]
+    first = primary(name)
     return first if len(first) <= width else "…" + first[-width:]
 
 
@@ -99,60 +98,62 @@ def quantized_layers(qat_model) -> list:
 
 
 def _inner_name(layer) -> str:
+    """The Keras name of a QAT model's layer (a QuantizeWrapper's wrapped layer)."""
     return layer.layer.name if hasattr(layer, "layer") else layer.name
+
+
+def _signature_names(view: TFLiteModel) -> dict[int, set[str]]:
+    """Tensor index -> signature keys naming it: model inputs/outputs are named after the
+    Keras input/output layers there, not in the tensor name."""
+    out: dict[int, set[str]] = {}
+    for sig in view.signatures:
+        if sig.subgraph != 0:
+            continue
+        for key, idx in list(sig.inputs.items()) + list(sig.outputs.items()):
+            out.setdefault(idx, set()).add(key)
+    return out
 
 
 def match_tensors(view: TFLiteModel, layers: list) -> tuple[dict, dict, list]:
     """Map Keras layers to TFLite activation tensors.
 
-    Returns (layer name -> tensor index for the layer ending a fused chain, layer name -> name
-    of the layer it is fused into, unmatched activation tensor names).
+    Returns (Keras layer name -> tensor index for the layer ending a fused chain, layer name
+    -> name of the layer it is fused into, unmatched activation tensor names).
     """
     sg = view.main
-    order = {l.name: k for k, l in enumerate(layers)}
-    wrapper_of = {l.name: l for l in layers}
+    matcher = LayerNames(_inner_name(l) for l in layers)
     activations = sorted({i for op in sg.operators for i in op.outputs if i >= 0}
                          | set(sg.inputs))
+    by_signature = _signature_names(view)
+    quantize_layer = next((_inner_name(l) for l in layers
+                           if type(l).__name__ == "QuantizeLayer"), None)
     produced: dict[str, int] = {}
     fused: dict[str, str] = {}
     unmatched = []
-    # signature names: model inputs/outputs are named after the Keras input/output layers
-    by_signature = {}
-    for sig in view.signatures:
-        if sig.subgraph != 0:
-            continue
-        for key, idx in list(sig.inputs.items()) + list(sig.outputs.items()):
-            by_signature.setdefault(idx, set()).add(key)
-    quantize_layer = next((l.name for l in layers if type(l).__name__ == "QuantizeLayer"), None)
     for idx in activations:
         t = sg.tensors[idx]
         if t.is_constant or t.quantization is None:
             continue
-        tokens = set(_TOKEN.split(t.name)) | by_signature.get(idx, set())
-        names = [n for n in wrapper_of if n in tokens]
+        names = matcher.layers_in(t.name, by_signature.get(idx, ()))
         if idx in sg.inputs and quantize_layer:
             names = [quantize_layer]
         if not names:
             unmatched.append(t.name)
             continue
-        last = max(names, key=order.__getitem__)
+        last = names[-1]
         if last in produced:  # two tensors for one layer (e.g. a requantize): keep the later
             if sg.tensors[produced[last]].name in t.name:
                 continue
         produced[last] = idx
-        for n in names:
-            if n != last:
-                fused[n] = last
+        fused.update((n, last) for n in names[:-1])
     return produced, fused, unmatched
 
 
 def compare_layers(qat_model, tflite: bytes | str, x: np.ndarray, *, threshold_lsb: float = 1.0,
                    batch_size: int = 0, runtime: str | None = None) -> LayerParity:
     """Compare every quantized layer of ``qat_model`` with the matching tensor of ``tflite``."""
-    from pipeline.core import keras_env
-
     keras = keras_env.load().keras
-    content = tflite if isinstance(tflite, bytes) else open(tflite, "rb").read()
+    content = tflite if isinstance(tflite, bytes) else read_file(tflite)
     view = TFLiteModel.from_bytes(content)
     layers = quantized_layers(qat_model)
     produced, fused, unmatched = match_tensors(view, layers)
@@ -168,8 +169,7 @@ def compare_layers(qat_model, tflite: bytes | str, x: np.ndarray, *, threshold_l
     rows: list[LayerRow] = []
     first = None
     for layer, k_out in zip(layers, keras_outs):
-        name = layer.name
-        shown = _inner_name(layer)
+        name = _inner_name(layer)
         if name in produced:
             t = view.main.tensors[produced[name]]
             got = tensors[produced[name]]
@@ -180,12 +180,11 @@ def compare_layers(qat_model, tflite: bytes | str, x: np.ndarray, *, threshold_l
             max_lsb = float(err.max() / scale)
             diverges = mean_lsb > threshold_lsb
             if diverges and first is None:
-                first = shown
-            rows.append(LayerRow(shown, "compared", t.name, None, tuple(got.shape[1:]), scale,
+                first = name
+            rows.append(LayerRow(name, "compared", t.name, None, tuple(got.shape[1:]), scale,
                                  mean_lsb, max_lsb, sqnr_db(ref, err), diverges))
         elif name in fused:
-            rows.append(LayerRow(shown, "fused", fused_into=_inner_name(
-                next(l for l in layers if l.name == fused[name]))))
+            rows.append(LayerRow(name, "fused", fused_into=fused[name]))
         else:
-            rows.append(LayerRow(shown, "no_tensor"))
+            rows.append(LayerRow(name, "no_tensor"))
     return LayerParity(rows, threshold_lsb, int(len(x)), first, unmatched)

@@ -12,20 +12,19 @@ flatbuffers, no TensorFlow):
   and a QUANTIZE restores the original int8 tensor wherever the rest of the graph reads it.
 
 Layers are matched to ops by the Keras layer names the converter writes into tensor names
-(``model/quant_block3_conv/...``), as the layer-parity check does. The result is reported by
+(``model/quant_block3_conv/...``), with the matcher the layer-parity check uses (names.py). The result is reported by
 the inspector as not full-int8 (float activations, QUANTIZE/DEQUANTIZE inside the graph).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.core.errors import ConversionError
+from pipeline.tflite.names import LayerNames, primary
 
-_TOKEN = re.compile(r"[/;:]")
 _FLOAT32, _INT32, _INT8, _UINT8 = 0, 2, 9, 3
 # ops whose float kernel takes the same inputs/options as the int8 one
 _FLOATABLE = {"ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D",
@@ -45,10 +44,6 @@ class IslandReport:
     def to_dict(self) -> dict:
         return {"layers": list(self.layers), "ops": list(self.ops),
                 "float_tensors": list(self.float_tensors), "added_ops": self.added_ops}
-
-
-def _names(layer_names) -> set[str]:
-    return {n for l in layer_names for n in (l, f"quant_{l}")}
 
 
 def _op_name(model, code) -> str:
@@ -88,26 +83,39 @@ def _dequantized(model, t) -> np.ndarray:
     return ((q - zp) * scale).astype(np.float32)
 
 
-def keep_float(content: bytes, layer_names: list[str] | tuple[str, ...]) -> tuple[bytes, IslandReport]:
+def keep_float(content: bytes, layer_names: list[str] | tuple[str, ...]
+               ) -> tuple[bytes, IslandReport]:
     """Return the model with the ops of ``layer_names`` in float32, and what changed."""
     from ai_edge_litert import schema_py_generated as s
     import flatbuffers
 
     model = s.ModelT.InitFromObj(s.Model.GetRootAsModel(content, 0))
     sg = model.subgraphs[0]
-    wanted = _names(layer_names)
-    producers = {}
-    for k, op in enumerate(sg.operators):
-        for o in op.outputs:
-            producers[int(o)] = k
-    island = []
-    for k, op in enumerate(sg.operators):
-        outs = [sg.tensors[int(o)] for o in op.outputs]
-        tokens = set()
-        for t in outs:
-            tokens |= set(_TOKEN.split(t.name.decode(errors="replace")))
-        if tokens & wanted:
-            island.append(k)
+    island = _island_ops(model, sg, layer_names)
+    desc = tuple(f"{_op_name(model, sg.operators[k].opcodeIndex)} #{k} "
+                 f"({primary(_name(sg.tensors[int(sg.operators[k].outputs[0])]))})"
+                 for k in island)
+    surgery = _Surgery(model, sg, island)
+    for k in island:
+        surgery.float_inputs(k)
+        surgery.float_outputs(k)
+    added = surgery.splice()
+    builder = flatbuffers.Builder(len(content) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output()), IslandReport(tuple(layer_names), desc,
+                                                 tuple(surgery.created), added)
+
+
+def _name(t) -> str:
+    return t.name.decode(errors="replace")
+
+
+def _island_ops(model, sg, layer_names) -> list[int]:
+    """Indices of the ops whose outputs are named after ``layer_names``; each must have a
+    float kernel taking the same inputs."""
+    matcher = LayerNames(layer_names)
+    island = [k for k, op in enumerate(sg.operators)
+              if any(matcher.mentions(_name(sg.tensors[int(o)])) for o in op.outputs)]
     if not island:
         raise ConversionError("No op of the .tflite comes from the layers to keep float",
                               list(layer_names), "Check annotate.keep_float against the "
@@ -117,94 +125,106 @@ def keep_float(content: bytes, layer_names: list[str] | tuple[str, ...]) -> tupl
     if bad:
         raise ConversionError("These ops cannot be switched to float in place", bad,
                               "Keep a different set of layers float")
-    island_set = set(island)
-    desc = tuple(f"{_op_name(model, sg.operators[k].opcodeIndex)} #{k} "
-                 f"({sg.tensors[int(sg.operators[k].outputs[0])].name.decode(errors='replace').split(';')[0]})"
-                 for k in island)
+    return island
 
-    def new_tensor(like, name: str, dtype: int, data: np.ndarray | None = None) -> int:
-        t = s.TensorT()
-        t.name = name.encode()
+
+class _Surgery:
+    """The edits of one island: float32 twins of its tensors, DEQUANTIZE ops before it and
+    QUANTIZE ops after it, spliced into the operator list at the end."""
+
+    def __init__(self, model, sg, island: list[int]):
+        from ai_edge_litert import schema_py_generated as s
+
+        self.s, self.model, self.sg, self.island = s, model, sg, set(island)
+        self.producers = {int(o): k for k, op in enumerate(sg.operators) for o in op.outputs}
+        self.consumers: dict[int, list[int]] = {}
+        for k, op in enumerate(sg.operators):
+            for i in op.inputs:
+                self.consumers.setdefault(int(i), []).append(k)
+        self.graph_outputs = {int(o) for o in sg.outputs}
+        self.float_twin: dict[int, int] = {}
+        self.created: list[str] = []
+        self.before: dict[int, list] = {}
+        self.after: dict[int, list] = {}
+        self.deq_code = opcode_index(model, "DEQUANTIZE")
+        self.q_code = opcode_index(model, "QUANTIZE")
+
+    def new_tensor(self, like, dtype: int, data: np.ndarray | None = None) -> int:
+        """A tensor shaped like ``like``, named ``<like's name>/float``."""
+        t = self.s.TensorT()
+        t.name = f"{_name(like)}/float".encode()
         t.type = dtype
         t.shape = np.array(like.shape, dtype=np.int32) if like.shape is not None else None
         t.shapeSignature = like.shapeSignature
-        b = s.BufferT()
+        b = self.s.BufferT()
         if data is not None:
             b.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), dtype=np.uint8)
-        model.buffers.append(b)
-        t.buffer = len(model.buffers) - 1
-        sg.tensors.append(t)
-        return len(sg.tensors) - 1
+        self.model.buffers.append(b)
+        t.buffer = len(self.model.buffers) - 1
+        self.sg.tensors.append(t)
+        self.created.append(t.name.decode())
+        return len(self.sg.tensors) - 1
 
-    float_twin: dict[int, int] = {}
-    created, before, after = [], {}, {}
-    deq_code, q_code = opcode_index(model, "DEQUANTIZE"), opcode_index(model, "QUANTIZE")
-    consumers: dict[int, list[int]] = {}
-    for k, op in enumerate(sg.operators):
-        for i in op.inputs:
-            consumers.setdefault(int(i), []).append(k)
-    graph_outputs = {int(o) for o in sg.outputs}
+    def _op(self, code: int, src: int, dst: int):
+        op = self.s.OperatorT()
+        op.opcodeIndex, op.inputs = code, np.array([src], np.int32)
+        op.outputs = np.array([dst], np.int32)
+        return op
 
-    for k in island:
-        op = sg.operators[k]
-        new_inputs = []
-        for i in op.inputs:
-            i = int(i)
-            if i < 0:
-                new_inputs.append(i)
-                continue
-            t = sg.tensors[i]
-            buf = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
-            is_const = buf is not None and len(buf) > 0
-            quantized = t.quantization is not None and t.quantization.scale is not None \
-                and t.type in (_INT8, _UINT8, _INT32)
-            if not quantized or (t.type == _INT32 and not is_const):
-                new_inputs.append(i)
-                continue
-            if i not in float_twin:
-                name = f"{t.name.decode(errors='replace')}/float"
-                if is_const:
-                    float_twin[i] = new_tensor(t, name, _FLOAT32, _dequantized(model, t))
-                else:
-                    float_twin[i] = new_tensor(t, name, _FLOAT32)
-                    if producers.get(i) not in island_set:  # int8 from outside: dequantize
-                        d = s.OperatorT()
-                        d.opcodeIndex, d.inputs = deq_code, np.array([i], np.int32)
-                        d.outputs = np.array([float_twin[i]], np.int32)
-                        before.setdefault(k, []).append(d)
-                created.append(sg.tensors[float_twin[i]].name.decode())
-            new_inputs.append(float_twin[i])
-        op.inputs = np.array(new_inputs, np.int32)
+    def float_inputs(self, k: int) -> None:
+        """Op ``k`` reads float32: constants dequantized in place, activations from outside
+        the island through a DEQUANTIZE."""
+        op = self.sg.operators[k]
+        op.inputs = np.array([self._float_input(k, int(i)) for i in op.inputs], np.int32)
+
+    def _float_input(self, k: int, i: int) -> int:
+        if i < 0:
+            return i
+        t = self.sg.tensors[i]
+        buf = self.model.buffers[t.buffer].data if t.buffer < len(self.model.buffers) else None
+        is_const = buf is not None and len(buf) > 0
+        quantized = t.quantization is not None and t.quantization.scale is not None \
+            and t.type in (_INT8, _UINT8, _INT32)
+        if not quantized or (t.type == _INT32 and not is_const):
+            return i
+        if i not in self.float_twin:
+            if is_const:
+                self.float_twin[i] = self.new_tensor(t, _FLOAT32, _dequantized(self.model, t))
+            else:
+                self.float_twin[i] = self.new_tensor(t, _FLOAT32)
+                if self.producers.get(i) not in self.island:  # int8 from outside: dequantize
+                    self.before.setdefault(k, []).append(
+                        self._op(self.deq_code, i, self.float_twin[i]))
+        return self.float_twin[i]
+
+    def float_outputs(self, k: int) -> None:
+        """Op ``k`` writes float32; a QUANTIZE restores the int8 tensor wherever the rest of
+        the graph (or the graph's output) reads it."""
+        op = self.sg.operators[k]
         new_outputs = []
         for o in op.outputs:
             o = int(o)
-            t = sg.tensors[o]
+            t = self.sg.tensors[o]
             if t.type not in (_INT8, _UINT8):
                 new_outputs.append(o)
                 continue
-            twin = float_twin.get(o)
-            if twin is None:
-                twin = float_twin[o] = new_tensor(t, f"{t.name.decode(errors='replace')}/float",
-                                                  _FLOAT32)
-                created.append(sg.tensors[twin].name.decode())
+            if o not in self.float_twin:
+                self.float_twin[o] = self.new_tensor(t, _FLOAT32)
+            twin = self.float_twin[o]
             new_outputs.append(twin)
-            outside = [c for c in consumers.get(o, []) if c not in island_set]
-            if outside or o in graph_outputs:  # the rest of the graph reads int8
-                qop = s.OperatorT()
-                qop.opcodeIndex, qop.inputs = q_code, np.array([twin], np.int32)
-                qop.outputs = np.array([o], np.int32)
-                after.setdefault(k, []).append(qop)
+            outside = [c for c in self.consumers.get(o, []) if c not in self.island]
+            if outside or o in self.graph_outputs:  # the rest of the graph reads int8
+                self.after.setdefault(k, []).append(self._op(self.q_code, twin, o))
         op.outputs = np.array(new_outputs, np.int32)
 
-    ops = []
-    for k, op in enumerate(sg.operators):
-        ops += before.get(k, []) + [op] + after.get(k, [])
-    added = len(ops) - len(sg.operators)
-    sg.operators = ops
-    builder = flatbuffers.Builder(len(content) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), IslandReport(tuple(layer_names), desc, tuple(created),
-                                                 added)
+    def splice(self) -> int:
+        """Insert the new ops around their island ops; returns how many were added."""
+        ops = []
+        for k, op in enumerate(self.sg.operators):
+            ops += self.before.get(k, []) + [op] + self.after.get(k, [])
+        added = len(ops) - len(self.sg.operators)
+        self.sg.operators = ops
+        return added
 
 
 def only_islands(verdict, report: IslandReport) -> bool:

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import ModelFileError, QatError, first_line
+from pipeline.tflite.runtime import ModelRunner
 from pipeline.tflite.tflite_model import TFLiteModel, read_file
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -263,8 +264,6 @@ def _serve() -> None:
     os.dup2(2, 1)
     stdin = sys.stdin.buffer
     delay = float(os.environ.get(DELAY_ENV) or 0)
-    from pipeline.tflite.runtime import ModelRunner
-
     while True:
         line = stdin.readline()
         if not line:

@@ -1,7 +1,8 @@
 """LiteRT interpreter factory and batched runner. No TensorFlow import unless asked for.
 
-Preference order: ai_edge_litert (LiteRT, the maintained package) -> tflite_runtime (its last
-release, 2.14, needs numpy<2) -> tf.lite (deprecated inside TensorFlow, imported via keras_env).
+Preference order (core.records.Runtime): ai_edge_litert (LiteRT, the maintained package) ->
+tflite_runtime (its last release, 2.14, needs numpy<2) -> tf.lite (deprecated inside
+TensorFlow, imported via keras_env).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import numpy as np
 
 from pipeline.core.errors import ModelFileError, QatError, UsageError, first_line
 from pipeline.core.native import quiet_native_output
-from pipeline.core.records import QuantParams
+from pipeline.core.records import RUNTIME_AUTO, QuantParams, Runtime
+from pipeline.tflite.tflite_model import read_file
 
-RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
 # batch_size=0 (auto): as many samples per invoke as keep one batch's activations within this
 # many bytes (about half a core's L2 cache), at most MAX_AUTO_BATCH. Bigger batches buy little
 # on CPU - LiteRT's per-invoke cost is a few µs (digits_cnn int8: batch 16 to 450 cost 8-14 µs
@@ -27,33 +28,34 @@ RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
 # 224x224 model at a fixed batch of 256 would allocate gigabytes.
 AUTO_BATCH_BYTES = 256 * 1024
 MAX_AUTO_BATCH = 256
-_MODULES = {"litert": "ai_edge_litert.interpreter", "tflite_runtime": "tflite_runtime.interpreter"}
+_MODULES = {Runtime.LITERT: "ai_edge_litert.interpreter",
+            Runtime.TFLITE_RUNTIME: "tflite_runtime.interpreter"}
 
 
-def _import_runtime(name: str):
-    if name == "tensorflow":
-        from pipeline.core import keras_env  # the only TensorFlow import path
+def _import_runtime(runtime: Runtime):
+    if runtime is Runtime.TENSORFLOW:
+        from pipeline.core import keras_env  # lazy: its import sets TensorFlow's env variables
 
-        return keras_env.load().tf.lite
-    return importlib.import_module(_MODULES[name])
+        return keras_env.load().tf.lite  # keras_env: the only TensorFlow import path
+    return importlib.import_module(_MODULES[runtime])
 
 
 def resolve_runtime(name: str | None = None) -> tuple[str, object]:
     """Return (runtime name, module exposing Interpreter and OpResolverType).
 
-    ``name`` None or "auto" walks the preference order; an explicit name must import.
+    ``name`` None or "auto" walks Runtime's preference order; an explicit name must import.
     """
-    name = name or os.environ.get("QAT_RUNTIME") or "auto"
-    if name != "auto" and name not in RUNTIMES:
+    name = name or os.environ.get("QAT_RUNTIME") or RUNTIME_AUTO
+    if name not in Runtime.names():
         raise UsageError("Unknown interpreter runtime", name,
-                         f"Use one of: auto, {', '.join(RUNTIMES)}")
-    candidates = RUNTIMES if name == "auto" else (name,)
+                         f"Use one of: {', '.join(Runtime.names())}")
+    candidates = tuple(Runtime) if name == RUNTIME_AUTO else (Runtime(name),)
     errors = []
     for candidate in candidates:
         try:
-            return candidate, _import_runtime(candidate)
+            return candidate.value, _import_runtime(candidate)
         except Exception as exc:  # ImportError, or numpy-ABI errors from tflite_runtime
-            if name != "auto" and isinstance(exc, QatError):
+            if name != RUNTIME_AUTO and isinstance(exc, QatError):
                 raise  # the asked-for runtime's own fix (keras_env names the missing extra)
             errors.append(f"{candidate}: {type(exc).__name__}: {first_line(exc, None, '')}")
     raise UsageError("No LiteRT interpreter could be imported", "; ".join(errors),
@@ -217,8 +219,6 @@ class ModelRunner:
         if workers < 1:
             raise UsageError("Worker count must be at least 1", workers, "Pass 1 or more")
         if isinstance(model, (str, os.PathLike)):
-            from pipeline.tflite.tflite_model import read_file
-
             source = source or os.fspath(model)
             model = read_file(model)  # read once (bounded), shared by every worker's interpreter
 

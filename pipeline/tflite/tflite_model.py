@@ -20,6 +20,7 @@ from pipeline.core.errors import ModelFileError
 from pipeline.core.files import open_regular
 from pipeline.tflite.flatbuffer_reader import Buf as _Buf
 from pipeline.tflite.flatbuffer_reader import TFLiteFormatError  # noqa: F401  (re-exported)
+from pipeline.tflite.verdict import Verdict, judge
 
 FILE_IDENTIFIER = b"TFL3"
 # bits per element of each TensorType name; None = variable size (strings, resources)
@@ -28,8 +29,6 @@ _BITS = {"FLOAT32": 32, "FLOAT16": 16, "INT32": 32, "UINT8": 8, "INT64": 64, "ST
          "UINT64": 64, "RESOURCE": None, "VARIANT": None, "UINT32": 32, "UINT16": 16,
          "INT4": 4, "BFLOAT16": 16, "INT2": 2, "UINT4": 4, "FLOAT8_E4M3FN": 8,
          "FLOAT8_E5M2": 8}
-FLOAT_TYPES = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"}
-INT8_TYPES = {"INT8", "UINT8"}
 # LiteRT segfaults allocating a tensor whose claimed shape overflows (found by fuzzing:
 # one corrupted dimension of an activation shape); refuse anything over 2 GiB per tensor.
 _MAX_TENSOR_BYTES = 1 << 31
@@ -121,24 +120,6 @@ class Signature:
     outputs: dict
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """Whether the model is full-int8, and why not."""
-
-    full_int8: bool
-    reasons: tuple[str, ...]
-    float_activations: tuple[str, ...] = ()
-    quant_ops_inside: tuple[str, ...] = ()
-    hybrid_ops: tuple[str, ...] = ()
-    float_io: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict:
-        return {"full_int8": self.full_int8, "reasons": list(self.reasons),
-                "float_activations": list(self.float_activations),
-                "quant_ops_inside": list(self.quant_ops_inside),
-                "hybrid_ops": list(self.hybrid_ops), "float_io": list(self.float_io)}
-
-
 @dataclass
 class TFLiteModel:
     source: str
@@ -165,70 +146,18 @@ class TFLiteModel:
         buf = _Buf(bytes(data), source, deadline=deadline)
         check_header(buf.data, source)
         root = buf.table(buf.u32(0))
-        version = root.scalar(0, "I")
-        opcodes = []
-        for t in root.tables(1):
-            deprecated = t.scalar(0, "b")
-            code = max(t.scalar(3, "i"), deprecated)  # schema: use max of the two fields
-            name = BUILTIN_OPERATORS.get(code, f"UNKNOWN_{code}")
-            if name == "CUSTOM":
-                name = f"CUSTOM:{t.string(1) or '?'}"
-            opcodes.append(name)
-        buffer_sizes = []
-        for t in root.tables(4):
-            start, n = t.vector_span(0)
-            if n == 0:
-                offset, size = t.scalar(1, "Q"), t.scalar(2, "Q")
-                if offset > 1:  # data stored after the flatbuffer (models > 2 GB)
-                    if offset + size > buf.size:
-                        raise buf.fail(f"buffer data [{offset}, +{size}) beyond end of file")
-                    n = size
-            buffer_sizes.append(n)
-        subgraphs = []
-        for si, sg in enumerate(root.tables(2)):
-            tensors = []
-            for ti, t in enumerate(sg.tables(0)):
-                type_code = t.scalar(1, "b")
-                dtype = TENSOR_TYPES.get(type_code, f"UNKNOWN_{type_code}")
-                buffer = t.scalar(2, "I")
-                if buffer >= len(buffer_sizes):
-                    raise buf.fail(f"tensor {ti} refers to buffer {buffer} of "
-                                   f"{len(buffer_sizes)}")
-                q = t.table(4)
-                quant = None
-                if q is not None:
-                    scales = q.vector(2, "f")
-                    zps = q.vector(3, "q")
-                    if scales or zps:
-                        quant = Quantization(tuple(float(s) for s in scales),
-                                             tuple(int(z) for z in zps), q.scalar(6, "i"),
-                                             q.vector(0, "f"), q.vector(1, "f"))
-                tensors.append(Tensor(
-                    index=ti, name=t.string(3) or "", dtype=dtype,
-                    shape=tuple(t.vector(0, "i")), shape_signature=tuple(t.vector(7, "i")),
-                    buffer=buffer, data_size=buffer_sizes[buffer] if buffer else 0,
-                    quantization=quant, is_variable=bool(t.scalar(5, "B")),
-                    sparse=t.table(6) is not None))
-            operators = []
-            for oi, op in enumerate(sg.tables(3)):
-                code = op.scalar(0, "I")
-                if code >= len(opcodes):
-                    raise buf.fail(f"operator {oi} uses opcode index {code} of {len(opcodes)}")
-                operators.append(Operator(oi, opcodes[code], tuple(op.vector(1, "i")),
-                                          tuple(op.vector(2, "i"))))
-            subgraphs.append(Subgraph(si, sg.string(4) or "", tuple(tensors), tuple(operators),
-                                      tuple(sg.vector(1, "i")), tuple(sg.vector(2, "i"))))
-        metadata = {}
-        for t in root.tables(6):
-            metadata[t.string(0) or ""] = t.scalar(1, "I")
-        signatures = []
-        for t in root.tables(7):
-            signatures.append(Signature(
-                key=t.string(2) or "", subgraph=t.scalar(4, "I"),
-                inputs={m.string(0) or "": m.scalar(1, "I") for m in t.tables(0)},
-                outputs={m.string(0) or "": m.scalar(1, "I") for m in t.tables(1)}))
-        model = cls(source, buf.size, version, root.string(3) or "", subgraphs, buffer_sizes,
-                    metadata, signatures, opcodes)
+        opcodes = _read_opcodes(root)
+        buffer_sizes = _read_buffer_sizes(buf, root)
+        subgraphs = [_read_subgraph(buf, si, sg, opcodes, buffer_sizes)
+                     for si, sg in enumerate(root.tables(2))]
+        metadata = {t.string(0) or "": t.scalar(1, "I") for t in root.tables(6)}
+        signatures = [Signature(
+            key=t.string(2) or "", subgraph=t.scalar(4, "I"),
+            inputs={m.string(0) or "": m.scalar(1, "I") for m in t.tables(0)},
+            outputs={m.string(0) or "": m.scalar(1, "I") for m in t.tables(1)})
+            for t in root.tables(7)]
+        model = cls(source, buf.size, root.scalar(0, "I"), root.string(3) or "", subgraphs,
+                    buffer_sizes, metadata, signatures, opcodes)
         model._check_structure(buf)
         return model
 
@@ -332,63 +261,72 @@ class TFLiteModel:
         return dict(sizes)
 
     def verdict(self, *, allow_float_io: bool = False) -> Verdict:
-        """Full-int8 verdict with reasons.
+        """Full-int8 verdict with reasons (see verdict.judge)."""
+        return judge(self.subgraphs, allow_float_io=allow_float_io)
 
-        Full int8 means every activation tensor is int8/uint8 (int32 only for bias-like
-        intermediates), no QUANTIZE/DEQUANTIZE converts between float and int inside the graph,
-        and no hybrid op takes a float activation with int8 weights. With ``allow_float_io`` a
-        float model input feeding a QUANTIZE and a DEQUANTIZE producing a model output are the
-        expected I/O boundary and not counted.
-        """
-        float_acts, quant_ops, hybrid, float_io = [], [], [], []
-        for sg in self.subgraphs:
-            ios = set(sg.inputs) | set(sg.outputs)
-            boundary: set[int] = set()
-            for op in sg.operators:
-                ins = [sg.tensors[i] for i in op.inputs if i >= 0]
-                outs = [sg.tensors[i] for i in op.outputs if i >= 0]
-                if op.opcode in ("QUANTIZE", "DEQUANTIZE"):
-                    src, dst = (ins[0] if ins else None), (outs[0] if outs else None)
-                    if src is None or dst is None:
-                        continue
-                    float_side = src if src.dtype in FLOAT_TYPES else dst
-                    if src.dtype in FLOAT_TYPES or dst.dtype in FLOAT_TYPES:
-                        at_boundary = (
-                            (op.opcode == "QUANTIZE" and src.index in sg.inputs) or
-                            (op.opcode == "DEQUANTIZE" and dst.index in sg.outputs))
-                        if allow_float_io and at_boundary:
-                            boundary.add(float_side.index)
-                        else:
-                            quant_ops.append(f"{op.opcode} #{op.index} "
-                                             f"({src.dtype}->{dst.dtype}, {float_side.name})")
-                    continue
-                float_in = [t for t in ins if not t.is_constant and t.dtype in FLOAT_TYPES]
-                int_w = [t for t in ins if t.is_constant and t.dtype in INT8_TYPES]
-                if float_in and int_w:
-                    hybrid.append(f"{op.opcode} #{op.index} (float {float_in[0].name} "
-                                  f"x int8 {int_w[0].name})")
-            for t in sg.tensors:
-                if t.is_constant or t.dtype not in FLOAT_TYPES:
-                    continue
-                if t.index in ios:
-                    if not (allow_float_io and t.index in boundary):
-                        float_io.append(f"{t.name} ({t.dtype})")
-                    continue
-                float_acts.append(f"{t.name} ({t.dtype})")
-        reasons = []
-        if float_io:
-            reasons.append(f"{len(float_io)} float model input/output tensor(s): "
-                           f"{', '.join(float_io[:3])}")
-        if float_acts:
-            reasons.append(f"{len(float_acts)} float activation tensor(s), e.g. "
-                           f"{', '.join(float_acts[:3])}")
-        if quant_ops:
-            reasons.append(f"{len(quant_ops)} QUANTIZE/DEQUANTIZE op(s) inside the graph: "
-                           f"{', '.join(quant_ops[:3])}")
-        if hybrid:
-            reasons.append(f"{len(hybrid)} hybrid (dynamic-range) op(s): {', '.join(hybrid[:3])}")
-        return Verdict(not reasons, tuple(reasons), tuple(float_acts), tuple(quant_ops),
-                       tuple(hybrid), tuple(float_io))
+
+# --------------------------------------------------------------------------------------------
+# Reading the tables: field numbers are the order of the fields in schema.fbs (v3c)
+# --------------------------------------------------------------------------------------------
+def _read_opcodes(root) -> list[str]:
+    opcodes = []
+    for t in root.tables(1):
+        deprecated = t.scalar(0, "b")
+        code = max(t.scalar(3, "i"), deprecated)  # schema: use max of the two fields
+        name = BUILTIN_OPERATORS.get(code, f"UNKNOWN_{code}")
+        if name == "CUSTOM":
+            name = f"CUSTOM:{t.string(1) or '?'}"
+        opcodes.append(name)
+    return opcodes
+
+
+def _read_buffer_sizes(buf: _Buf, root) -> list[int]:
+    sizes = []
+    for t in root.tables(4):
+        start, n = t.vector_span(0)
+        if n == 0:
+            offset, size = t.scalar(1, "Q"), t.scalar(2, "Q")
+            if offset > 1:  # data stored after the flatbuffer (models > 2 GB)
+                if offset + size > buf.size:
+                    raise buf.fail(f"buffer data [{offset}, +{size}) beyond end of file")
+                n = size
+        sizes.append(n)
+    return sizes
+
+
+def _read_subgraph(buf: _Buf, si: int, sg, opcodes: list[str],
+                   buffer_sizes: list[int]) -> Subgraph:
+    tensors = [_read_tensor(buf, ti, t, buffer_sizes) for ti, t in enumerate(sg.tables(0))]
+    operators = []
+    for oi, op in enumerate(sg.tables(3)):
+        code = op.scalar(0, "I")
+        if code >= len(opcodes):
+            raise buf.fail(f"operator {oi} uses opcode index {code} of {len(opcodes)}")
+        operators.append(Operator(oi, opcodes[code], tuple(op.vector(1, "i")),
+                                  tuple(op.vector(2, "i"))))
+    return Subgraph(si, sg.string(4) or "", tuple(tensors), tuple(operators),
+                    tuple(sg.vector(1, "i")), tuple(sg.vector(2, "i")))
+
+
+def _read_tensor(buf: _Buf, ti: int, t, buffer_sizes: list[int]) -> Tensor:
+    type_code = t.scalar(1, "b")
+    dtype = TENSOR_TYPES.get(type_code, f"UNKNOWN_{type_code}")
+    buffer = t.scalar(2, "I")
+    if buffer >= len(buffer_sizes):
+        raise buf.fail(f"tensor {ti} refers to buffer {buffer} of {len(buffer_sizes)}")
+    q = t.table(4)
+    quant = None
+    if q is not None:
+        scales = q.vector(2, "f")
+        zps = q.vector(3, "q")
+        if scales or zps:
+            quant = Quantization(tuple(float(s) for s in scales), tuple(int(z) for z in zps),
+                                 q.scalar(6, "i"), q.vector(0, "f"), q.vector(1, "f"))
+    return Tensor(index=ti, name=t.string(3) or "", dtype=dtype,
+                  shape=tuple(t.vector(0, "i")), shape_signature=tuple(t.vector(7, "i")),
+                  buffer=buffer, data_size=buffer_sizes[buffer] if buffer else 0,
+                  quantization=quant, is_variable=bool(t.scalar(5, "B")),
+                  sparse=t.table(6) is not None)
 
 
 def read_file(path: str | os.PathLike, limit: int = MAX_TFLITE_BYTES) -> bytes:

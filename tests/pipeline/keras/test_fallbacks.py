@@ -8,6 +8,7 @@ import pytest
 from pipeline.stages import annotate, convert, modelio
 
 from pipeline.keras import fallbacks, graph
+from pipeline.keras.plan import LayerStatus
 
 from pipeline.core import keras_env
 from pipeline.stages.config import AnnotateConfig
@@ -104,8 +105,8 @@ def test_fallback_reaches_full_int8_and_agrees(kind, env):
     model.compile(env.keras.optimizers.Adam(1e-2), loss)
     model.fit(x, y, batch_size=64, epochs=30, verbose=0)  # the trained model a user brings
     qat, cov = annotate.apply(model)
-    special = {p.cls for p in cov.layers if p.status in (fallbacks.FALLBACK,
-                                                         fallbacks.CALIBRATED)}
+    special = {p.cls for p in cov.layers if p.status in (LayerStatus.FALLBACK,
+                                                         LayerStatus.CALIBRATED)}
     assert KINDS[kind] in special, cov.by_status()
     qat.compile(env.keras.optimizers.Adam(1e-4), loss)
     qat.fit(x, y, batch_size=32, epochs=2, verbose=0)  # QAT: ranges move off their init
@@ -160,11 +161,11 @@ def test_rebuild_flattens_nested_models_and_rewrites_tf_ops(env):
 def test_policy_include_exclude_and_typos(env, trained_model):
     _, cov = annotate.prepare(trained_model, AnnotateConfig(exclude=("block3_.*",)))
     status = {p.name: p.status for p in cov.layers}
-    assert status["block3_dwconv"] == fallbacks.EXCLUDED
-    assert status["block3_bn"] == fallbacks.EXCLUDED  # follows its conv
-    assert status["block1_conv"] == fallbacks.QUANTIZED
+    assert status["block3_dwconv"] == LayerStatus.EXCLUDED
+    assert status["block3_bn"] == LayerStatus.EXCLUDED  # follows its conv
+    assert status["block1_conv"] == LayerStatus.QUANTIZED
     _, cov = annotate.prepare(trained_model, AnnotateConfig(include=("Dense",)))
-    assert {p.name for p in cov.layers if p.status == fallbacks.QUANTIZED} == {"logits"}
+    assert {p.name for p in cov.layers if p.status == LayerStatus.QUANTIZED} == {"logits"}
     with pytest.raises(ConfigError) as err:
         annotate.prepare(trained_model, AnnotateConfig(exclude=("blok3_.*",)))
     assert "matches no layer" in str(err.value) and "'blok3_.*'" in str(err.value)

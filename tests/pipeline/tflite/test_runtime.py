@@ -3,8 +3,8 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline.core.errors import ModelFileError, UsageError
-from pipeline.core.records import QuantParams, Variant
+from pipeline.core.errors import ConfigError, ModelFileError, UsageError
+from pipeline.core.records import QuantParams, Runtime, Variant
 from pipeline.tflite.runtime import ModelRunner, auto_batch_size, make_interpreter, resolve_runtime
 from pipeline.tflite.tflite_model import TFLiteModel
 
@@ -103,6 +103,28 @@ def test_runtime_selection():
     assert name == "litert" and hasattr(mod, "Interpreter")
     with pytest.raises(UsageError, match="Unknown interpreter runtime"):
         resolve_runtime("onnx")
+
+
+def test_every_runtime_name_is_accepted_everywhere_and_names_its_package():
+    """The CLI's --runtime choices, verify.runtime and resolve_runtime accept the same names
+    (core.records.Runtime); each runtime that imports here is provided by the distribution
+    its ``package`` names (host results record that distribution's version)."""
+    from importlib import metadata
+
+    from pipeline.cli.app import parse_args
+    from pipeline.stages.config import VerifyConfig
+
+    for name in Runtime.names():
+        assert parse_args(["verify", "m.tflite", "--runtime", name]).runtime == name
+        assert VerifyConfig(runtime=name).runtime == name
+    for runtime in Runtime:
+        try:
+            got, _ = resolve_runtime(runtime.value)
+        except UsageError:  # not installed here (tflite_runtime needs numpy<2)
+            continue
+        assert got == runtime.value and metadata.version(runtime.package)
+    with pytest.raises(ConfigError, match="Unknown verify.runtime"):
+        VerifyConfig(runtime="onnx")
 
 
 @pytest.mark.parametrize("variant", [Variant.PTQ_INT8, Variant.QAT_INT8])

@@ -1,0 +1,57 @@
+"""Which Keras layers a TFLite tensor comes from, read from the names the converter writes.
+
+The TFLite converter names an op's output tensor after the TensorFlow ops fused into it, each
+a path ``<model>/<layer>/<op>``, joined by ``;`` with the op that produces the value first.
+A Conv+BN+ReLU of a QAT model becomes one op whose output is named
+``digits_cnn/quant_block1_relu/Relu;digits_cnn/quant_block1_bn/FusedBatchNormV3;
+digits_cnn/quant_block1_conv/Conv2D1``. tfmot's QuantizeWrapper is named ``quant_<layer>``,
+so a quantized layer shows up under that name and a layer left unwrapped (excluded, kept
+float) under its own. Graph inputs and outputs are named after the signature instead
+(``serving_default_image:0``, ``StatefulPartitionedCall:0``); the signature's keys carry the
+layer names, so callers pass them as extra names.
+
+Pure strings: used by the layer-parity check (stages/parity.py) and the float-island surgery
+(tflite/islands.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+WRAPPER_PREFIX = "quant_"  # tfmot names the QuantizeWrapper of layer L "quant_L"
+_SEPARATORS = re.compile(r"[/;:]")
+
+
+def tokens(tensor_name: str) -> set[str]:
+    """The path components of a tensor name (model, layer and op names, output index)."""
+    return set(_SEPARATORS.split(tensor_name))
+
+
+def primary(tensor_name: str) -> str:
+    """The first of the fused op names: the op that produces the tensor's value."""
+    return tensor_name.split(";")[0]
+
+
+class LayerNames:
+    """Matches tensor names against Keras layer names given in topological order.
+
+    A layer is mentioned by a tensor name when one of its path components is the layer's
+    name or the name of its tfmot wrapper."""
+
+    def __init__(self, layers: Iterable[str]):
+        self.order = list(dict.fromkeys(layers))
+        self._by_token: dict[str, str] = {name: name for name in self.order}
+        for name in self.order:  # a layer's own name wins over another's wrapper name
+            self._by_token.setdefault(WRAPPER_PREFIX + name, name)
+
+    def layers_in(self, tensor_name: str, extra: Iterable[str] = ()) -> list[str]:
+        """The layers that ``tensor_name`` (or one of the ``extra`` names, e.g. signature
+        keys) mentions, in layer order: the last holds the tensor's value, the ones before it
+        were fused into it."""
+        found = {self._by_token[t] for t in tokens(tensor_name) | set(extra)
+                 if t in self._by_token}
+        return [name for name in self.order if name in found]
+
+    def mentions(self, tensor_name: str) -> bool:
+        return any(t in self._by_token for t in tokens(tensor_name))

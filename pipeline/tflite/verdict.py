@@ -1,0 +1,113 @@
+"""The full-int8 verdict of a .tflite, with its reasons.
+
+Full int8 means every activation tensor is int8/uint8 (int32 only for bias-like
+intermediates), no QUANTIZE/DEQUANTIZE converts between float and int inside the graph, and no
+hybrid op takes a float activation with int8 weights. With ``allow_float_io`` a float model
+input feeding a QUANTIZE and a DEQUANTIZE producing a model output are the expected I/O
+boundary and not counted.
+
+Works on the subgraphs of a ``tflite_model.TFLiteModel`` (``TFLiteModel.verdict()`` calls it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+FLOAT_TYPES = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"}
+INT8_TYPES = {"INT8", "UINT8"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether the model is full-int8, and why not."""
+
+    full_int8: bool
+    reasons: tuple[str, ...]
+    float_activations: tuple[str, ...] = ()
+    quant_ops_inside: tuple[str, ...] = ()
+    hybrid_ops: tuple[str, ...] = ()
+    float_io: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"full_int8": self.full_int8, "reasons": list(self.reasons),
+                "float_activations": list(self.float_activations),
+                "quant_ops_inside": list(self.quant_ops_inside),
+                "hybrid_ops": list(self.hybrid_ops), "float_io": list(self.float_io)}
+
+
+@dataclass
+class _Findings:
+    float_activations: list[str] = field(default_factory=list)
+    quant_ops_inside: list[str] = field(default_factory=list)
+    hybrid_ops: list[str] = field(default_factory=list)
+    float_io: list[str] = field(default_factory=list)
+
+    def reasons(self) -> list[str]:
+        out = []
+        if self.float_io:
+            out.append(f"{len(self.float_io)} float model input/output tensor(s): "
+                       f"{', '.join(self.float_io[:3])}")
+        if self.float_activations:
+            out.append(f"{len(self.float_activations)} float activation tensor(s), e.g. "
+                       f"{', '.join(self.float_activations[:3])}")
+        if self.quant_ops_inside:
+            out.append(f"{len(self.quant_ops_inside)} QUANTIZE/DEQUANTIZE op(s) inside the "
+                       f"graph: {', '.join(self.quant_ops_inside[:3])}")
+        if self.hybrid_ops:
+            out.append(f"{len(self.hybrid_ops)} hybrid (dynamic-range) op(s): "
+                       f"{', '.join(self.hybrid_ops[:3])}")
+        return out
+
+
+def judge(subgraphs, *, allow_float_io: bool = False) -> Verdict:
+    """The verdict over every subgraph (``tflite_model.Subgraph`` objects)."""
+    found = _Findings()
+    for sg in subgraphs:
+        boundary: set[int] = set()  # float tensors at an allowed I/O QUANTIZE/DEQUANTIZE
+        for op in sg.operators:
+            ins = [sg.tensors[i] for i in op.inputs if i >= 0]
+            outs = [sg.tensors[i] for i in op.outputs if i >= 0]
+            if op.opcode in ("QUANTIZE", "DEQUANTIZE"):
+                _conversion(sg, op, ins, outs, allow_float_io, boundary, found)
+                continue
+            float_in = [t for t in ins if not t.is_constant and t.dtype in FLOAT_TYPES]
+            int_w = [t for t in ins if t.is_constant and t.dtype in INT8_TYPES]
+            if float_in and int_w:
+                found.hybrid_ops.append(f"{op.opcode} #{op.index} (float {float_in[0].name} "
+                                        f"x int8 {int_w[0].name})")
+        _float_tensors(sg, allow_float_io, boundary, found)
+    reasons = found.reasons()
+    return Verdict(not reasons, tuple(reasons), tuple(found.float_activations),
+                   tuple(found.quant_ops_inside), tuple(found.hybrid_ops),
+                   tuple(found.float_io))
+
+
+def _conversion(sg, op, ins, outs, allow_float_io: bool, boundary: set[int],
+                found: _Findings) -> None:
+    """A QUANTIZE/DEQUANTIZE between float and int: an I/O boundary (when allowed) or a
+    conversion inside the graph."""
+    src, dst = (ins[0] if ins else None), (outs[0] if outs else None)
+    if src is None or dst is None:
+        return
+    if src.dtype not in FLOAT_TYPES and dst.dtype not in FLOAT_TYPES:
+        return
+    float_side = src if src.dtype in FLOAT_TYPES else dst
+    at_boundary = ((op.opcode == "QUANTIZE" and src.index in sg.inputs) or
+                   (op.opcode == "DEQUANTIZE" and dst.index in sg.outputs))
+    if allow_float_io and at_boundary:
+        boundary.add(float_side.index)
+    else:
+        found.quant_ops_inside.append(f"{op.opcode} #{op.index} "
+                                      f"({src.dtype}->{dst.dtype}, {float_side.name})")
+
+
+def _float_tensors(sg, allow_float_io: bool, boundary: set[int], found: _Findings) -> None:
+    ios = set(sg.inputs) | set(sg.outputs)
+    for t in sg.tensors:
+        if t.is_constant or t.dtype not in FLOAT_TYPES:
+            continue
+        if t.index in ios:
+            if not (allow_float_io and t.index in boundary):
+                found.float_io.append(f"{t.name} ({t.dtype})")
+            continue
+        found.float_activations.append(f"{t.name} ({t.dtype})")
