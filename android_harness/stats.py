@@ -51,8 +51,19 @@ def small_sample_factor(clusters: int) -> float:
     return t / _Z975 * math.sqrt(clusters / df)
 
 
-def _widen(estimate: float, low: float, high: float, factor: float) -> tuple[float, float]:
-    return estimate - factor * (estimate - low), estimate + factor * (high - estimate)
+def _around(estimate: float, low: float, high: float, factor: float = 1.0) -> tuple[float, float]:
+    """The interval [low, high] made to contain ``estimate`` (the sample median), each side's
+    distance from it multiplied by ``factor``.
+
+    A percentile-bootstrap interval need not contain the sample median: with few distinct
+    latency values (a timer's resolution) or a skewed pair of repeats the bootstrap medians can
+    all fall on one side of it (seen: low 2.3322 us above a p50 of 2.3230 us). Reporting a CI
+    that excludes the p50 printed beside it would be wrong either way, so the side that missed
+    is brought to the estimate, and widening scales distances, never moving a side across it.
+    """
+    below, above = max(0.0, estimate - low), max(0.0, high - estimate)
+    return estimate - factor * below, estimate + factor * above
+
 
 def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
     """Linear-interpolation percentile (numpy's default, same as LiteRT's Python tool)."""
@@ -157,9 +168,9 @@ def bootstrap_median_ci(groups: Sequence[Sequence[float] | np.ndarray], *, seed:
     medians = np.median(picks, axis=1)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(medians, [alpha, 1.0 - alpha])
-    if r > 1 and level == 0.95:
-        factor = small_sample_factor(r)
-        low, high = _widen(float(np.median(np.concatenate(arrays))), low, high, factor)
+    factor = small_sample_factor(r) if r > 1 and level == 0.95 else 1.0
+    low, high = _around(float(np.median(np.concatenate(arrays))), low, high, factor)
+    if factor != 1.0:
         method += f", widened x{factor:.2f} for {r} repeats"
     return Interval(float(low), float(high), level, method, replicates)
 
@@ -178,9 +189,9 @@ def bootstrap_center_ci(centers: Sequence[float], *, seed: int = 0,
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(medians, [alpha, 1.0 - alpha])
     method = "bootstrap over per-repeat medians (no per-invoke data)"
-    if level == 0.95:
-        factor = small_sample_factor(arr.size)
-        low, high = _widen(float(np.median(arr)), low, high, factor)
+    factor = small_sample_factor(arr.size) if level == 0.95 else 1.0
+    low, high = _around(float(np.median(arr)), low, high, factor)
+    if factor != 1.0:
         method += f", widened x{factor:.2f} for {arr.size} repeats"
     return Interval(float(low), float(high), level, method, replicates)
 

@@ -37,7 +37,8 @@ ALLOWED = {
     "cli": {"core", "tflite", "keras", "stages", "models", "cli", "pipeline"},
     "pipeline": {"core", "tflite", "keras", "stages", "models", "cli", "pipeline"},
     "android_harness": {"android_harness", "core", "tflite"},
-    "models": {"models"},
+    # the zoo raises the pipeline's errors (a missing extra is a one-line exit 2), nothing more
+    "models": {"models", "core"},
 }
 PIPELINE_LAYERS = ("core", "tflite", "keras", "stages", "cli")
 LAZY = re.compile(r"#\s*lazy:\s*\S")
@@ -430,13 +431,13 @@ def test_checker_forbidden_edges(tmp_path):
                           "pipeline/stages/s.py": "def f():\n"
                                                   "    import pipeline.cli.app  # lazy: x\n",
                           "pipeline/cli/app.py": "",
-                          "models/m.py": "from pipeline.core.errors import X\n",
+                          "models/m.py": "from pipeline.stages import run\n",
                           "android_harness/h.py": "from pipeline.keras import k\n"})
     found = forbidden_edges(p)
     assert any("pipeline/core/bad.py:2: core -> tflite" in f for f in found), found
     assert any("pipeline/keras/k.py:1: keras -> stages" in f for f in found), found
     assert any("pipeline/stages/s.py:2: stages -> cli" in f for f in found), found
-    assert any("models/m.py:1: models -> core" in f for f in found), found
+    assert any("models/m.py:1: models -> stages" in f for f in found), found
     assert any("android_harness/h.py:1: android_harness -> keras" in f for f in found), found
     assert len(found) == 5, found
 

@@ -93,3 +93,16 @@ def test_center_ci_needs_three_repeats():
     assert ci.low < np.median(centers) < ci.high
     assert ci == stats.bootstrap_center_ci(centers, seed=SEED)
     assert "5 repeats" in ci.method
+
+
+def test_median_ci_always_contains_the_reported_median():
+    # Seven short repeats at 1 us and one long repeat at 5 us: the pooled median (what the
+    # report prints as p50) is 5 us, but the hierarchical bootstrap draws repeats with equal
+    # weight, so almost every resampled median is 1 us and the raw percentile interval is
+    # [1, 1], which excludes the p50. The interval must contain it and keep the spread it saw.
+    groups = [[1.0] * 30] * 7 + [[5.0] * 1000]
+    ci = stats.bootstrap_median_ci(groups, seed=0, replicates=2000)
+    assert ci.low <= 1.0 and ci.high >= 5.0, ci
+    assert ci.low <= float(np.median(np.concatenate(groups))) <= ci.high
+    centers = stats.bootstrap_center_ci([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 9.0], seed=0)
+    assert centers.low <= 1.0 <= centers.high, centers
