@@ -35,7 +35,7 @@ from android_harness.host import HostBackend
 from android_harness.protocol import Protocol
 from android_harness.records import BenchConfig, model_infos, now_iso
 from pipeline.core.errors import EXIT_INTERRUPTED, QatError
-from pipeline.core.records import RUNTIME_AUTO, Runtime
+from pipeline.core.records import RUNTIME_AUTO, Runtime, Variant
 
 
 def harness_version() -> str:
@@ -101,8 +101,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default artifacts/harness/RUN_ID)")
-    g.add_argument("--baseline", default="float32", metavar="MODEL",
-                   help="model the ratios refer to (default float32)")
+    g.add_argument("--baseline", default=Variant.FLOAT32.value, metavar="MODEL",
+                   help=f"model the ratios refer to (default {Variant.FLOAT32.value})")
     g.add_argument("--json", action="store_true", help="print the results JSON on stdout")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     g.add_argument("-v", "--verbose", action="store_true", help="log what is done")

@@ -21,8 +21,8 @@ import numpy as np
 from android_harness import stats
 from android_harness.protocol import Protocol, TargetRun
 from android_harness.records import BenchConfig, ModelInfo
+from pipeline.core.records import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
 # Per-invoke latencies kept in results.json per repeat; the statistics use all of them, the
 # file keeps an evenly strided subsample beyond this (a 5 us model makes 200k invokes/s).
 MAX_STORED_INVOKES = 20000
