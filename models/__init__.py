@@ -35,9 +35,13 @@ class ZooDataset:
     module: str
     description: str
 
-    def load(self) -> dict:
-        """Arrays x_train, y_train, x_test, y_test plus 'preprocessing' (a dict)."""
-        return importlib.import_module(self.module).load_dataset()
+    def load(self, *, cache_dir=None, train: int = 0, test: int = 0) -> dict:
+        """Arrays x_train, y_train, x_test, y_test plus 'preprocessing' (a dict) and, for
+        generated datasets, 'card' (models/datacache.py). ``train``/``test`` > 0 ask for that
+        many samples (generated datasets generate that many; shipped ones take the first N of
+        their shuffled splits); ``cache_dir`` is where generated data is cached."""
+        return importlib.import_module(self.module).load_dataset(
+            cache_dir=cache_dir, train=train, test=test)
 
 
 MODELS: dict[str, ZooModel] = {

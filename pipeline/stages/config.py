@@ -53,12 +53,22 @@ class DataConfig:
     name: str = ""           # a zoo dataset, or
     path: str = ""           # an .npz with x_train, y_train, x_test, y_test
     validation_split: float = 0.1  # taken (stratified) from the train split for early stopping
+    # zoo datasets only: how many train / test samples (0: the dataset's own sizes); generated
+    # datasets are generated at that size and cached under output.dir/.data/
+    train_samples: int = 0
+    test_samples: int = 0
 
     def __post_init__(self):
         _check(not (self.name and self.path), "Only one of data.name and data.path may be set",
                f"name={self.name!r}, path={self.path!r}", "Remove one of them")
         _check(0.0 < self.validation_split < 0.5, "data.validation_split must be in (0, 0.5)",
                self.validation_split, "Use e.g. data.validation_split = 0.1")
+        for key in ("train_samples", "test_samples"):
+            _check(getattr(self, key) >= 0, f"data.{key} must be >= 0", getattr(self, key),
+                   "Use 0 for the dataset's own size, or a sample count")
+        _check(not (self.path and (self.train_samples or self.test_samples)),
+               "data.train_samples / data.test_samples apply to zoo datasets only",
+               self.path, "Slice the .npz yourself, or use a zoo dataset name")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     preprocessing: dict = field(default_factory=dict)
+    card: dict | None = None  # a generated zoo dataset's card (models/datacache.py)
 
     @property
     def num_classes(self) -> int:
@@ -42,8 +43,11 @@ class Dataset:
                 "classes": self.num_classes, "preprocessing": self.preprocessing}
 
 
-def load(name: str = "", path: str = "") -> Dataset:
-    """Load a zoo dataset (``name``) or an .npz file (``path``); labels become int64 vectors."""
+def load(name: str = "", path: str = "", *, cache_dir=None, train: int = 0,
+         test: int = 0) -> Dataset:
+    """Load a zoo dataset (``name``) or an .npz file (``path``); labels become int64 vectors.
+    ``train``/``test`` and ``cache_dir`` are for zoo datasets (``ZooDataset.load``)."""
+    card = None
     if path:
         arrays, source, pre = _load_npz(path), path, {"source": path,
                                                       "transform": "as stored in the .npz"}
@@ -53,8 +57,9 @@ def load(name: str = "", path: str = "") -> Dataset:
         if zoo is None:
             raise DataError("Unknown zoo dataset", name,
                             f"Use one of {', '.join(sorted(DATASETS))} or pass an .npz file")
-        arrays = zoo.load()
+        arrays = zoo.load(cache_dir=cache_dir, train=train, test=test)
         pre = arrays.pop("preprocessing", {})
+        card = arrays.pop("card", None)
         source, ds_name = f"zoo:{name}", name
     else:
         raise DataError("No dataset given", "data.name and data.path are empty",
@@ -73,7 +78,8 @@ def load(name: str = "", path: str = "") -> Dataset:
         raise DataError("x_train and x_test have different sample shapes",
                         f"{x['x_train'].shape[1:]} vs {x['x_test'].shape[1:]}",
                         "Preprocess both splits the same way")
-    return Dataset(ds_name, source, x["x_train"], y["y_train"], x["x_test"], y["y_test"], pre)
+    return Dataset(ds_name, source, x["x_train"], y["y_train"], x["x_test"], y["y_test"], pre,
+                   card)
 
 
 def _load_npz(path: str) -> dict:

@@ -4,6 +4,8 @@ written or trained, the train/validation splits, and the QAT plan (a policy typo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import models
 from pipeline.core import keras_env
 from pipeline.core.errors import ModelFileError, QatError
@@ -12,6 +14,9 @@ from pipeline.stages import annotate, modelio
 from pipeline.stages import data as data_mod
 from pipeline.stages.config import Config
 from pipeline.stages.results import Inputs, Splits
+
+# generated zoo datasets are cached here, under the artifacts root (models/datacache.py)
+DATA_CACHE = ".data"
 
 
 def load_model(cfg: Config, model) -> modelio.LoadedModel:
@@ -49,7 +54,9 @@ def load_inputs(cfg: Config, log, model=None, dataset: data_mod.Dataset | None =
         data_name = cfg.data.name
         if not data_name and not cfg.data.path and loaded.kind == "zoo":
             data_name = models.get_model(cfg.model.name).dataset
-        dataset = data_mod.load(data_name, cfg.data.path)
+        dataset = data_mod.load(data_name, cfg.data.path,
+                                cache_dir=Path(cfg.output.dir) / DATA_CACHE,
+                                train=cfg.data.train_samples, test=cfg.data.test_samples)
     data_mod.validate(dataset, modelio.input_shape(loaded.model),
                       modelio.output_size(loaded.model))
     splits = Splits(*data_mod.train_val_split(dataset.x_train, dataset.y_train,
