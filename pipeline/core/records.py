@@ -15,10 +15,13 @@ SCHEMA_VERSION = 1
 
 
 class Variant(str, enum.Enum):
-    """The .tflite variants a run produces, in report order."""
+    """The .tflite variants a run produces, in report order: the float baseline, the
+    post-training quantizations (the TFLite converter's, then ai-edge-quantizer's, a peer made
+    from float32.tflite by another tool), the QAT model."""
 
     FLOAT32 = "float32"
     PTQ_INT8 = "ptq_int8"
+    AEQ_INT8 = "aeq_int8"
     QAT_INT8 = "qat_int8"
 
     @property
@@ -28,6 +31,16 @@ class Variant(str, enum.Enum):
     @property
     def is_int8(self) -> bool:
         return self is not Variant.FLOAT32
+
+    @property
+    def is_ptq(self) -> bool:
+        """Post-training quantized from the float model (no training)."""
+        return self in (Variant.PTQ_INT8, Variant.AEQ_INT8)
+
+    @property
+    def is_peer(self) -> bool:
+        """Made by another tool, for comparison: verified and reported, never gated on."""
+        return self is Variant.AEQ_INT8
 
     def __str__(self) -> str:  # f-strings and messages show the name as written in configs
         return self.value

@@ -126,11 +126,20 @@ class AnnotateConfig:
                                       repr(pattern), f"Fix it ({exc})")
 
 
+# The variants a run converts unless convert.variants says otherwise; the PTQ peer (aeq_int8)
+# joins them through convert.peers.
+DEFAULT_VARIANTS = (Variant.FLOAT32, Variant.PTQ_INT8, Variant.QAT_INT8)
+PEERS_MODES = ("auto", "off")
+
+
 @dataclass(frozen=True)
 class ConvertConfig:
-    variants: tuple[Variant, ...] = tuple(Variant)
-    representative_samples: int = 200  # drawn from the train split, for PTQ calibration
+    variants: tuple[Variant, ...] = DEFAULT_VARIANTS  # listing aeq_int8 requires its package
+    representative_samples: int = 200  # drawn from the train split, for PTQ calibration (both)
     io: str = "int8"  # int8 input/output tensors (phone-friendly) or float (QUANTIZE at the edges)
+    # auto: zoo runs that convert ptq_int8 add the PTQ peer aeq_int8 when ai-edge-quantizer is
+    # installed (a logged note when not); off: only convert.variants (stages/peers.py)
+    peers: str = "auto"
 
     def __post_init__(self):
         for v in self.variants:
@@ -142,6 +151,8 @@ class ConvertConfig:
                self.representative_samples, "Use e.g. 200")
         _check(self.io in ("int8", "float"), "Unknown convert.io", self.io,
                "Use 'int8' or 'float'")
+        _check(self.peers in PEERS_MODES, "Unknown convert.peers", self.peers,
+               "Use 'auto' (add aeq_int8 to zoo runs when installed) or 'off'")
 
 
 @dataclass(frozen=True)

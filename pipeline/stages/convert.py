@@ -3,6 +3,8 @@
 - ``float32``: the float model as is (the accuracy and latency baseline).
 - ``ptq_int8``: full-integer post-training quantization of the float model, calibrated on a
   representative sample of the train split.
+- ``aeq_int8``: the PTQ peer, ai-edge-quantizer's static int8 quantization of float32.tflite
+  on the same calibration samples (stages/peers.py).
 - ``qat_int8``: the QAT model; its fake-quant ranges become the int8 parameters. The
   representative data calibrates anything QAT did not cover.
 
@@ -22,6 +24,7 @@ from pipeline.core import keras_env
 from pipeline.core.errors import ConversionError
 from pipeline.core.native import quiet_native_output
 from pipeline.core.records import Variant
+from pipeline.stages import peers
 from pipeline.tflite.tflite_model import TFLiteModel
 from pipeline.tflite.verdict import Verdict
 
@@ -82,9 +85,17 @@ def to_tflite(model, variant: Variant, representative: np.ndarray | None = None,
 
 
 def convert(variant: Variant, model, *, representative: np.ndarray | None = None,
-            io: str = "int8") -> Converted:
+            io: str = "int8", float_tflite: bytes | None = None) -> Converted:
+    """One variant of ``model`` (the float model; the QAT model for qat_int8). The peer
+    aeq_int8 is made from ``float_tflite`` (the float32 variant's bytes; converted here when
+    not given) by ai-edge-quantizer (stages/peers.py), which picks its own I/O types."""
     t0 = time.perf_counter()
-    content = to_tflite(model, variant, representative, io)
+    if variant.is_peer:
+        if float_tflite is None:
+            float_tflite = to_tflite(model, Variant.FLOAT32)
+        content = peers.quantize(float_tflite, representative)
+    else:
+        content = to_tflite(model, variant, representative, io)
     seconds = time.perf_counter() - t0
     view = TFLiteModel.from_bytes(content, source=variant.filename)
     verdict = view.verdict(allow_float_io=(io == "float")) if variant.is_int8 else None

@@ -60,15 +60,16 @@ def evaluate(g: GatesConfig, float_acc: float, variants: dict[Variant, VariantRe
              agreement: dict[Variant, Agreement],
              islands_only: dict[Variant, bool] | None = None) -> list[GateResult]:
     """Every gate of a run that converted ``variants``, in report order: float accuracy,
-    the QAT variant's accuracy drop and agreement, then full-int8 per int8 variant."""
+    the QAT variant's accuracy drop and agreement, then full-int8 per int8 variant of this
+    pipeline (a PTQ peer such as aeq_int8 is reported, never gated on)."""
     islands_only = islands_only or {}
     gates = float_gate(g, float_acc)
     qat = variants.get(Variant.QAT_INT8)
     if qat is not None:
         gates += qat_gates(g, float_acc, qat, agreement.get(Variant.QAT_INT8))
-    if g.require_full_int8:
+    if g.require_full_int8:  # peers (aeq_int8) are compared, not gated on
         gates += [full_int8_gate(v, res, islands_only.get(v))
-                  for v, res in variants.items() if v.is_int8]
+                  for v, res in variants.items() if v.is_int8 and not v.is_peer]
     return gates
 
 

@@ -14,11 +14,14 @@ from importlib import metadata as md
 from pipeline.core import machine
 from pipeline.core.records import SCHEMA_VERSION, Agreement, GateResult, VariantResult
 from pipeline.stages import gates as gates_mod
-from pipeline.stages import modelio
+from pipeline.stages import intervals, modelio
 from pipeline.stages.config import Config
 from pipeline.stages.parity import LayerParity
 from pipeline.stages.results import Conversions, FloatStage, Inputs, QatStage, Verified
 from pipeline.tflite.runtime import ModelRunner
+
+
+DATA_CARD = "data_card.json"  # written beside the report when the dataset has a card
 
 
 def _v(dist: str) -> str | None:
@@ -33,6 +36,7 @@ def versions() -> dict:
             "tensorflow": _v("tensorflow"), "tf_keras": _v("tf-keras"),
             "tensorflow_model_optimization": _v("tensorflow-model-optimization"),
             "ai_edge_litert": _v("ai-edge-litert"), "tflite_runtime": _v("tflite-runtime"),
+            "ai_edge_quantizer": _v("ai-edge-quantizer"),
             "numpy": _v("numpy"), "qat_deploy": _v("qat-deploy")}
 
 
@@ -99,7 +103,8 @@ class Report:
         doc = {"schema_version": SCHEMA_VERSION, "name": self.name, "status": self.status,
                "seed": self.seed, "config_sha256": self.config_sha256,
                "model": _model_doc(self), "data": self.inputs.dataset.summary(),
-               "float_training": self.floats.training}
+               "float_training": self.floats.training,
+               "data_card": DATA_CARD if self.inputs.dataset.card else None}
         if self.completed:
             doc["qat"] = self.qat.to_dict()
         doc["keras"] = {"float_accuracy": self.floats.accuracy,
@@ -113,13 +118,14 @@ class Report:
             doc["float_islands"] = {k: r.to_dict() for k, r in self.conv.islands.items()} \
                 or None
             doc["model_card"] = self.card
+        doc.update(intervals.section(self))
         doc.update(gates=[g.to_dict() for g in self.gates], timings=self.timings,
                    machine=self.machine)
         return doc
 
     def markdown(self) -> str:
         """report.md."""
-        sections = (_heading, _variants, _differences, _layer_parity, _gates, _islands,
+        sections = (_heading, _variants, intervals.markdown, _differences, _layer_parity, _gates, _islands,
                     _findings, _feeding, _training, _coverage, _times)
         return "\n".join(line for section in sections for line in section(self))
 
@@ -179,6 +185,9 @@ def _heading(r: Report) -> list[str]:
              f"`{d['source']}` ({d['train']} train / {d['test']} test), seed {r.seed}.", ""]
     if r.machine:
         lines += [f"Measured on {machine.summary(r.machine)}.", ""]
+    if r.inputs.dataset.card:
+        lines += [f"Data set card: [`{DATA_CARD}`]({DATA_CARD}) (how the data was generated, "
+                  "classes, sizes, splits, the assets' licences).", ""]
     return lines
 
 
@@ -203,8 +212,8 @@ def _variants(r: Report) -> list[str]:
             f"| {100 * (v.accuracy - float_acc):+.2f} | "
             f"{_pct(a.top1_agreement) if a else '—'} | {fi8} |")
     return lines + ["", "Agreement: top-1 agreement of each `.tflite` with its Keras source on "
-                    "the test split (float32 and ptq_int8 vs Keras float, qat_int8 vs Keras "
-                    "QAT).", ""]
+                    "the test split (float32 and the PTQ variants vs Keras float, qat_int8 vs "
+                    "Keras QAT).", ""]
 
 
 def _differences(r: Report) -> list[str]:

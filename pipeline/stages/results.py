@@ -84,6 +84,7 @@ class Conversions:
     """convert: every configured variant, in config order, float islands applied."""
 
     by_variant: dict[Variant, Converted]
+    calibration_samples: int = 0   # representative samples each PTQ variant was calibrated on
 
     @property
     def islands(self) -> dict:

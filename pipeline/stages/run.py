@@ -22,7 +22,8 @@ from pipeline.core.artifacts import RunDir, check_output_dir
 from pipeline.core.errors import EXIT_GATE_FAILED, EXIT_OK, ConfigError, UsageError
 from pipeline.core.records import GateResult, Variant, VariantResult
 from pipeline.keras import ranges
-from pipeline.stages import annotate, convert, finetune, gates, load, parity, report, verify
+from pipeline.stages import (annotate, convert, finetune, gates, load, parity, peers, report,
+                             verify)
 from pipeline.stages import config as config_mod
 from pipeline.stages import data as data_mod
 from pipeline.stages.config import Config
@@ -73,12 +74,16 @@ class _Run:
     log: Callable[[str], None]
     resume: bool
     t_start: float
+    variants: tuple[Variant, ...]  # convert.variants, with the PTQ peers convert.peers adds
 
 
 def run(cfg: Config, *, resume: bool = False, log=print, model=None,
         dataset: data_mod.Dataset | None = None) -> RunResult:
     """Run the whole pipeline. ``model``/``dataset`` let Python callers pass live objects."""
     check_output_dir(cfg.output.dir, "output.dir")  # before any loading or training
+    # a requested peer whose package is missing fails here, before any training
+    variants = peers.resolve(cfg.convert.variants, cfg.convert.peers,
+                             model is None and bool(cfg.model.name), log)
     timer = _Timer(log)
     t_start = time.perf_counter()
     with timer.stage("load"):
@@ -86,9 +91,11 @@ def run(cfg: Config, *, resume: bool = False, log=print, model=None,
     # Inputs are valid: from here on files are written (to the staging directory).
     run_dir = RunDir(cfg.run_dir, resume=resume, log=log,
                      check_resume=lambda source: check_same_run(cfg, source))
-    ctx = _Run(cfg, run_dir, timer, log, resume, t_start)
+    ctx = _Run(cfg, run_dir, timer, log, resume, t_start, variants)
     with _kept_for_resume(run_dir, log):
         run_dir.write_text("config.toml", cfg.to_toml())
+        if inputs.dataset.card:  # generated zoo data: what it is, its sizes, its assets' licences
+            run_dir.write_json(report.DATA_CARD, inputs.dataset.card)
         floats = train_float(ctx, inputs)
         if gates.stops_before_qat(cfg.gates, floats.accuracy):
             return stop_at_float_gate(ctx, inputs, floats)
@@ -216,18 +223,19 @@ def convert_variants(ctx: _Run, inputs: Inputs, floats: FloatStage,
     keep_float = annotate.keep_float_layers(qat.coverage)
     done = {}
     with ctx.timer.stage("convert"):
-        for name in cfg.convert.variants:
-            variant = Variant(name)
+        for variant in ctx.variants:
             source = qat.model if variant is Variant.QAT_INT8 else floats.model
-            c = convert.convert(variant, source, representative=rep, io=cfg.convert.io)
-            if variant.is_int8 and keep_float:
+            f32 = done.get(Variant.FLOAT32)
+            c = convert.convert(variant, source, representative=rep, io=cfg.convert.io,
+                                float_tflite=f32.content if f32 else None)
+            if variant.is_int8 and not variant.is_peer and keep_float:
                 c = _with_islands(c, keep_float, cfg.convert.io)
             ctx.run_dir.write_bytes(variant.filename, c.content)
             done[variant] = c
             extra = "" if c.verdict is None else \
                 f", full-int8: {'yes' if c.verdict.full_int8 else 'NO'}"
             ctx.log(f"convert: {variant.filename} {c.size:,} bytes in {c.seconds:.1f} s{extra}")
-    return Conversions(done)
+    return Conversions(done, calibration_samples=int(len(rep)))
 
 
 def verify_variants(ctx: _Run, inputs: Inputs, floats: FloatStage, qat: QatStage,

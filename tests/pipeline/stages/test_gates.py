@@ -102,3 +102,10 @@ def test_evaluate_without_require_full_int8_and_with_islands():
     assert on["full_int8[qat_int8]"].passed
     assert gates.passed([]) and not gates.passed(
         [GateResult("x", True, 1, 1), GateResult("y", False, 0, 1)])
+
+
+def test_a_ptq_peer_is_reported_not_gated_on():
+    variants = {v: variant(v, 0.98) for v in Variant}
+    variants[Variant.AEQ_INT8] = variant(Variant.AEQ_INT8, 0.5, False, ("float input",))
+    results = gates.evaluate(G, 0.985, variants, {Variant.QAT_INT8: agreement(1.0)})
+    assert "full_int8[aeq_int8]" not in by_name(results) and gates.passed(results)

@@ -10,7 +10,9 @@ import pytest
 
 from pipeline.core.artifacts import RunDir, dumps_json
 from pipeline.core.records import SCHEMA_VERSION, Variant, VariantResult
-from pipeline.stages import annotate, convert, gates, report, verify
+from pipeline.stages import annotate, convert, gates, report, stats, verify
+from pipeline.stages import config as config_mod
+from pipeline.stages import run as run_mod
 from pipeline.stages.config import Config
 from pipeline.stages.data import Dataset
 from pipeline.stages.finetune import FitResult
@@ -25,11 +27,12 @@ from pipeline.tflite.tflite_model import TFLiteModel
 # report.json's top-level keys, in order: what the run writes (checked against a run with
 # the code before report.build, whose report.json was identical but for stage times)
 HEAD = ["schema_version", "name", "status", "seed", "config_sha256", "model", "data",
-        "float_training"]
+        "float_training", "data_card"]
 TAIL = ["gates", "timings", "machine"]
+INTERVALS = ["accuracy_ci95", "qat_vs_best_ptq", "ptq_calibration"]
 FULL_KEYS = HEAD + ["qat", "keras", "variants", "agreement", "comparisons", "layer_parity",
-                    "float_islands", "model_card"] + TAIL
-STOPPED_KEYS = HEAD + ["keras", "variants", "agreement"] + TAIL
+                    "float_islands", "model_card"] + INTERVALS + TAIL
+STOPPED_KEYS = HEAD + ["keras", "variants", "agreement"] + INTERVALS + TAIL
 TIMINGS = {"load": 1.25, "train_float": 2.0, "convert": 3.04, "total": 7.5}
 
 
@@ -65,7 +68,7 @@ def later(stages):
     verdict = TFLiteModel.from_bytes(content).verdict()
     assert not verdict.full_int8 and islands.only_islands(verdict, rep)
     ptq = replace(ptq, content=content, verdict=verdict, islands=rep, islands_only=True)
-    conv = Conversions({Variant.FLOAT32: f32, Variant.PTQ_INT8: ptq})
+    conv = Conversions({Variant.FLOAT32: f32, Variant.PTQ_INT8: ptq}, calibration_samples=40)
     scored = {v: verify.score_tflite(v.value, c.content, ds.x_test, ds.y_test)
               for v, c in conv.by_variant.items()}
     agreement = {v: verify.compare(floats.score, s) for v, s in scored.items()}
@@ -129,7 +132,7 @@ def test_full_report_markdown_sections(stages, later):
     md = report.build(Config(), inputs, floats, _gates(floats, later), TIMINGS,
                       **later).markdown()
     heads = [line for line in md.splitlines() if line.startswith("## ")]
-    assert heads == ["## Variants", "## Output differences",
+    assert heads == ["## Variants", "## Accuracy with 95 % intervals", "## Output differences",
                      "## Layer parity: Keras QAT vs qat_int8.tflite", "## Quality gates",
                      "## Float islands (annotate.keep_float)", "## Full-int8 findings",
                      "## Feeding the model on the phone", "## Training", "## QAT coverage",
@@ -182,3 +185,53 @@ def test_model_card_says_how_to_feed_and_read_int8(stages, later):
     assert card["feed"].startswith(f"q = clip(round(x / {inp['scale']!r})")
     assert card["read"].startswith(f"y = {out['scale']!r} * (q")
     assert "feed" not in later["card"] and "read" not in later["card"]  # float32 I/O
+
+
+def test_intervals_in_report_json_and_markdown(stages, later):
+    inputs, floats = stages
+    rep = report.build(Config(), inputs, floats, _gates(floats, later), TIMINGS, **later)
+    doc = rep.to_dict()
+    rows = {r["model"]: r for r in doc["accuracy_ci95"]["rows"]}
+    assert doc["accuracy_ci95"]["interval"] == "Wilson score, 95 %"
+    assert list(rows) == ["keras_float", "keras_qat", "float32", "ptq_int8"]
+    n = len(inputs.dataset.y_test)
+    for name, r in rows.items():
+        assert r["samples"] == n and r["accuracy"] == pytest.approx(r["correct"] / n)
+        assert r["ci95"] == list(stats.wilson(r["correct"], n))
+        assert r["delta_vs_float_pp"] == pytest.approx(100 * (r["accuracy"] - floats.accuracy))
+    v = later["verified"]
+    assert rows["ptq_int8"]["accuracy"] == v.variants[Variant.PTQ_INT8].accuracy
+    assert rows["ptq_int8"]["size_bytes"] == v.variants[Variant.PTQ_INT8].size_bytes
+    assert rows["ptq_int8"]["agreement"] == v.agreement[Variant.PTQ_INT8].top1_agreement
+    assert rows["ptq_int8"]["io"] == "int8" and rows["float32"]["io"] == "float32"
+    assert doc["qat_vs_best_ptq"] is None  # no qat_int8 in this run
+    assert doc["ptq_calibration"]["samples"] == 40
+    assert doc["ptq_calibration"]["variants"] == ["ptq_int8"]
+    assert doc["data_card"] is None
+    md = rep.markdown()
+    assert "PTQ calibration: ptq_int8 on the same 40 training samples." in md
+    lo, hi = rows["ptq_int8"]["ci95"]
+    assert f"| ptq_int8 | {rows['ptq_int8']['correct']} / {n} |" in md
+    assert f"{100 * lo:.2f} % – {100 * hi:.2f} %" in md
+    stopped = report.build(Config(), inputs, floats, _gates(floats), TIMINGS).to_dict()
+    assert [r["model"] for r in stopped["accuracy_ci95"]["rows"]] == ["keras_float"]
+    assert stopped["qat_vs_best_ptq"] is None and stopped["ptq_calibration"] is None
+
+
+def test_a_dataset_card_is_written_and_referenced(stages, tmp_path):
+    """A generated zoo dataset's card lands in the run directory as data_card.json (here a
+    run stopped at the float gate: the card is written before training)."""
+    inputs, floats = stages
+    card = {"source": "generated for this test", "classes": ["a", "b", "c"],
+            "licence": "CC0-1.0"}
+    ds = replace(inputs.dataset, card=card)
+    cfg = config_mod.load(None, {"output.dir": str(tmp_path), "output.name": "carded",
+                                 "gates.min_float_accuracy": "1.0", "qat.verbose": "0"})
+    result = run_mod.run(cfg, log=lambda *_: None, model=floats.model, dataset=ds)
+    run_dir = tmp_path / "carded"
+    assert result.exit_code == 1  # stopped at the float gate, after writing the card
+    assert json.loads((run_dir / "data_card.json").read_text()) == card
+    assert json.loads((run_dir / "report.json").read_text())["data_card"] == "data_card.json"
+    assert "Data set card: [`data_card.json`](data_card.json)" in \
+        (run_dir / "report.md").read_text()
+    assert "data_card.json" in json.loads((run_dir / "manifest.json").read_text())["files"]

@@ -1,0 +1,124 @@
+"""The strongest post-training peer: ai-edge-quantizer's full-int8 PTQ (variant ``aeq_int8``).
+
+ai-edge-quantizer (Google AI Edge's quantizer for LiteRT models, the ``zoo`` extra) quantizes a
+float32 .tflite directly. Here: its ``recipe.static_wi8_ai8()`` (static range: int8 weights,
+symmetric, per channel; int8 activations, asymmetric; algorithm ``min_max_uniform_quant``),
+calibrated through ``Quantizer.calibrate`` on the *same* samples the converter's ``ptq_int8``
+is calibrated on (``convert.representative_samples`` of the train split, drawn by
+data.representative_sample with the run's seed, in the same order, one sample per step as
+its documentation feeds them), so the two PTQs differ only in the tool. Its activation ranges
+are its own default: each sample's min/max, combined by a moving average (smoothing 0.95).
+ai-edge-quantizer chooses the input/output types itself (int8 with this recipe); the report
+shows them, and the full-int8 verdict judges the file like any other.
+
+The peer is compared, never gated on (gates.evaluate skips peers). Importing
+ai_edge_quantizer 0.10 does not import TensorFlow (it runs models with ai-edge-litert;
+tests/pipeline/stages/test_peers.py checks it), so no keras_env.load() is needed before it.
+
+``convert.variants`` listing ``aeq_int8`` asks for it: without the package that is a one-line
+exit 2 before any training. ``convert.peers = "auto"`` (the default) adds it to zoo runs that
+convert ``ptq_int8`` when the package is installed, and logs a note when it is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import warnings
+from importlib import metadata as md
+
+import numpy as np
+
+from pipeline.core.errors import ConversionError, first_line
+from pipeline.core.native import quiet_native_output
+from pipeline.core.records import Variant
+
+PACKAGE = "ai-edge-quantizer"
+MODULE = "ai_edge_quantizer"
+RECIPE = "static_wi8_ai8"
+INSTALL = "pip install 'qat-deploy[zoo]' (in a checkout: make venv)"
+PEERS = (Variant.AEQ_INT8,)
+
+
+def available() -> bool:
+    """ai-edge-quantizer is importable (found, not imported)."""
+    return importlib.util.find_spec(MODULE) is not None
+
+
+def version() -> str | None:
+    try:
+        return md.version(PACKAGE)
+    except md.PackageNotFoundError:
+        return None
+
+
+def require(why: str = "convert.variants lists aeq_int8") -> None:
+    """A one-line exit 2 when the peer was asked for and the package is missing."""
+    if not available():
+        raise ConversionError(f"The {Variant.AEQ_INT8} variant needs {PACKAGE}, which is not "
+                              "installed", why, f"{INSTALL}, or remove {Variant.AEQ_INT8} "
+                              "from convert.variants")
+
+
+def resolve(variants: tuple[Variant, ...], peers: str, zoo: bool, log) -> tuple[Variant, ...]:
+    """The variants a run converts: the configured ones (a listed peer must be installed),
+    plus, with ``peers == "auto"`` on a zoo model converting ptq_int8, the installed peers
+    right after ptq_int8 (a missing one is skipped with a logged note)."""
+    for v in variants:
+        if v.is_peer:
+            require(f"convert.variants lists {v}")
+    if peers != "auto" or not zoo or Variant.PTQ_INT8 not in variants:
+        return variants
+    out = list(variants)
+    at = out.index(Variant.PTQ_INT8) + 1
+    for peer in PEERS:
+        if peer in out:
+            continue
+        if not available():
+            log(f"convert: {peer} skipped: {PACKAGE} is not installed ({INSTALL} adds this "
+                "PTQ peer)")
+            continue
+        out.insert(at, peer)
+        at += 1
+    return tuple(out)
+
+
+def quantize(float_tflite: bytes, representative: np.ndarray) -> bytes:
+    """aeq_int8 from the float32 .tflite, calibrated on ``representative`` (N, ...)."""
+    require(f"{Variant.AEQ_INT8} was asked for")
+    if representative is None or len(representative) == 0:
+        raise ConversionError(f"{Variant.AEQ_INT8} needs a representative dataset", "0 samples",
+                              "Set convert.representative_samples >= 1")
+    from ai_edge_litert import interpreter as tfl  # lazy: only with the zoo extra's peer
+    from ai_edge_quantizer import quantizer, recipe  # lazy: the zoo extra, not in core/qat
+
+    sigs = tfl.Interpreter(model_content=float_tflite).get_signature_list()
+    if len(sigs) != 1 or len(next(iter(sigs.values()))["inputs"]) != 1:
+        raise ConversionError(f"{Variant.AEQ_INT8} needs a model with one signature and one "
+                              "input", f"signatures {sigs}", "Drop aeq_int8 for this model")
+    key, sig = next(iter(sigs.items()))
+    x = representative if representative.dtype.kind in "iu" else \
+        representative.astype(np.float32)
+    samples = [{sig["inputs"][0]: x[i: i + 1]} for i in range(len(x))]
+    try:
+        # its progress bars go to stderr, LiteRT's delegate lines to the C++ streams, and
+        # "experimental_preserve_all_tensors is for debugging" is its calibrator's own choice
+        with warnings.catch_warnings(), quiet_native_output(), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore", UserWarning)
+            q = quantizer.Quantizer(bytearray(float_tflite), getattr(recipe, RECIPE)())
+            result = q.quantize(q.calibrate({key: samples}), enable_progress_report=False)
+    except (ValueError, RuntimeError, KeyError, TypeError, NotImplementedError) as exc:
+        raise ConversionError(f"{PACKAGE} failed to quantize the float32 model",
+                              first_line(exc, 300), f"Drop {Variant.AEQ_INT8} for this model")
+    return bytes(result.quantized_model)
+
+
+def describe(samples: int) -> dict:
+    """What report.json says about how the peer was made."""
+    return {"variant": Variant.AEQ_INT8.value, "tool": PACKAGE, "version": version(),
+            "recipe": RECIPE, "algorithm": "min_max_uniform_quant",
+            "calibration": f"{samples} samples, one per step, the same as ptq_int8's; "
+                           "ranges: per-sample min/max, moving average (smoothing 0.95)",
+            "source": "float32.tflite"}

@@ -1,0 +1,95 @@
+"""The PTQ peer aeq_int8 (stages/peers.py): when a run makes it, the one-line error when its
+package is missing, and the real quantization of the digits model by ai-edge-quantizer."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline.cli.app import main, parse_args
+from pipeline.core.errors import EXIT_BAD_INPUT, ConversionError
+from pipeline.core.records import Variant
+from pipeline.stages import peers, verify
+from pipeline.stages.config import DEFAULT_VARIANTS
+from pipeline.tflite.tflite_model import TFLiteModel
+
+F, P, A, Q = Variant.FLOAT32, Variant.PTQ_INT8, Variant.AEQ_INT8, Variant.QAT_INT8
+needs_aeq = pytest.mark.skipif(not peers.available(), reason="ai-edge-quantizer not installed")
+
+
+@pytest.fixture
+def missing(monkeypatch):
+    monkeypatch.setattr(peers, "available", lambda: False)
+
+
+@needs_aeq
+def test_auto_adds_the_peer_after_ptq_int8_on_zoo_runs_only():
+    notes = []
+    assert peers.resolve(DEFAULT_VARIANTS, "auto", True, notes.append) == (F, P, A, Q)
+    assert peers.resolve((P, Q, F), "auto", True, notes.append) == (P, A, Q, F)
+    assert peers.resolve(DEFAULT_VARIANTS, "auto", False, notes.append) == DEFAULT_VARIANTS
+    assert peers.resolve(DEFAULT_VARIANTS, "off", True, notes.append) == DEFAULT_VARIANTS
+    assert peers.resolve((F, Q), "auto", True, notes.append) == (F, Q)  # no PTQ to compare
+    assert peers.resolve((F, A), "off", False, notes.append) == (F, A)  # asked for: made
+    assert notes == []
+
+
+def test_auto_skips_a_missing_peer_with_a_note(missing):
+    notes = []
+    assert peers.resolve(DEFAULT_VARIANTS, "auto", True, notes.append) == DEFAULT_VARIANTS
+    assert len(notes) == 1 and "aeq_int8 skipped" in notes[0] and "qat-deploy[zoo]" in notes[0]
+
+
+def test_asking_for_a_missing_peer_is_a_one_line_exit_2(missing):
+    with pytest.raises(ConversionError) as err:
+        peers.resolve((F, A), "off", False, print)
+    msg = str(err.value)
+    assert err.value.exit_code == EXIT_BAD_INPUT and "\n" not in msg
+    assert "ai-edge-quantizer" in msg and "pip install 'qat-deploy[zoo]'" in msg
+
+
+def test_the_run_fails_before_loading_anything(missing, tmp_path, capsys):
+    code = main(parse_args(["run", "--model", str(tmp_path / "absent.h5"), "--data",
+                            str(tmp_path / "absent.npz"), "--output", str(tmp_path / "out"),
+                            "--set", "convert.variants=float32,aeq_int8"]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_BAD_INPUT and len(err) == 1
+    assert "aeq_int8" in err[0] and "qat-deploy[zoo]" in err[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@needs_aeq
+@pytest.mark.slow
+def test_importing_the_quantizer_does_not_import_tensorflow():
+    code = ("import sys; from ai_edge_quantizer import quantizer, recipe; "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'}); "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@needs_aeq
+def test_aeq_int8_is_full_int8_accurate_and_deterministic(tflite_variants, digits):
+    f32, aeq = tflite_variants[F], tflite_variants[A]
+    assert aeq.variant is A and aeq.verdict.full_int8, aeq.verdict.reasons
+    (inp,), (out,) = aeq.model.inputs(), aeq.model.outputs()
+    assert inp.dtype == "INT8" and out.dtype == "INT8"  # its own choice with static_wi8_ai8
+    assert aeq.size < f32.size
+    x, y = digits["x_test"], digits["y_test"]
+    ref = verify.score_tflite("float32", f32.content, x, y)
+    got = verify.score_tflite("aeq_int8", aeq.content, x, y)
+    assert got.accuracy >= ref.accuracy - 0.02
+    assert verify.compare(ref, got).top1_agreement >= 0.97
+    rep = digits["x_train"][:100]  # the fixture's calibration samples
+    again = peers.quantize(f32.content, rep)
+    assert again == aeq.content  # same float model, same samples: the same bytes
+    assert TFLiteModel.from_bytes(again).verdict().full_int8
+
+
+@needs_aeq
+def test_aeq_int8_needs_calibration_samples(tflite_variants):
+    with pytest.raises(ConversionError, match="representative"):
+        peers.quantize(tflite_variants[F].content, np.zeros((0, 8, 8, 1), np.float32))
