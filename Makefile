@@ -1,5 +1,5 @@
 # Two entry points (README): `make demo` runs the pipeline on the bundled model, `make test`
-# runs the suite. Both create the virtualenv on first use (the dev extra: the training stack
+# runs the suite; `make zoo` runs the reference zoo. Both create the virtualenv on first use (the dev extra: the training stack
 # and pytest). `make test-quick` leaves out the tests marked slow (training, the demo run,
 # TensorFlow conversion); `make check-core` checks the core install (no TensorFlow) in a fresh
 # venv.
@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-quick test-parallel check-core bench bench-harness venv clean
+.PHONY: demo test test-quick test-parallel check-core bench bench-harness zoo venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ bench: $(STAMP)
 
 bench-harness: $(STAMP)
 	$(PY) benchmarks/harness_host_bench.py
+
+# the reference zoo: every zoo model through `qat run`, its variants timed with
+# `android-harness host`, artifacts/zoo/zoo.md + zoo.json and the targets (PASS/FAIL);
+# `make zoo MODELS=digits_cnn` for some of them (README "Reference zoo")
+zoo: $(STAMP)
+	$(PY) benchmarks/zoo.py --output artifacts $(if $(MODELS),--models $(MODELS))
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -99,9 +99,11 @@ def cmd_convert(args, out) -> int:
     ds = data_mod.load(**{kind: val})
     data_mod.validate(ds, modelio.input_shape(loaded.model), modelio.output_size(loaded.model))
     rep = data_mod.representative_sample(ds.x_train, args.representative_samples, args.seed)
-    results, bad = [], False
+    results, bad, f32 = [], False, None
     for variant in variants:
-        c = convert.convert(variant, loaded.model, representative=rep, io=args.io)
+        c = convert.convert(variant, loaded.model, representative=rep, io=args.io,
+                            float_tflite=f32)
+        f32 = c.content if variant is Variant.FLOAT32 else f32
         path = os.path.join(args.output, variant.filename)
         atomic_write_bytes(path, c.content)
         row = {"variant": variant.value, "path": path, "bytes": c.size,
@@ -131,7 +133,7 @@ def _variants(args, is_qat: bool) -> list[Variant]:
     if is_qat and any(v is not Variant.QAT_INT8 for v in variants):
         raise UsageError(f"A QAT model converts only to {Variant.QAT_INT8}", args.variants,
                          f"Pass --variants {Variant.QAT_INT8}, or the float model for "
-                         f"{Variant.FLOAT32}/{Variant.PTQ_INT8}")
+                         f"{Variant.FLOAT32}/{Variant.PTQ_INT8}/{Variant.AEQ_INT8}")
     if not is_qat and Variant.QAT_INT8 in variants:
         raise UsageError(f"{Variant.QAT_INT8} needs a QAT model (saved after quantize_apply)",
                          args.model, "Run `qat run` first, or convert its keras/qat_model.h5")

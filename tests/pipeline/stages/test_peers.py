@@ -93,3 +93,23 @@ def test_aeq_int8_is_full_int8_accurate_and_deterministic(tflite_variants, digit
 def test_aeq_int8_needs_calibration_samples(tflite_variants):
     with pytest.raises(ConversionError, match="representative"):
         peers.quantize(tflite_variants[F].content, np.zeros((0, 8, 8, 1), np.float32))
+
+
+@needs_aeq
+def test_qat_convert_makes_the_peer_from_a_float_model_file(trained_h5, tflite_variants,
+                                                           tmp_path, capsys):
+    code = main(parse_args(["convert", str(trained_h5), "--data", "digits", "--variants",
+                            "float32,aeq_int8", "--output", str(tmp_path)]))
+    assert code == 0, capsys.readouterr().err
+    view = TFLiteModel.from_file(tmp_path / "aeq_int8.tflite")
+    assert view.verdict().full_int8 and view.inputs()[0].dtype == "INT8"
+
+
+def test_convert_peers_takes_auto_or_off():
+    from pipeline.core.errors import ConfigError
+    from pipeline.stages import config
+
+    assert config.load(None).convert.peers == "auto"
+    assert config.load(None, {"convert.peers": "off"}).convert.peers == "off"
+    with pytest.raises(ConfigError, match="convert.peers"):
+        config.load(None, {"convert.peers": "maybe"})

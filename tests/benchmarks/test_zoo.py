@@ -1,0 +1,104 @@
+"""benchmarks/zoo.py's table on a real run directory (the session's `qat run digits_cnn`) and
+real host latencies (android-harness host, a very short protocol)."""
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+
+from pipeline.core.records import Variant
+from pipeline.stages import peers
+from tests.conftest import REPO
+
+spec = importlib.util.spec_from_file_location("zoo_bench", REPO / "benchmarks" / "zoo.py")
+zoo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(zoo)
+
+QUICK = ["--threads", "1", "--repeats", "2", "--min-runs", "5", "--min-seconds", "0.05",
+         "--warmup-runs", "2", "--warmup-seconds", "0", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def zoo_doc(demo_run, tmp_path_factory):
+    code, run_dir = demo_run
+    assert code == 0
+    out = tmp_path_factory.mktemp("zoo")
+    harness = zoo.measure_host(run_dir, out / "harness", QUICK)
+    runs = {"digits_cnn": {"exit_code": 0, "seconds": 61.5, "harness_seconds": 3.0}}
+    return run_dir, zoo.build(["digits_cnn"], run_dir.parent, runs, {"digits_cnn": harness},
+                              120.0), out
+
+
+def test_one_row_per_variant_with_accuracy_interval_size_and_latency(zoo_doc):
+    run_dir, doc, _ = zoo_doc
+    report = json.loads((run_dir / "report.json").read_text())
+    expected = [v.value for v in Variant
+                if v is not Variant.AEQ_INT8 or peers.available()]
+    assert [r["variant"] for r in doc["rows"]] == expected
+    by_variant = {v["variant"]: v for v in report["variants"]}
+    for r in doc["rows"]:
+        v = by_variant[r["variant"]]
+        assert r["model"] == "digits_cnn" and r["size_bytes"] == v["size_bytes"]
+        assert r["accuracy"] == pytest.approx(v["accuracy"])
+        assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1]
+        assert r["host_p50_us"] > 0 and r["host_ratio_to_float32"] > 0
+        assert r["full_int8"] is (None if r["variant"] == "float32" else True)
+        assert r["io"] == ("float32" if r["variant"] == "float32" else "int8")
+    rows = {r["variant"]: r for r in doc["rows"]}
+    assert rows["float32"]["host_ratio_to_float32"] == pytest.approx(1.0)
+    assert rows["qat_int8"]["agreement_with"] == "keras_qat"
+    assert rows["ptq_int8"]["agreement_with"] == "keras_float"
+
+
+def test_model_summary_and_targets(zoo_doc):
+    run_dir, doc, _ = zoo_doc
+    (s,) = doc["models"]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert s["float_accuracy"] == report["keras"]["float_accuracy"]
+    assert s["best_ptq"] in ("ptq_int8", "aeq_int8") and s["pipeline_seconds"] == 61.5
+    assert s["layer_parity"]["compared"] > 0 and s["layer_parity"]["first_divergent"] is None
+    assert s["cpu"] and doc["cpu"] == s["cpu"]
+    assert s["ptq_calibration"]["samples"] == 200
+    results = {t["target"]: t for t in doc["targets"]}
+    assert list(results) == ["float >= 90 % and < 99.5 %", "QAT within 0.3 pp of float",
+                             "QAT not worse than best PTQ beyond CI",
+                             "QAT recovers >= 80 % of the PTQ loss",
+                             "no diverging layer (layer parity)", "make zoo <= 45 min"]
+    assert results["float >= 90 % and < 99.5 %"]["result"] == "exempt"
+    assert results["make zoo <= 45 min"]["result"] == "PASS"
+    recovery = results["QAT recovers >= 80 % of the PTQ loss"]
+    assert recovery["result"] == ("n/a" if s["ptq_loss_pp"] <= 0 else
+                                  ("PASS" if s["qat_recovery_pct"] >= 80 else "FAIL"))
+
+
+def test_targets_fail_where_the_numbers_miss(zoo_doc):
+    _, doc, _ = zoo_doc
+    s = dict(doc["models"][0], model="other", float_accuracy=0.996, qat_loss_pp=0.31,
+             ptq_loss_pp=2.0, qat_recovery_pct=79.0, qat_not_worse_beyond_ci=False,
+             layer_parity=dict(doc["models"][0]["layer_parity"], first_divergent="conv"))
+    results = {t["target"]: t["result"] for t in zoo.targets([s], 45 * 60 + 1)}
+    assert set(results.values()) == {"FAIL"}
+
+
+def test_markdown_and_files(zoo_doc):
+    _, doc, out = zoo_doc
+    zoo.write(doc, out)
+    assert json.loads((out / "zoo.json").read_text()) == json.loads(json.dumps(doc))
+    md = (out / "zoo.md").read_text()
+    assert "| digits_cnn | `qat_int8` |" in md and "## Targets" in md
+    assert "| digits_cnn | float >= 90 % and < 99.5 % | exempt |" in md
+
+
+def test_main_rebuilds_the_table_from_existing_runs(demo_run, tmp_path, capsys):
+    _, run_dir = demo_run
+    shutil.copytree(run_dir, tmp_path / "digits_cnn")
+    code = zoo.main(["--models", "digits_cnn", "--output", str(tmp_path), "--skip-run",
+                     "--no-latency"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "PASS  digits_cnn: QAT within 0.3 pp of float" in text
+    assert "n/a  zoo: make zoo <= 45 min" in text  # no runs timed: nothing to judge
+    assert (tmp_path / "zoo" / "zoo.md").is_file()
+    with pytest.raises(SystemExit):
+        zoo.main(["--models", "nope", "--output", str(tmp_path), "--skip-run"])
