@@ -89,14 +89,15 @@ def qat_model(env, trained_model, digits, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tflite_variants(trained_model, qat_model, digits):
-    """float32 / ptq_int8 / qat_int8 bytes of the same trained model (QAT fine-tuned)."""
-    from pipeline.stages import convert
+    """float32 / ptq_int8 / aeq_int8 / qat_int8 bytes of the same trained model (QAT
+    fine-tuned); aeq_int8 (the PTQ peer) when ai-edge-quantizer is installed."""
+    from pipeline.stages import convert, peers
     from pipeline.core.records import Variant
 
     rep = digits["x_train"][:100]
     return {v: convert.convert(v, qat_model if v is Variant.QAT_INT8 else trained_model,
                                representative=rep)
-            for v in Variant}
+            for v in Variant if not v.is_peer or peers.available()}
 
 
 @pytest.fixture(scope="session")

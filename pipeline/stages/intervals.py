@@ -103,6 +103,8 @@ def calibration(report) -> dict | None:
                      "the same samples for every PTQ variant"}
     if Variant.AEQ_INT8 in conv.by_variant:
         doc[Variant.AEQ_INT8.value] = peers.describe(conv.calibration_samples)
+    if conv.failed_peers:
+        doc["failed_peers"] = dict(conv.failed_peers)
     return doc
 
 
@@ -142,6 +144,8 @@ def markdown(report) -> list[str]:
             a = cal[Variant.AEQ_INT8.value]
             lines.append(f"`aeq_int8`: {a['tool']} {a['version']} `{a['recipe']}` on "
                          f"float32.tflite ({a['calibration']}); compared, not gated on.")
+    for name, why in (cal or {}).get("failed_peers", {}).items():
+        lines.append(f"`{name}` could not be made: {why}")
     cmp = qat_vs_best_ptq(report) if report.verified else None
     if cmp:
         lines += ["", _comparison_line(cmp)]

@@ -16,8 +16,10 @@ ai_edge_quantizer 0.10 does not import TensorFlow (it runs models with ai-edge-l
 tests/pipeline/stages/test_peers.py checks it), so no keras_env.load() is needed before it.
 
 ``convert.variants`` listing ``aeq_int8`` asks for it: without the package that is a one-line
-exit 2 before any training. ``convert.peers = "auto"`` (the default) adds it to zoo runs that
-convert ``ptq_int8`` when the package is installed, and logs a note when it is not.
+exit 2 before any training, and a quantization it fails is the run's error. ``convert.peers =
+"auto"`` (the default) adds it to zoo runs that convert ``ptq_int8`` when the package is
+installed, and logs a note when it is not; a model it fails to quantize is then noted in the
+log and the report (``ptq_calibration.failed_peers``), and the run goes on without it.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def quantize(float_tflite: bytes, representative: np.ndarray) -> bytes:
             warnings.simplefilter("ignore", UserWarning)
             q = quantizer.Quantizer(bytearray(float_tflite), getattr(recipe, RECIPE)())
             result = q.quantize(q.calibrate({key: samples}), enable_progress_report=False)
-    except (ValueError, RuntimeError, KeyError, TypeError, NotImplementedError) as exc:
+    except Exception as exc:  # its internals raise ValueError, RuntimeError, KeyError, ...
         raise ConversionError(f"{PACKAGE} failed to quantize the float32 model",
                               first_line(exc, 300), f"Drop {Variant.AEQ_INT8} for this model")
     return bytes(result.quantized_model)

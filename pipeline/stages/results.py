@@ -9,7 +9,7 @@ form: report.build turns them into report.json and report.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -85,6 +85,8 @@ class Conversions:
 
     by_variant: dict[Variant, Converted]
     calibration_samples: int = 0   # representative samples each PTQ variant was calibrated on
+    # peers convert.peers added that their tool failed to make: variant -> the error
+    failed_peers: dict = field(default_factory=dict)
 
     @property
     def islands(self) -> dict:

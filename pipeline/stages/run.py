@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.core.artifacts import RunDir, check_output_dir
-from pipeline.core.errors import EXIT_GATE_FAILED, EXIT_OK, ConfigError, UsageError
+from pipeline.core.errors import (EXIT_GATE_FAILED, EXIT_OK, ConfigError, ConversionError,
+                                  UsageError)
 from pipeline.core.records import GateResult, Variant, VariantResult
 from pipeline.keras import ranges
 from pipeline.stages import (annotate, convert, finetune, gates, load, parity, peers, report,
@@ -221,13 +222,20 @@ def convert_variants(ctx: _Run, inputs: Inputs, floats: FloatStage,
     rep = data_mod.representative_sample(inputs.dataset.x_train,
                                          cfg.convert.representative_samples, cfg.seed)
     keep_float = annotate.keep_float_layers(qat.coverage)
-    done = {}
+    done, failed = {}, {}
     with ctx.timer.stage("convert"):
         for variant in ctx.variants:
             source = qat.model if variant is Variant.QAT_INT8 else floats.model
             f32 = done.get(Variant.FLOAT32)
-            c = convert.convert(variant, source, representative=rep, io=cfg.convert.io,
-                                float_tflite=f32.content if f32 else None)
+            try:
+                c = convert.convert(variant, source, representative=rep, io=cfg.convert.io,
+                                    float_tflite=f32.content if f32 else None)
+            except ConversionError as exc:
+                if variant in cfg.convert.variants:  # asked for: the run fails
+                    raise
+                failed[variant.value] = str(exc)  # a peer convert.peers added: noted
+                ctx.log(f"convert: {variant.filename} skipped: {exc}")
+                continue
             if variant.is_int8 and not variant.is_peer and keep_float:
                 c = _with_islands(c, keep_float, cfg.convert.io)
             ctx.run_dir.write_bytes(variant.filename, c.content)
@@ -235,7 +243,7 @@ def convert_variants(ctx: _Run, inputs: Inputs, floats: FloatStage,
             extra = "" if c.verdict is None else \
                 f", full-int8: {'yes' if c.verdict.full_int8 else 'NO'}"
             ctx.log(f"convert: {variant.filename} {c.size:,} bytes in {c.seconds:.1f} s{extra}")
-    return Conversions(done, calibration_samples=int(len(rep)))
+    return Conversions(done, calibration_samples=int(len(rep)), failed_peers=failed)
 
 
 def verify_variants(ctx: _Run, inputs: Inputs, floats: FloatStage, qat: QatStage,

@@ -235,3 +235,36 @@ def test_a_dataset_card_is_written_and_referenced(stages, tmp_path):
     assert "Data set card: [`data_card.json`](data_card.json)" in \
         (run_dir / "report.md").read_text()
     assert "data_card.json" in json.loads((run_dir / "manifest.json").read_text())["files"]
+
+
+def test_a_peer_that_fails_is_noted_unless_it_was_asked_for(stages, tmp_path, monkeypatch):
+    """ai-edge-quantizer refusing a model (made to here) skips an auto-added aeq_int8 with a
+    note in the log and the report; listed in convert.variants, it fails the run."""
+    from pipeline.core.errors import ConversionError
+    from pipeline.stages import peers
+
+    def refuse(*_):
+        raise ConversionError("ai-edge-quantizer failed to quantize the float32 model", "op X")
+
+    monkeypatch.setattr(peers, "quantize", refuse)
+    inputs, floats = stages
+    qat = QatStage(floats.model, inputs.plan, FitResult(1, 0, 1, 0.0, False, {}), None)
+    F, P, A = Variant.FLOAT32, Variant.PTQ_INT8, Variant.AEQ_INT8
+    for asked, name in (((F, P), "auto"), ((F, P, A), "asked")):
+        cfg = config_mod.load(None, {"convert.variants": ",".join(v.value for v in asked),
+                                     "convert.representative_samples": "10"})
+        logs = []
+        ctx = run_mod._Run(cfg, RunDir(tmp_path / name, log=lambda *_: None),
+                           run_mod._Timer(logs.append), logs.append, False, 0.0, (F, P, A))
+        if name == "asked":
+            with pytest.raises(ConversionError):
+                run_mod.convert_variants(ctx, inputs, floats, qat)
+            ctx.run_dir.abort(keep=False)
+            continue
+        conv = run_mod.convert_variants(ctx, inputs, floats, qat)
+        assert list(conv.by_variant) == [F, P] and list(conv.failed_peers) == ["aeq_int8"]
+        assert any("aeq_int8.tflite skipped" in line for line in logs)
+        rep = report.build(cfg, inputs, floats, [], TIMINGS, conv=conv)
+        assert rep.to_dict()["ptq_calibration"]["failed_peers"]["aeq_int8"].startswith(
+            "ai-edge-quantizer failed")
+        ctx.run_dir.abort(keep=False)
