@@ -101,12 +101,36 @@ def _activation_name(fn) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
-def _inbound_layers(layer) -> list:
-    out = []
-    for node in getattr(layer, "_inbound_nodes", []) or []:
-        inbound = node.inbound_layers
-        out.extend(inbound if isinstance(inbound, (list, tuple)) else [inbound])
-    return out
+class _Graph:
+    """Who feeds whom in one model, from that model's own nodes. A layer shared with another
+    model has nodes there too (graph.rebuild reuses the source model's layers), so the
+    layer's own ``_inbound_nodes`` / ``_outbound_nodes`` would count those as well: a conv
+    then seems to feed several layers and its BatchNormalization is not folded."""
+
+    def __init__(self, model):
+        self.inbound: dict[str, list] = {}
+        self.consumers: dict[str, int] = {}
+        for nodes in (getattr(model, "_nodes_by_depth", None) or {}).values():
+            for node in nodes:
+                src = node.inbound_layers
+                src = list(src) if isinstance(src, (list, tuple)) else [src]
+                self.inbound.setdefault(node.outbound_layer.name, []).extend(src)
+                for l in src:
+                    self.consumers[l.name] = self.consumers.get(l.name, 0) + 1
+
+    def inbound_of(self, layer) -> list:
+        if self.inbound:
+            return list({id(l): l for l in self.inbound.get(layer.name, [])}.values())
+        out = []  # no graph (a subclassed model): the layer's own nodes
+        for node in getattr(layer, "_inbound_nodes", []) or []:
+            inbound = node.inbound_layers
+            out.extend(inbound if isinstance(inbound, (list, tuple)) else [inbound])
+        return out
+
+    def consumer_count(self, layer) -> int:
+        if self.inbound:
+            return self.consumers.get(layer.name, 0)
+        return len(getattr(layer, "_outbound_nodes", []) or [])
 
 
 def _takes_integers(layer) -> bool:
@@ -118,20 +142,20 @@ def _takes_integers(layer) -> bool:
     return any(getattr(d, "is_integer", False) for d in dtypes)
 
 
-def plan_layer(layer, registry) -> LayerPlan:
-    """The default plan for one layer (before the user's policy)."""
+def plan_layer(layer, registry, graph: _Graph) -> LayerPlan:
+    """The default plan for one layer of the model ``graph`` was made from (before the
+    user's policy)."""
     cls = type(layer).__name__
     params = int(layer.count_params()) if layer.built else 0
-    inbound = _inbound_layers(layer)
-    names = tuple(l.name for l in inbound)
+    names = tuple(l.name for l in graph.inbound_of(layer))
 
     def mk(status: LayerStatus, detail: str = "", **kw) -> LayerPlan:
         return LayerPlan(layer.name, cls, status, params, detail, inbound=names, **kw)
 
-    return _plan_by_class(layer, cls, inbound, mk) or _plan_by_registry(layer, cls, registry, mk)
+    return _plan_by_class(layer, cls, graph, mk) or _plan_by_registry(layer, cls, registry, mk)
 
 
-def _plan_by_class(layer, cls: str, inbound: list, mk) -> LayerPlan | None:
+def _plan_by_class(layer, cls: str, graph: _Graph, mk) -> LayerPlan | None:
     """Layers whose plan follows from their class alone (None: ask tfmot's registry)."""
     if cls == "InputLayer":
         return mk(LayerStatus.INPUT)
@@ -153,8 +177,8 @@ def _plan_by_class(layer, cls: str, inbound: list, mk) -> LayerPlan | None:
                   "calibrates it as int8 MUL/ADD")
     if cls == "BatchNormalization":
         # tfmot's Conv+BN transforms only match a conv whose output feeds the BN alone
-        if any(type(l).__name__ in _CONVS and len(getattr(l, "_outbound_nodes", [])) == 1
-               for l in inbound):
+        if any(type(l).__name__ in _CONVS and graph.consumer_count(l) == 1
+               for l in graph.inbound_of(layer)):
             return mk(LayerStatus.FOLDED, "folded into the preceding conv by tfmot's transforms")
         return mk(LayerStatus.FALLBACK, "BatchNormalization not after a conv: output quantized "
                   "(TFLite runs it as int8 MUL+ADD)", quantize_output=True)
@@ -192,4 +216,5 @@ def _plan_by_registry(layer, cls: str, registry, mk) -> LayerPlan:
 def plan(model) -> list[LayerPlan]:
     scheme = keras_env.load().tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
     registry = scheme.get_quantize_registry()
-    return [plan_layer(layer, registry) for layer in model.layers]
+    graph = _Graph(model)
+    return [plan_layer(layer, registry, graph) for layer in model.layers]

@@ -1,6 +1,6 @@
 """What QAT does with each layer: one ``LayerStatus`` per layer, carried by a ``LayerPlan``.
 
-``fallbacks.plan_layer`` gives the default status, the annotate stage's policy narrows it, the
+``fallbacks.plan`` gives the default status, the annotate stage's policy narrows it, the
 coverage report counts and explains it. The statuses are str-valued, so a plan read back from
 report.json (plain strings) compares equal to the members.
 """

@@ -8,7 +8,10 @@ digits_cnn/quant_block1_conv/Conv2D1``. tfmot's QuantizeWrapper is named ``quant
 so a quantized layer shows up under that name and a layer left unwrapped (excluded, kept
 float) under its own. Graph inputs and outputs are named after the signature instead
 (``serving_default_image:0``, ``StatefulPartitionedCall:0``); the signature's keys carry the
-layer names, so callers pass them as extra names.
+layer names, so callers pass them as extra names. A layer name may itself contain ``/``
+(tf_keras' MobileNetV3: ``expanded_conv/squeeze_excite/Conv``): the layer is the longest run
+of path components after the model's name that names one, so a later component (``Conv``)
+is not taken for another layer of that name (the stem ``Conv``).
 
 Pure strings: used by the layer-parity check (stages/parity.py) and the float-island surgery
 (tflite/islands.py).
@@ -36,22 +39,44 @@ def primary(tensor_name: str) -> str:
 class LayerNames:
     """Matches tensor names against Keras layer names given in topological order.
 
-    A layer is mentioned by a tensor name when one of its path components is the layer's
-    name or the name of its tfmot wrapper."""
+    A layer is mentioned by a tensor name when the path after the model's name starts with
+    the layer's name or the name of its tfmot wrapper (any component, for names without a
+    model prefix such as signature names)."""
 
     def __init__(self, layers: Iterable[str]):
         self.order = list(dict.fromkeys(layers))
         self._by_token: dict[str, str] = {name: name for name in self.order}
         for name in self.order:  # a layer's own name wins over another's wrapper name
             self._by_token.setdefault(WRAPPER_PREFIX + name, name)
+        self._longest = max((k.count("/") + 1 for k in self._by_token), default=1)
+
+    def _at(self, parts: list[str], i: int) -> str | None:
+        """The layer named by the longest run of ``parts`` starting at ``i``, if any."""
+        for j in range(min(len(parts), i + self._longest), i, -1):
+            name = self._by_token.get("/".join(parts[i:j]))
+            if name is not None:
+                return name
+        return None
+
+    def _found(self, tensor_name: str) -> set[str]:
+        found = set()
+        for path in tensor_name.split(";"):
+            parts = _SEPARATORS.split(path)
+            # <model>/<layer path>/<op...>: the layer path starts after the model's name
+            # (a later component such as "Conv" may spell another layer's name)
+            for i in ([1] if len(parts) >= 3 else range(len(parts))):
+                name = self._at(parts, i)
+                if name is not None:
+                    found.add(name)
+        return found
 
     def layers_in(self, tensor_name: str, extra: Iterable[str] = ()) -> list[str]:
         """The layers that ``tensor_name`` (or one of the ``extra`` names, e.g. signature
         keys) mentions, in layer order: the last holds the tensor's value, the ones before it
         were fused into it."""
-        found = {self._by_token[t] for t in tokens(tensor_name) | set(extra)
-                 if t in self._by_token}
+        found = self._found(tensor_name) | {self._by_token[t] for t in extra
+                                            if t in self._by_token}
         return [name for name in self.order if name in found]
 
     def mentions(self, tensor_name: str) -> bool:
-        return any(t in self._by_token for t in tokens(tensor_name))
+        return bool(self._found(tensor_name))

@@ -231,3 +231,21 @@ def test_annotate_when_a_layer_has_the_name_tfmot_gives_its_new_conv(env):
     assert len(names) == len(set(names)) and f"quant_{taken}" in names, names
     x = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype(np.float32)
     assert qat.predict(x, verbose=0).shape == (4, 6)
+
+
+def test_batchnorm_after_a_conv_is_folded_in_a_rebuilt_model(env):
+    # graph.rebuild reuses the source model's layers, so the conv has nodes in both models:
+    # only the rebuilt model's own must count, or the BatchNormalization would get a
+    # fallback config and tfmot would not fold it (tf_keras MobileNetV3: every BN).
+    keras, L = env.keras, env.keras.layers
+    inp = keras.Input((8, 8, 3))
+    h = L.BatchNormalization(name="bn")(L.Conv2D(4, 3, name="conv")(inp))
+    side = L.Conv2D(4, 1, name="shared")(h)  # feeds two layers: its BN cannot fold
+    h = L.Add(name="add")([L.BatchNormalization(name="bn2")(side), side])
+    model = keras.Model(inp, L.Dense(3)(L.Flatten()(_hard_swish(L, h))))
+    rebuilt, cov = annotate.prepare(model)
+    assert rebuilt is not model and graph.rebuild(model).replaced
+    plans = {p.name: p for p in cov.layers}
+    assert plans["bn"].status == LayerStatus.FOLDED and plans["bn"].inbound == ("conv",)
+    assert plans["bn2"].status == LayerStatus.FALLBACK
+    assert plans["add"].inbound == ("bn2", "shared")

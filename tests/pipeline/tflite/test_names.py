@@ -61,3 +61,33 @@ def test_a_layer_own_name_wins_over_another_layers_wrapper_name():
     assert m.layers_in("model/quant_x/Relu") == ["quant_x"]
     assert m.layers_in("model/quant_quant_x/Relu") == ["quant_x"]
     assert m.layers_in("model/x/Relu") == ["x"]
+
+
+# tf_keras' MobileNetV3Small names layers with "/" (qat_int8.tflite of glyphs_mnv3, TF 2.21)
+MNV3 = ["Conv", "Conv/BatchNorm", "re_lu", "expanded_conv/depthwise",
+        "expanded_conv/depthwise/BatchNorm", "re_lu_1", "expanded_conv/squeeze_excite/AvgPool",
+        "expanded_conv/squeeze_excite/Conv", "expanded_conv/squeeze_excite/Relu",
+        "expanded_conv/squeeze_excite/Conv_1"]
+SE_CONV = ("glyphs_mnv3/quant_expanded_conv/squeeze_excite/Relu/Relu;glyphs_mnv3/"
+           "quant_expanded_conv/squeeze_excite/Conv/BiasAdd;glyphs_mnv3/quant_expanded_conv/"
+           "squeeze_excite/Conv/Conv2D")
+
+
+def test_layer_names_with_slashes_match_as_a_whole():
+    m = LayerNames(MNV3)
+    # the SE block's Conv, not the stem layer "Conv" its last component spells
+    assert m.layers_in(SE_CONV) == ["expanded_conv/squeeze_excite/Conv",
+                                    "expanded_conv/squeeze_excite/Relu"]
+    assert m.layers_in("glyphs_mnv3/quant_Conv/Conv2D") == ["Conv"]
+    assert m.layers_in("glyphs_mnv3/quant_Conv/BatchNorm/FusedBatchNormV32") == \
+        ["Conv/BatchNorm"]
+    assert m.layers_in("glyphs_mnv3/quant_re_lu_1/Relu;glyphs_mnv3/quant_expanded_conv/"
+                       "depthwise/BatchNorm/FusedBatchNormV33") == \
+        ["expanded_conv/depthwise/BatchNorm", "re_lu_1"]
+    assert m.layers_in("glyphs_mnv3/quant_expanded_conv/squeeze_excite/Conv_1/BiasAdd/"
+                       "ReadVariableOp1") == ["expanded_conv/squeeze_excite/Conv_1"]
+    assert not m.mentions("glyphs_mnv3/quant_expanded_conv/squeeze_excite/Mul/mul")
+    # a layer left out of the list (not quantized) is not taken for a layer named like its
+    # last component
+    m = LayerNames(["Conv"])
+    assert m.layers_in(SE_CONV) == [] and not m.mentions(SE_CONV)
