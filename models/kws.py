@@ -8,18 +8,20 @@ samples (the first n % 12 classes one more).
 A sample: one word spoken by an eSpeak NG voice (an English accent + a voice variant file,
 e.g. "en-gb-scotland+f3") at a random rate, pitch and pitch range, resampled to 16 kHz
 (models/kws_features.py), trimmed, placed at a random offset in a 1 s window at a random
-level, plus noise at a stated SNR: white, pink (1/f power), brown (1/f^2; both shaped from
-white noise, flat below 20 Hz) or babble (16-24 other words by voices of the same split, at
-random offsets, summed: a crowd; drawn from 48 such words synthesised per block). SNR = speech power over the trimmed word / noise power over the 1 s
-clip. Silence = the noise alone, at the level it would have beside a word. The mixture is
-rounded to int16 PCM (as a microphone delivers it), then turned into MFCCs.
+level, plus noise at an SNR of 30, 20, 15 or 10 dB: white, pink (1/f power), brown (1/f^2;
+both shaped from white noise, flat below 20 Hz) or babble (a crowd: 16-24 other words by
+voices of the same split at random offsets, summed, drawn from 48 such words synthesised per
+block of samples). SNR = speech power over the trimmed word / noise power over the 1 s clip.
+Silence = the noise alone, at the level it would have beside a word. The mixture is rounded to
+int16 PCM (as a microphone delivers it), then turned into MFCCs.
 
-Honest split: the voice variants are split by family (trailing digits dropped, lower case:
-m1..m8 are one family), and the test split uses only held-out families, for its words and
-its babble. Accents are shared; utterances (rate, pitch, placement, noise) are drawn anew.
+Honest split: the voice variants (espeak-ng-data/voices/!v, names without spaces) are split
+by family (trailing digits dropped, lower case: m1..m8 are one family), and the test split
+uses only held-out families (about a fifth of the variants), for its words and its babble.
+Accents are shared; utterances (rate, pitch, placement, noise) are drawn anew.
 
 Determinism: sample i of split s is drawn from numpy's PCG64 seeded with (seed, s, i), and
-synthesised in blocks of ``BLOCK`` samples, each block in a fresh child process
+synthesised in blocks of PARAMS["block"] samples, each block in a fresh child process
 (models/kws_tts.py says why), so the arrays depend only on the parameters and the asset
 versions, not on the number of workers. Features are normalised per coefficient with the
 mean and standard deviation of the train split (stored in the card and 'preprocessing').
@@ -262,10 +264,10 @@ def _card(version: str, voices: dict, p: dict, mean, std, seconds: float) -> dic
         "splits": ("test voices held out: the test split's words and babble come only from "
                    "voice-variant families absent from train (accents shared); sample i has "
                    "label i % 12 (balanced)"),
-        "noise": ("white; pink (1/f) and brown (1/f^2) shaped from white noise, flat below "
-                  "20 Hz; babble: 16-24 other words (24 common words, not keywords nor unknown words) by "
-                  "voices of the same split, summed; SNR = word "
-                  "power / noise power, one of snr_db per sample; silence = noise alone"),
+        "noise": ("white; pink (1/f) and brown (1/f^2), shaped from white noise, flat below "
+                  f"20 Hz; babble: {p['babble_words'][0]}-{p['babble_words'][1]} words of the "
+                  "babble list by voices of the same split, summed; SNR = word power / noise "
+                  "power over the clip, one of snr_db per sample; silence = noise alone"),
         "augmentation": {k: p[k] for k in ("rate_wpm", "pitch", "pitch_range", "level_dbfs",
                                            "snr_db", "noises", "babble_words")},
         "normalisation": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
@@ -278,8 +280,15 @@ def _card(version: str, voices: dict, p: dict, mean, std, seconds: float) -> dic
 
 def preprocessing(card: dict) -> dict:
     norm = card["normalisation"]
+    f = kws_features
     return {
         "source": card["source"],
+        "transform": (f"1 s of {f.SAMPLE_RATE} Hz mono int16 audio / 32768 -> MFCC ({f.WINDOW}-"
+                      f"sample periodic Hann frames every {f.STRIDE}, |rfft| of {f.FFT_SIZE}, "
+                      f"{f.MEL_BINS} HTK mel bands {f.MEL_LOW_HZ:g}-{f.MEL_HIGH_HZ:g} Hz, "
+                      f"ln(mel + {f.LOG_OFFSET:g}), DCT-II, {f.NUM_MFCC} coefficients; "
+                      "preprocessing.features) -> (mfcc - mean[k]) / std[k] per coefficient "
+                      "(preprocessing.normalise) -> float32 (49, 10, 1)"),
         "features": dict(kws_features.PARAMETERS),
         "normalise": {"how": "x = (mfcc - mean[k]) / std[k] per coefficient k (float32), "
                              "mean/std of the train split",
