@@ -48,12 +48,20 @@ MODELS: dict[str, ZooModel] = {
     "digits_cnn": ZooModel(
         "digits_cnn", "models.digits_cnn", "digits",
         "Small CNN (Conv2D+BN+ReLU, DepthwiseConv2D, pooling, Dense) for 8x8 digits"),
+    "kws_dscnn": ZooModel(
+        "kws_dscnn", "models.kws_dscnn", "kws",
+        "MLPerf Tiny keyword-spotting DS-CNN (Conv2D, 4 depthwise-separable blocks, average "
+        "pooling, Dense) on 49x10 MFCCs of 1 s clips, 12 classes"),
 }
 
 DATASETS: dict[str, ZooDataset] = {
     "digits": ZooDataset(
         "digits", "models.digits_cnn",
         "scikit-learn's bundled 8x8 handwritten digits (1,797 images), pixel/16, stratified split"),
+    "kws": ZooDataset(
+        "kws", "models.kws",
+        "10 Speech Commands keywords + silence + unknown, synthesised with eSpeak NG voices, "
+        "mixed with noise at 20/10/5/0 dB SNR, MLPerf Tiny MFCCs; test voices held out"),
 }
 
 
