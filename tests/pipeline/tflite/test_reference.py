@@ -1,5 +1,6 @@
 """Standalone verification against the reference bundle, without TensorFlow."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -36,7 +37,10 @@ def _blocked_cli(*args):
 def test_bundle_is_written(demo_run):
     _, run_dir = demo_run
     doc = json.loads((run_dir / "reference" / "expected.json").read_text())
-    assert sorted(doc["variants"]) == ["float32", "ptq_int8", "qat_int8"]
+    # the demo recipe adds ai-edge-quantizer's PTQ peer (convert.peers = auto) where the zoo
+    # extra is installed
+    peer = ["aeq_int8"] if importlib.util.find_spec("ai_edge_quantizer") else []
+    assert sorted(doc["variants"]) == sorted(["float32", "ptq_int8", "qat_int8"] + peer)
     with np.load(run_dir / "reference" / "inputs.npz") as npz:
         assert npz["x"].shape == (450, 8, 8, 1) and npz["y"].shape == (450,)
     with np.load(run_dir / "reference" / "qat_int8_outputs.npz") as npz:
