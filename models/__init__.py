@@ -50,7 +50,7 @@ MODELS: dict[str, ZooModel] = {
         "Small CNN (Conv2D+BN+ReLU, DepthwiseConv2D, pooling, Dense) for 8x8 digits"),
     "glyphs_mnv3": ZooModel(
         "glyphs_mnv3", "models.glyphs_mnv3", "glyphs",
-        "MobileNetV3-Small (tf_keras.applications, alpha 0.75, hard-swish + squeeze-excite) "
+        "MobileNetV3-Small (tf_keras.applications, alpha 0.5, hard-swish + squeeze-excite) "
         "for 48x48 RGB characters on photographs"),
 }
 
@@ -60,8 +60,8 @@ DATASETS: dict[str, ZooDataset] = {
         "scikit-learn's bundled 8x8 handwritten digits (1,797 images), pixel/16, stratified split"),
     "glyphs": ZooDataset(
         "glyphs", "models.glyphs",
-        "0-9 and A-Z rendered with matplotlib's fonts over crops of scikit-image's photographs "
-        "(48x48 RGB uint8, 20,000 train / 4,000 test; test photographs unseen in training)"),
+        "0-9 and A-Z without I/O/Q rendered with matplotlib's fonts over crops of scikit-image's "
+        "photographs (48x48 RGB uint8, 40,000 train / 4,000 test; disjoint photo regions)"),
 }
 
 

@@ -3,7 +3,7 @@
 The phone architecture as Keras ships it, untrained (``weights=None``): ``MobileNetV3Small``
 with ``alpha`` ALPHA, ``minimalistic=False`` (hard-swish activations and squeeze-excite blocks
 kept), its own classification head (GlobalAveragePooling -> 1x1 Conv 1024 -> hard-swish ->
-Dropout -> 1x1 Conv to the 36 classes -> logits) and its preprocessing layer
+Dropout -> 1x1 Conv to the 33 classes -> logits) and its preprocessing layer
 (``Rescaling(1/127.5, offset=-1)``), so the phone feeds raw RGB pixels 0..255
 (models/glyphs.py, PREPROCESSING).
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 from models.glyphs import INPUT_SHAPE, NUM_CLASSES
 
 DATASET = "glyphs"
-ALPHA = 0.75
+ALPHA = 0.5
 BN_MOMENTUM = 0.9
 
 
