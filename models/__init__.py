@@ -52,6 +52,10 @@ MODELS: dict[str, ZooModel] = {
         "kws_dscnn", "models.kws_dscnn", "kws",
         "MLPerf Tiny keyword-spotting DS-CNN (Conv2D, 4 depthwise-separable blocks, average "
         "pooling, Dense) on 49x10 MFCCs of 1 s clips, 12 classes"),
+    "glyphs_mnv3": ZooModel(
+        "glyphs_mnv3", "models.glyphs_mnv3", "glyphs",
+        "MobileNetV3-Small (tf_keras.applications, alpha 0.5, hard-swish + squeeze-excite) "
+        "for 48x48 RGB characters on photographs"),
 }
 
 DATASETS: dict[str, ZooDataset] = {
@@ -61,7 +65,11 @@ DATASETS: dict[str, ZooDataset] = {
     "kws": ZooDataset(
         "kws", "models.kws",
         "10 Speech Commands keywords + silence + unknown, synthesised with eSpeak NG voices, "
-        "mixed with noise at 20/10/5/0 dB SNR, MLPerf Tiny MFCCs; test voices held out"),
+        "mixed with noise at 30/20/15/10 dB SNR, MLPerf Tiny MFCCs; test voices held out"),
+    "glyphs": ZooDataset(
+        "glyphs", "models.glyphs",
+        "0-9 and A-Z without I/O/Q rendered with matplotlib's fonts over crops of scikit-image's "
+        "photographs (48x48 RGB uint8, 40,000 train / 4,000 test; disjoint photo regions)"),
 }
 
 
