@@ -20,7 +20,9 @@ ROOT/zoo/harness/NAME/), then prints the targets:
 - float accuracy >= 90 % and < 99.5 % (digits_cnn, the fast demo, is exempt);
 - qat_int8.tflite within 0.3 pp of the Keras float model;
 - QAT not worse than the best PTQ beyond the paired 95 % interval;
-- where PTQ loses accuracy, QAT recovers >= 80 % of that loss (else: "PTQ loses nothing");
+- where PTQ loses accuracy, QAT recovers >= 80 % of that loss. "Loses" means the best PTQ is
+  below Keras float beyond the paired 95 % interval; a smaller loss is n/a ("PTQ loses
+  nothing", or "within noise" with the recovery and the interval stated);
 - the whole zoo <= 45 min;
 - no diverging layer in qat_int8.tflite.
 
@@ -153,6 +155,24 @@ def _target(model: str, name: str, ok: bool | None, detail: str, note: str = "")
             "detail": detail}
 
 
+def _recovery_target(s: dict) -> dict:
+    """QAT's share of the best PTQ's loss. The target applies where PTQ loses accuracy: the
+    best PTQ is below Keras float beyond the paired 95 % interval (PTQ minus float entirely
+    below 0). A loss inside that interval is not told apart from noise on this test set, so
+    the row says so and still states the recovery, rather than grading a ratio of noise."""
+    m, name, best = s["model"], "QAT recovers >= 80 % of the PTQ loss", s["best_ptq"]
+    if s["ptq_loss_pp"] <= _EPS:
+        return _target(m, name, None, f"PTQ loses nothing: {best} "
+                       f"{-s['ptq_loss_pp']:+.2f} pp vs float", "n/a")
+    vs = s.get("best_ptq_vs_float") or {}
+    detail = f"{best} loses {s['ptq_loss_pp']:.2f} pp; QAT recovers {s['qat_recovery_pct']:.0f} %"
+    if vs and not vs["a_worse_beyond_ci"]:
+        return _target(m, name, None, f"{detail}; PTQ's loss is within noise (paired 95 % CI "
+                       f"{100 * vs['ci95'][0]:+.2f} to {100 * vs['ci95'][1]:+.2f} pp vs float, "
+                       f"McNemar p = {vs['mcnemar_p']:.3g})", "n/a")
+    return _target(m, name, s["qat_recovery_pct"] >= MIN_RECOVERY_PCT - _EPS, detail)
+
+
 # long: one check per target, in the order the zoo states them
 def targets(summaries: list[dict], total_s: float | None) -> list[dict]:
     out = []
@@ -176,15 +196,7 @@ def targets(summaries: list[dict], total_s: float | None) -> list[dict]:
                            f"QAT - {s['best_ptq']} = {100 * p['difference']:+.2f} pp, 95 % CI "
                            f"{100 * p['ci95'][0]:+.2f} to {100 * p['ci95'][1]:+.2f} pp, McNemar "
                            f"p = {p['mcnemar_p']:.3g}"))
-        if s["ptq_loss_pp"] > _EPS:
-            out.append(_target(m, "QAT recovers >= 80 % of the PTQ loss",
-                               s["qat_recovery_pct"] >= MIN_RECOVERY_PCT - _EPS,
-                               f"{s['best_ptq']} loses {s['ptq_loss_pp']:.2f} pp; QAT "
-                               f"recovers {s['qat_recovery_pct']:.0f} %"))
-        else:
-            out.append(_target(m, "QAT recovers >= 80 % of the PTQ loss", None,
-                               f"PTQ loses nothing: {s['best_ptq']} "
-                               f"{s['ptq_loss_pp']:+.2f} pp vs float", "n/a"))
+        out.append(_recovery_target(s))
         lp = s["layer_parity"]
         out.append(_target(m, "no diverging layer (layer parity)",
                            bool(lp and lp["compared"] and not lp["first_divergent"]),

@@ -68,7 +68,8 @@ def test_model_summary_and_targets(zoo_doc):
     assert results["float >= 90 % and < 99.5 %"]["result"] == "exempt"
     assert results["make zoo <= 45 min"]["result"] == "PASS"
     recovery = results["QAT recovers >= 80 % of the PTQ loss"]
-    assert recovery["result"] == ("n/a" if s["ptq_loss_pp"] <= 0 else
+    graded = s["ptq_loss_pp"] > 0 and s["best_ptq_vs_float"]["a_worse_beyond_ci"]
+    assert recovery["result"] == ("n/a" if not graded else
                                   ("PASS" if s["qat_recovery_pct"] >= 80 else "FAIL"))
 
 
@@ -76,9 +77,26 @@ def test_targets_fail_where_the_numbers_miss(zoo_doc):
     _, doc, _ = zoo_doc
     s = dict(doc["models"][0], model="other", float_accuracy=0.996, qat_loss_pp=0.31,
              ptq_loss_pp=2.0, qat_recovery_pct=79.0, qat_not_worse_beyond_ci=False,
+             best_ptq_vs_float={"a_worse_beyond_ci": True, "ci95": [-0.03, -0.01],
+                                "mcnemar_p": 0.001},
              layer_parity=dict(doc["models"][0]["layer_parity"], first_divergent="conv"))
     results = {t["target"]: t["result"] for t in zoo.targets([s], 45 * 60 + 1)}
     assert set(results.values()) == {"FAIL"}
+
+
+def test_recovery_is_not_graded_where_the_ptq_loss_is_noise(zoo_doc):
+    """A PTQ loss whose paired interval vs float straddles 0 gets n/a, with the recovery and
+    the interval written out; the same numbers with the interval below 0 are graded."""
+    _, doc, _ = zoo_doc
+    noise = {"a_worse_beyond_ci": False, "ci95": [-0.0065, 0.0011], "mcnemar_p": 0.19}
+    s = dict(doc["models"][0], model="kws", ptq_loss_pp=0.27, qat_recovery_pct=63.0,
+             best_ptq_vs_float=noise)
+    (t,) = [t for t in zoo.targets([s], 60.0) if t["target"].startswith("QAT recovers")]
+    assert t["result"] == "n/a" and t["passed"]
+    assert "recovers 63 %" in t["detail"] and "-0.65 to +0.11 pp" in t["detail"]
+    s["best_ptq_vs_float"] = dict(noise, a_worse_beyond_ci=True, ci95=[-0.006, -0.001])
+    (t,) = [t for t in zoo.targets([s], 60.0) if t["target"].startswith("QAT recovers")]
+    assert t["result"] == "FAIL" and not t["passed"]
 
 
 def test_markdown_and_files(zoo_doc):
