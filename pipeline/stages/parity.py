@@ -9,7 +9,15 @@ same inputs, match TFLite activation tensors to Keras layers by name (tflite/nam
 converter names a tensor after the layers it came from, e.g. ``model/quant_conv1_relu/Relu;
 model/quant_conv1_bn/FusedBatchNormV3;model/quant_conv1/Conv2D`` for a Conv+BN+ReLU fused into
 one op, whose output is the last layer of the chain - dequantize and compare. Errors are in LSB of each tensor's
-own scale; the first layer whose mean error exceeds the threshold is named as the divergence.
+own scale, two ways:
+
+- cumulative ("drift"): both models run end to end from the same inputs; the error carries
+  every upstream difference, magnified wherever a fine-scale tensor follows a coarse one;
+- local (parity_local.py): the layer re-run in Keras on the .tflite's own values of its
+  inputs; the error this op adds itself.
+
+The first layer whose LOCAL mean error exceeds the threshold is named as the divergence: it is
+where the conversion departs from what QAT simulated, not where drift happened to grow.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from pipeline.core import keras_env
+from pipeline.stages import parity_local
 from pipeline.stages.verify import sqnr_db
 from pipeline.tflite.names import LayerNames, primary
 from pipeline.tflite.runtime import ModelRunner
@@ -37,6 +46,8 @@ class LayerRow:
     max_error_lsb: float | None = None
     sqnr_db: float | None = None
     diverges: bool = False
+    local_mean_error_lsb: float | None = None  # the layer re-run on the .tflite's inputs
+    local_max_error_lsb: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -63,24 +74,32 @@ class LayerParity:
                 "unmatched_tensors": self.unmatched_tensors}
 
     def markdown(self) -> str:
-        lines = ["| layer | TFLite tensor | shape | mean |Δ| (LSB) | max |Δ| (LSB) | SQNR (dB) | |",
-                 "|---|---|---|---:|---:|---:|---|"]
+        lines = ["| layer | TFLite tensor | shape | local mean |Δ| (LSB) | local max |Δ| (LSB) | "
+                 "drift mean |Δ| (LSB) | drift max |Δ| (LSB) | SQNR (dB) | |",
+                 "|---|---|---|---:|---:|---:|---:|---:|---|"]
         for r in self.rows:
             if r.status == "compared":
                 flag = "**diverges**" if r.diverges else "ok"
                 sqnr = "∞" if r.sqnr_db is None or r.sqnr_db == float("inf") else \
                     f"{r.sqnr_db:.1f}"
                 lines.append(f"| {r.layer} | `{_short(r.tensor)}` | {list(r.shape)} | "
-                             f"{r.mean_error_lsb:.3f} | {r.max_error_lsb:.2f} | "
-                             f"{sqnr} | {flag} |")
+                             f"{_lsb(r.local_mean_error_lsb, 3)} | "
+                             f"{_lsb(r.local_max_error_lsb, 2)} | {r.mean_error_lsb:.3f} | "
+                             f"{r.max_error_lsb:.2f} | {sqnr} | {flag} |")
             elif r.status == "fused":
-                lines.append(f"| {r.layer} | fused into {r.fused_into} | | | | | |")
+                lines.append(f"| {r.layer} | fused into {r.fused_into} | | | | | | | |")
             else:
-                lines.append(f"| {r.layer} | no tensor (identity at inference) | | | | | |")
-        verdict = (f"First divergent layer: **{self.first_divergent}** (mean error above "
+                lines.append(f"| {r.layer} | no tensor (identity at inference) | | | | | | | |")
+        verdict = (f"First divergent layer: **{self.first_divergent}** (local mean error above "
                    f"{self.threshold_lsb} LSB)." if self.first_divergent else
-                   f"No layer diverges (every mean error <= {self.threshold_lsb} LSB).")
+                   f"No layer diverges (every local mean error <= {self.threshold_lsb} LSB).")
+        verdict += (" Local: the layer re-run in Keras on the .tflite's own input tensors (the "
+                    "error it adds itself); drift: both models end to end from the same inputs.")
         return "\n".join(lines + ["", verdict])
+
+
+def _lsb(v: float | None, digits: int) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
 
 
 def _short(name: str | None, width: int = 60) -> str:
@@ -151,7 +170,8 @@ def match_tensors(view: TFLiteModel, layers: list) -> tuple[dict, dict, list]:
 
 def compare_layers(qat_model, tflite: bytes | str, x: np.ndarray, *, threshold_lsb: float = 1.0,
                    batch_size: int = 0, runtime: str | None = None) -> LayerParity:
-    """Compare every quantized layer of ``qat_model`` with the matching tensor of ``tflite``."""
+    """Compare every quantized layer of ``qat_model`` with the matching tensor of ``tflite``:
+    end to end (drift) and locally (parity_local); divergence is judged on the local error."""
     keras = keras_env.load().keras
     content = tflite if isinstance(tflite, bytes) else read_file(tflite)
     view = TFLiteModel.from_bytes(content)
@@ -165,26 +185,37 @@ def compare_layers(qat_model, tflite: bytes | str, x: np.ndarray, *, threshold_l
     runner = ModelRunner(content, batch_size=batch_size, runtime=runtime,
                          preserve_all_tensors=True)
     _, tensors = runner.run_with_tensors(x, sorted(set(produced.values())))
+    matched = {l.name: produced[_inner_name(l)] for l in layers if _inner_name(l) in produced}
+    local = parity_local.local_errors(
+        qat_model, {n: tensors[i] for n, i in matched.items()},
+        {n: view.main.tensors[i].scale for n, i in matched.items()},
+        [x] if isinstance(x, np.ndarray) else list(x))
 
     rows: list[LayerRow] = []
     first = None
     for layer, k_out in zip(layers, keras_outs):
         name = _inner_name(layer)
         if name in produced:
-            t = view.main.tensors[produced[name]]
-            got = tensors[produced[name]]
-            ref = np.asarray(k_out, dtype=np.float64).reshape(got.shape)
-            err = np.abs(got.astype(np.float64) - ref)
-            scale = t.scale
-            mean_lsb = float(err.mean() / scale)
-            max_lsb = float(err.max() / scale)
-            diverges = mean_lsb > threshold_lsb
-            if diverges and first is None:
+            row = _compared_row(name, view.main.tensors[produced[name]],
+                                tensors[produced[name]], k_out, local.get(layer.name),
+                                threshold_lsb)
+            if row.diverges and first is None:
                 first = name
-            rows.append(LayerRow(name, "compared", t.name, None, tuple(got.shape[1:]), scale,
-                                 mean_lsb, max_lsb, sqnr_db(ref, err), diverges))
+            rows.append(row)
         elif name in fused:
             rows.append(LayerRow(name, "fused", fused_into=fused[name]))
         else:
             rows.append(LayerRow(name, "no_tensor"))
     return LayerParity(rows, threshold_lsb, int(len(x)), first, unmatched)
+
+
+def _compared_row(name: str, t, got: np.ndarray, k_out, local: tuple | None,
+                  threshold_lsb: float) -> LayerRow:
+    ref = np.asarray(k_out, dtype=np.float64).reshape(got.shape)
+    err = np.abs(got.astype(np.float64) - ref)
+    mean_lsb = float(err.mean() / t.scale)
+    max_lsb = float(err.max() / t.scale)
+    judged = local[0] if local else mean_lsb
+    return LayerRow(name, "compared", t.name, None, tuple(got.shape[1:]), t.scale, mean_lsb,
+                    max_lsb, sqnr_db(ref, err), judged > threshold_lsb,
+                    local[0] if local else None, local[1] if local else None)
