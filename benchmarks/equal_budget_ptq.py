@@ -1,0 +1,90 @@
+"""Is QAT's gain over PTQ only the extra training? PTQ after the same fine-tune, in float.
+
+QAT fine-tunes the trained float model for ``qat.epochs`` more epochs. When the qat_int8 model
+ends up *more* accurate than the float model it came from, part of that gain is the extra
+training, which PTQ never got. This benchmark gives PTQ the same budget: it fine-tunes the run's
+float model (keras/float_model.h5) in float with the run's own QAT settings (epochs, batch
+size, learning rate and schedule, the same train/validation split and seed), converts it with
+the converter's full-int8 PTQ (same calibration samples as the run), and scores both on the
+run's test split, paired against the run's qat_int8.tflite.
+
+    .venv/bin/python benchmarks/equal_budget_ptq.py artifacts/glyphs_mnv3
+
+Prints the float model before/after the fine-tune, its PTQ, QAT, and QAT minus this PTQ with
+the paired 95 % interval and McNemar's p (pipeline/stages/stats.py). Exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.core import keras_env  # noqa: E402
+from pipeline.core.records import Variant  # noqa: E402
+from pipeline.stages import config, convert, data, finetune, load, modelio, stats  # noqa: E402
+from pipeline.tflite.runtime import ModelRunner  # noqa: E402
+
+
+def _right(outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.argmax(outputs, axis=-1) == y
+
+
+def _tflite_right(content: bytes, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return _right(ModelRunner(content).run(x)[0], y)
+
+
+def finetune_float(model, splits, qat_cfg, from_logits: bool) -> float:
+    """The run's QAT schedule applied to the float model; returns seconds."""
+    keras = keras_env.load().keras
+    steps = qat_cfg.epochs * math.ceil(len(splits.x_train) / qat_cfg.batch_size)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+    model.compile(keras.optimizers.Adam(finetune._schedule(keras, qat_cfg.learning_rate,
+                                                           qat_cfg.lr_schedule, steps)),
+                  loss, ["accuracy"])
+    t0 = time.perf_counter()
+    model.fit(splits.x_train, splits.y_train, validation_data=(splits.x_val, splits.y_val),
+              epochs=qat_cfg.epochs, batch_size=qat_cfg.batch_size, shuffle=True, verbose=2)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", help="a finished run directory, e.g. artifacts/glyphs_mnv3")
+    args = ap.parse_args(argv)
+    run = Path(args.run_dir)
+    cfg = config.load(run / "config.toml")
+    inputs = load.load_inputs(cfg, lambda *a: None,
+                              model=modelio.load_model(path=str(run / "keras" /
+                                                                "float_model.h5")).model)
+    model, ds = inputs.loaded.model, inputs.dataset
+    y = ds.y_test
+    before = float(np.mean(_right(model.predict(ds.x_test, verbose=0), y)))
+    seconds = finetune_float(model, inputs.splits, cfg.qat, inputs.from_logits)
+    after = float(np.mean(_right(model.predict(ds.x_test, verbose=0), y)))
+    rep = data.representative_sample(ds.x_train, cfg.convert.representative_samples, cfg.seed)
+    ptq = _tflite_right(convert.to_tflite(model, Variant.PTQ_INT8, rep, cfg.convert.io),
+                        ds.x_test, y)
+    qat = _tflite_right((run / "qat_int8.tflite").read_bytes(), ds.x_test, y)
+    pair = stats.paired("qat_int8", qat, "ptq_int8_after_finetune", ptq)
+    print(f"run: {run}  ({len(y)} test samples; fine-tune: {cfg.qat.epochs} epoch(s), "
+          f"lr {cfg.qat.learning_rate}, {cfg.qat.lr_schedule}, batch {cfg.qat.batch_size}, "
+          f"{seconds:.0f} s)")
+    print(f"float before fine-tune   {100 * before:6.2f} %")
+    print(f"float after fine-tune    {100 * after:6.2f} %")
+    print(f"ptq_int8 after fine-tune {100 * ptq.mean():6.2f} %")
+    print(f"qat_int8 (the run's)     {100 * qat.mean():6.2f} %")
+    print(f"QAT - equal-budget PTQ = {100 * pair.difference:+.2f} pp, paired 95 % CI "
+          f"{100 * pair.ci95[0]:+.2f} to {100 * pair.ci95[1]:+.2f} pp, McNemar p = "
+          f"{pair.mcnemar_p:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
