@@ -24,8 +24,8 @@ import numpy as np
 TASKS = ("auto", "classification", "sequence", "regression")
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
-BOOTSTRAP = (f"percentile bootstrap over samples (sequences), {BOOTSTRAP_RESAMPLES} resamples, "
-             f"seed {BOOTSTRAP_SEED}, 95 %")
+BOOTSTRAP = (f"percentile bootstrap over test samples (whole sequences for sequence models), "
+             f"{BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}, 95 %")
 # Probabilities (a model ending in softmax) are floored here before the log: an int8 softmax
 # output rounds probabilities below half its step (1/512) to 0, whose log is -inf.
 PROB_FLOOR = 1e-7
