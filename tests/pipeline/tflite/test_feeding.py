@@ -165,3 +165,26 @@ def test_dataset_with_named_inputs_scores_like_the_model(two_inputs):
                                                                  model.inputs)]
     ready = data.prepare(ds, inputs, tuple(model.outputs[0].shape), "auto")
     assert ready.task == "sequence" and set(ready.x_test) == {"tokens", "positions"}
+
+
+def test_a_two_output_model_is_scored_on_the_named_output(env, tmp_path):
+    """data.output names the scored output; the other is compared by its output error."""
+    tf, keras = env.tf, env.keras
+    keras_env.set_seed(0)
+    inp = keras.Input((4,), name="features")
+    h = keras.layers.Dense(8, activation="relu")(inp)
+    model = keras.Model(inp, [keras.layers.Dense(3, name="cls")(h),
+                              keras.layers.Dense(1, name="aux")(h)])
+    content = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    x = np.random.default_rng(0).uniform(-1, 1, (20, 4)).astype(np.float32)
+    y = np.random.default_rng(1).normal(size=(20, 1)).astype(np.float32)
+    task = verify.Task("regression", True, "aux")
+    ref = verify.score_keras("keras_float", model, x, y, task=task)
+    got = verify.score_tflite("float32", content, x, y, task=task)
+    assert got.outputs.shape == (20, 1) and set(got.others) == {"cls"}
+    assert got.metrics["mse"] == pytest.approx(ref.metrics["mse"], rel=1e-5)
+    (other,) = verify.compare_others(ref, got)
+    assert other.candidate == "float32:cls" and other.max_abs_error <= 1e-5
+    with pytest.raises(DataError, match="no output of that name"):
+        verify.score_tflite("float32", content, x, y, task=verify.Task("regression", True,
+                                                                          "nope"))
