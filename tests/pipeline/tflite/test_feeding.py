@@ -132,6 +132,12 @@ def test_reference_bundle_of_a_two_input_model_verifies_again(two_inputs, tmp_pa
         got = json.loads(capsys.readouterr().out)["reference"]
         assert code == 0 and got["passed"] and got["exact_fraction"] == 1.0, got
         assert got["accuracy"] == pytest.approx(bundle[name][2])
+    # a bundle that lost one input: a one-line error naming it, exit 2
+    np.savez(final / "reference" / "inputs.npz", **{"x.tokens": x["tokens"], "y": y})
+    code = main(parse_args(["verify", f"{final}/qat_int8.tflite", "--reference", str(final)]))
+    err = capsys.readouterr().err
+    assert code == 2 and "No data for model input positions (N, 8) int32" in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
 
 
 def test_harness_host_feeds_each_input_by_name(two_inputs, tmp_path, capsys):
