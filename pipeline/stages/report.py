@@ -260,7 +260,15 @@ def _differences(r: Report) -> list[str]:
         lines.append(f"| {a.reference} | {a.candidate} | {_pct(a.top1_agreement)} | "
                      f"{_num(a.mean_error_lsb)} | {_num(a.max_error_lsb)} | "
                      f"{_num(a.sqnr_db, 1)} | {_num(a.cosine, 5)} |")
-    return lines + ["", "LSB = one step of the candidate's int8 output scale.", ""]
+    per = {"sequence": " Top-1 agreement and errors are over every token (position).",
+           "regression": " Top-1 agreement means nothing for a regression output; read the "
+                         "errors."}.get(r.inputs.task.kind, "")
+    pairs_other = r.verified.other_outputs if r.verified else []
+    for a in pairs_other:  # a multi-output model's outputs that are not scored
+        lines.append(f"| {a.reference} | {a.candidate} | {_pct(a.top1_agreement)} | "
+                     f"{_num(a.mean_error_lsb)} | {_num(a.max_error_lsb)} | "
+                     f"{_num(a.sqnr_db, 1)} | {_num(a.cosine, 5)} |")
+    return lines + ["", "LSB = one step of the candidate's int8 output scale." + per, ""]
 
 
 def _layer_parity(r: Report) -> list[str]:

@@ -194,3 +194,18 @@ def test_a_two_output_model_is_scored_on_the_named_output(env, tmp_path):
     with pytest.raises(DataError, match="no output of that name"):
         verify.score_tflite("float32", content, x, y, task=verify.Task("regression", True,
                                                                           "nope"))
+
+
+def test_qat_verify_data_with_named_inputs(two_inputs, tmp_path, capsys):
+    """``qat verify --data`` on an .npz with x_test.<input> arrays: fed by name, scored as a
+    sequence model (from the .tflite's (N, T, V) output and the (N, T) targets)."""
+    model, x, y, paths = two_inputs
+    npz = tmp_path / "two.npz"
+    np.savez(npz, **{f"x_{s}.{k}": v for s in ("train", "test") for k, v in x.items()},
+             y_train=y, y_test=y)
+    code = main(parse_args(["verify", str(paths["float32"]), "--data", str(npz), "--json"]))
+    doc = json.loads(capsys.readouterr().out)
+    ref = verify.score_keras("keras_float", model, x, y, task=verify.Task("sequence", True))
+    assert code == 0 and doc["task"] == "sequence" and doc["samples"] == N
+    assert doc["metrics"]["perplexity"] == pytest.approx(ref.metrics["perplexity"], rel=1e-5)
+    assert doc["accuracy"] == pytest.approx(ref.accuracy)
