@@ -28,8 +28,10 @@ from android_harness.protocol import Backend, Job, Protocol
 from android_harness.records import BenchConfig, Measurement, ModelInfo, now_iso
 from pipeline.core.errors import QatError, first_line
 from pipeline.core.records import RUNTIME_AUTO, Runtime
+from pipeline.tflite import feeding
 from pipeline.tflite.isolated import IsolatedInterpreter
 from pipeline.tflite.runtime import make_interpreter, resolve_runtime
+from pipeline.tflite.tflite_model import TFLiteModel
 
 HOST_DELEGATES = ("cpu", "xnnpack")
 # interpreter: the classic Interpreter API (what most Android apps call);
@@ -64,7 +66,7 @@ class _CompiledModel:
         self.invoke = lambda: model.run_by_name(sig, ins, outs)
 
     def get_input_details(self) -> list[dict]:
-        return [{"index": k, "shape": list(self.in_details[n]["shape"]),
+        return [{"index": k, "name": n, "shape": list(self.in_details[n]["shape"]),
                  "dtype": np.dtype(self.in_details[n]["dtype"])}
                 for k, n in enumerate(self.names)]
 
@@ -72,8 +74,13 @@ class _CompiledModel:
         self.inputs[self.names[index]].write(np.ascontiguousarray(value))
 
 
-def random_input(shape: Sequence[int], dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
+def random_input(shape: Sequence[int], dtype: np.dtype, rng: np.random.Generator,
+                 high: int | None = None) -> np.ndarray:
+    """Random data for one input; ``high``: integer ids that index a table (an Embedding)
+    are drawn from [0, high) (pipeline/tflite/feeding.id_bounds)."""
     dtype = np.dtype(dtype)
+    if high and dtype.kind in "iu":
+        return rng.integers(0, high, shape).astype(dtype)
     if dtype.kind == "f":
         return rng.uniform(-0.5, 0.5, shape).astype(dtype)
     if dtype == np.int8:
@@ -106,6 +113,7 @@ class HostBackend(Backend):
                                                else runtime)
         self.inputs_spec = inputs
         self._inputs: dict[str, list[ModelInput]] = {}
+        self._id_bounds: dict[str, dict[str, int]] = {}
         self._paths: dict[str, str] = {}
 
     def conditions(self) -> dict:
@@ -161,6 +169,12 @@ class HostBackend(Backend):
                                         first_line(exc, 300))
             if self.inputs_spec:
                 self._inputs[m.label] = load_inputs(self.inputs_spec, m.path)
+            else:  # token ids stay inside their Embedding tables, by tensor and input name
+                view = TFLiteModel.from_file(m.path)
+                ids = feeding.id_bounds(view)
+                self._id_bounds[m.label] = {
+                    n: ids[t.index] for t, s in zip(view.inputs(), feeding.slots_of_model(view))
+                    if t.index in ids for n in (t.name, s.key) if n}
 
     def _probe(self, models: Sequence[ModelInfo], threads: int) -> None:
         """Load, allocate and invoke each model once in a child process first: a crafted model
@@ -274,12 +288,16 @@ class _Instance:
         self.rss_init = rss_mb()
         details = interp.get_input_details()
         real = backend._inputs.get(job.model.label)
-        if real:
-            self.feeds = [[inp.batch(i) for i in range(inp.count)] for inp in real]
+        if real:  # by name: each interpreter input gets the array loaded for it
+            by_name = [next((inp for inp in real if inp.answers_to(d.get("name", ""))), real[k])
+                       for k, d in enumerate(details)]
+            self.feeds = [[inp.batch(i) for i in range(inp.count)] for inp in by_name]
         else:  # one random sample per input, seeded per model x repeat (reproducible)
             rng = np.random.default_rng([protocol.seed, job.repeat,
                                          int(job.model.sha256[:8], 16)])
-            self.feeds = [[random_input(d["shape"], d["dtype"], rng)] for d in details]
+            bounds = backend._id_bounds.get(job.model.label, {})
+            self.feeds = [[random_input(d["shape"], d["dtype"], rng, bounds.get(d["name"]))]
+                          for d in details]
         self.indices = [d["index"] for d in details]
         self.set_tensor, self.invoke = interp.set_tensor, interp.invoke
         self.interp = interp

@@ -2,7 +2,9 @@
 
 ``--inputs data.npz`` picks the array for a single-input model (the only array, else the first
 of x_test / x_val / x / inputs); ``--inputs data.npz:KEY`` names it; a multi-input model takes
-arrays named like its input tensors. Float data is quantized with each input's own scale and
+one array per input, matched by name (its tensor name, its Keras / signature name, or
+``x_test.<name>`` / ``x.<name>`` as in the pipeline's data files and reference bundles,
+e.g. ``--inputs artifacts/NAME/reference/inputs.npz``), never by position. Float data is quantized with each input's own scale and
 zero point (so the same file feeds float32 and int8 variants). The host rotates through the
 first samples; benchmark_model takes one raw file per input, so the device gets sample 0.
 """
@@ -17,6 +19,7 @@ import numpy as np
 
 from android_harness.errors import InputDataError
 from pipeline.core.records import QuantParams
+from pipeline.tflite import feeding
 from pipeline.tflite.tflite_model import TFLiteModel
 
 MAX_SAMPLES = 64  # the host cycles through at most this many samples
@@ -31,6 +34,10 @@ class ModelInput:
     name: str
     shape: tuple[int, ...]  # the model's input shape, batch dimension first
     samples: np.ndarray  # (n, *shape[1:]) in the tensor's dtype
+    key: str = ""  # its signature name (= the Keras input name), when the model has one
+
+    def answers_to(self, name: str) -> bool:
+        return name in (self.name, self.key)
 
     @property
     def count(self) -> int:
@@ -57,9 +64,20 @@ def load_inputs(spec: str, model_path: str | os.PathLike) -> list[ModelInput]:
     """Arrays for every input of the model, converted to the input dtypes."""
     path, key = split_spec(spec)
     arrays = _read_npz(path)
-    tensors = TFLiteModel.from_file(model_path).inputs()
-    chosen = _choose_arrays(arrays, tensors, key)
-    return [_fit_input(t, chosen[t.name], spec) for t in tensors]
+    view = TFLiteModel.from_file(model_path)
+    tensors = view.inputs()
+    slots = feeding.slots_of_model(view)
+    chosen = _choose_arrays(arrays, tensors, key, slots)
+    fitted = [_fit_input(t, chosen[t.name], spec, s.key) for t, s in zip(tensors, slots)]
+    bounds = feeding.id_bounds(view)
+    for t, s, inp in zip(tensors, slots, fitted):  # ids past an Embedding's table
+        bound = bounds.get(t.index)
+        if bound and len(inp.samples) and (inp.samples.min() < 0 or
+                                           inp.samples.max() >= bound):
+            raise InputDataError(f"Input {s.name} holds ids outside the table it indexes",
+                                 f"values {inp.samples.min()}..{inp.samples.max()} in {spec}",
+                                 f"Pass ids in 0..{bound - 1} for {s.describe()}")
+    return fitted
 
 
 def _read_npz(path: Path) -> dict:
@@ -74,9 +92,11 @@ def _read_npz(path: Path) -> dict:
                              "Write it with numpy.savez(path, x_test=array)")
 
 
-def _choose_arrays(arrays: dict, tensors, key: str | None) -> dict:
+def _choose_arrays(arrays: dict, tensors, key: str | None, slots=()) -> dict:
     """{input tensor name: array}: the array named by ``key``, the only or the usual one
-    (x_test, ...) for a single-input model, else one array per input named like it."""
+    (x_test, ...) for a single-input model, else one array per input named like it: its
+    tensor name, its signature (Keras) name, or that name after ``x_test.`` / ``x.`` (the
+    pipeline's data files and reference bundles, reference/inputs.npz)."""
     if key is not None:
         if key not in arrays:
             raise InputDataError("The --inputs key is not in the .npz",
@@ -95,15 +115,28 @@ def _choose_arrays(arrays: dict, tensors, key: str | None) -> dict:
             raise InputDataError("Cannot tell which array of the .npz feeds the model",
                                  f"keys: {', '.join(sorted(arrays))}", "Pass --inputs FILE:KEY")
         return {tensors[0].name: arrays[pick]}
-    missing = [t.name for t in tensors if t.name not in arrays]
+    chosen: dict = {}
+    for prefix in ("", "x_test.", "x."):  # a bare name first, then the data-file forms
+        for k, arr in arrays.items():
+            if prefix and not k.startswith(prefix):
+                continue
+            i = feeding.find(list(slots), k[len(prefix):]) if slots else None
+            if i is None and not prefix and k in [t.name for t in tensors]:
+                i = [t.name for t in tensors].index(k)
+            if i is not None:
+                chosen.setdefault(tensors[i].name, arr)
+    missing = [s.describe() if slots else t.name
+               for t, s in zip(tensors, slots or tensors) if t.name not in chosen]
     if missing:
         raise InputDataError("The .npz lacks arrays named after the model inputs",
-                             f"missing {', '.join(missing)}",
-                             "Save one array per input, named like the input tensors")
-    return {t.name: arrays[t.name] for t in tensors}
+                             f"missing {'; '.join(missing)} (keys: "
+                             f"{', '.join(sorted(arrays))[:300]})",
+                             "Save one array per input, named like the inputs (e.g. "
+                             "x_test.<input name>, or pass artifacts/NAME/reference/inputs.npz)")
+    return chosen
 
 
-def _fit_input(t, array, spec: str) -> ModelInput:
+def _fit_input(t, array, spec: str, key: str = "") -> ModelInput:
     """One input's array checked against the tensor's shape, cut to MAX_SAMPLES batches and
     converted (quantized, for an int8 input given floats) to its dtype."""
     x = np.asarray(array)
@@ -128,4 +161,4 @@ def _fit_input(t, array, spec: str) -> ModelInput:
     if np.issubdtype(dtype, np.integer) and q and q.scales and x.dtype.kind == "f":
         x = QuantParams(float(q.scales[0]), int(q.zero_points[0] if q.zero_points else 0),
                         np.dtype(dtype).name).quantize(x)
-    return ModelInput(t.name, shape, x.astype(dtype, copy=False))
+    return ModelInput(t.name, shape, x.astype(dtype, copy=False), key)

@@ -18,8 +18,9 @@ from pipeline.core.errors import EXIT_GATE_FAILED, EXIT_OK, UsageError
 from pipeline.core.records import SCHEMA_VERSION, Variant
 from pipeline.stages import annotate, config, convert, modelio, parity, verify
 from pipeline.stages import data as data_mod
+from pipeline.stages import load as load_stage
 from pipeline.stages.run import run
-from pipeline.tflite import inspect_report, reference
+from pipeline.tflite import feeding, inspect_report, reference
 from pipeline.tflite.isolated import run_isolated
 from pipeline.tflite.runtime import ModelRunner
 from pipeline.tflite.tflite_model import TFLiteModel, read_file
@@ -96,8 +97,9 @@ def cmd_convert(args, out) -> int:
         raise UsageError("--representative-samples must be at least 1",
                          args.representative_samples, "Use e.g. 200")
     kind, val = _source(args.data, "dataset", _datasets())
-    ds = data_mod.load(**{kind: val})
-    data_mod.validate(ds, modelio.input_shape(loaded.model), modelio.output_size(loaded.model))
+    ds = data_mod.load(**{kind: val}, task="auto")
+    model_inputs, out_shape = load_stage.model_io(loaded.model)
+    ds = data_mod.prepare(ds, model_inputs, out_shape, "auto")  # any task, inputs by name
     rep = data_mod.representative_sample(ds.x_train, args.representative_samples, args.seed)
     results, bad, f32 = [], False, None
     for variant in variants:
@@ -220,24 +222,45 @@ def _verify_accuracy(args, content: bytes, view: TFLiteModel, isolate: bool,
                      found: _Verification):
     """--data: accuracy over a split; returns the inputs used (for --layers)."""
     kind, val = _source(args.data, "dataset", _datasets())
-    ds = data_mod.load(**{kind: val})
+    ds = data_mod.load(**{kind: val}, task="auto")
+    # the task (classification, sequence, regression) from the .tflite's output and the
+    # targets; several inputs are matched by name (tflite/feeding.py)
+    slots = feeding.slots_of_model(view)
+    out = view.outputs()[0]
+    ids = ("int32", "int64")  # token / position ids (int8 inputs are quantized floats)
+    ds = data_mod.prepare(ds, [(s.name, tuple(None if d < 0 else d for d in s.shape),
+                                s.dtype if s.dtype in ids else None) for s in slots],
+                          tuple(None if d < 0 else d for d in (out.shape_signature or
+                                                                out.shape)), "auto")
     x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
-    inp = view.inputs()[0]
-    data_mod.validate(ds, tuple(inp.shape_signature or inp.shape),
-                      int((view.outputs()[0].shape or [0])[-1]))
+    task = verify.Task(ds.task, True)  # a .tflite's outputs are read as logits
     scored = verify.score_tflite(os.path.basename(args.model), content, x, y,
                                  batch_size=args.batch_size, runtime=args.runtime,
                                  num_threads=args.num_threads, workers=args.workers,
-                                 isolate=isolate, timeout=args.timeout, source=args.model)
+                                 isolate=isolate, timeout=args.timeout, source=args.model,
+                                 task=task)
     found.result.update(runtime=scored.runtime, split=args.split, samples=int(len(y)),
                         accuracy=scored.accuracy)
+    if ds.task != "classification":
+        found.result.update(task=ds.task, metrics=scored.metrics)
     full = found.result["full_int8"]
-    found.lines.append(f"{args.model}: accuracy {100 * scored.accuracy:.2f} % on {len(y)} "
+    found.lines.append(f"{args.model}: {_score_text(ds.task, scored)} on {len(y)} "
                        f"{args.split} samples ({scored.runtime}); full-int8: "
                        f"{'yes' if full else 'no'}")
     if args.min_accuracy is not None and scored.accuracy < args.min_accuracy:
         found.failures.append(f"accuracy {scored.accuracy:.4f} < {args.min_accuracy}")
     return x
+
+
+def _score_text(task: str, scored) -> str:
+    m = scored.metrics
+    if task == "sequence":
+        return (f"token accuracy {100 * scored.accuracy:.2f} %, perplexity "
+                f"{m['perplexity']:.4g} (95 % CI {m['perplexity_ci95'][0]:.4g} - "
+                f"{m['perplexity_ci95'][1]:.4g})")
+    if task == "regression":
+        return f"MSE {m['mse']:.4g}, MAE {m['mae']:.4g}"
+    return f"accuracy {100 * scored.accuracy:.2f} %"
 
 
 def _verify_layers(args, content: bytes, x, found: _Verification) -> None:

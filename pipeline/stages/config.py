@@ -19,6 +19,7 @@ from pathlib import Path
 from pipeline.core.errors import ConfigError
 from pipeline.core.records import RUNTIME_AUTO, Runtime, Variant
 from pipeline.stages import recipe as recipe_io
+from pipeline.stages.metrics import TASKS
 
 
 def _check(cond: bool, what: str, received: object, fix: str) -> None:
@@ -57,6 +58,14 @@ class DataConfig:
     # datasets are generated at that size and cached under output.dir/.data/
     train_samples: int = 0
     test_samples: int = 0
+    # what the model predicts, hence its metrics and gates (pipeline/stages/metrics.py):
+    # auto (from the output's rank and the targets) | classification (top-1 over (N, C)) |
+    # sequence (per-token logits (N, T, V), integer targets (N, T): token accuracy,
+    # cross-entropy, perplexity) | regression (float targets: MSE, MAE)
+    task: str = "auto"
+    # a model with several outputs: the one scored (its Keras name; "" = the first); the
+    # others are compared by their output error in LSB
+    output: str = ""
 
     def __post_init__(self):
         _check(not (self.name and self.path), "Only one of data.name and data.path may be set",
@@ -66,6 +75,8 @@ class DataConfig:
         for key in ("train_samples", "test_samples"):
             _check(getattr(self, key) >= 0, f"data.{key} must be >= 0", getattr(self, key),
                    "Use 0 for the dataset's own size, or a sample count")
+        _check(self.task in TASKS, "Unknown data.task", self.task,
+               f"Use one of {', '.join(TASKS)}")
         _check(not (self.path and (self.train_samples or self.test_samples)),
                "data.train_samples / data.test_samples apply to zoo datasets only",
                self.path, "Slice the .npz yourself, or use a zoo dataset name")
@@ -176,12 +187,24 @@ class VerifyConfig:
 
 @dataclass(frozen=True)
 class GatesConfig:
+    """Each gate is in the task's metric (data.task); a gate set away from its default for a
+    task it does not fit is a ConfigError naming the key (gates.check_task)."""
+
     max_accuracy_drop_pp: float = 1.0   # qat_int8.tflite vs Keras float, percentage points
-    min_agreement: float = 0.99         # top-1 agreement Keras QAT vs qat_int8.tflite
+    #                                     (token accuracy for sequence models)
+    min_agreement: float = 0.99         # top-1 agreement Keras QAT vs qat_int8.tflite (per
+    #                                     token for sequence models)
     require_full_int8: bool = True
-    min_float_accuracy: float = 0.0
+    min_float_accuracy: float = 0.0     # classification and sequence (token accuracy)
+    # sequence models: perplexity of qat_int8.tflite vs Keras float, % increase
+    max_perplexity_increase_pct: float = 3.0
+    # regression models: mean squared error of qat_int8.tflite vs Keras float, % increase
+    max_mse_increase_pct: float = 5.0
 
     def __post_init__(self):
+        for key in ("max_perplexity_increase_pct", "max_mse_increase_pct"):
+            _check(getattr(self, key) >= 0, f"gates.{key} must be >= 0", getattr(self, key),
+                   "Use a percentage, e.g. 3.0")
         _check(self.max_accuracy_drop_pp >= 0, "gates.max_accuracy_drop_pp must be >= 0",
                self.max_accuracy_drop_pp, "Use e.g. 1.0")
         _check(0 <= self.min_agreement <= 1, "gates.min_agreement must be in [0, 1]",

@@ -45,7 +45,11 @@ def _verbose(v: int) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def _loss_and_metrics(keras, from_logits: bool):
+def _loss_and_metrics(keras, from_logits: bool | None):
+    """Sparse cross-entropy and accuracy (classifiers; per token for (N, T, V) outputs);
+    ``from_logits`` None: a regression head (mean squared error, MAE)."""
+    if from_logits is None:
+        return keras.losses.MeanSquaredError(), [keras.metrics.MeanAbsoluteError(name="mae")]
     return (keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
             [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 

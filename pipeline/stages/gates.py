@@ -7,10 +7,38 @@ the verified variants (``evaluate``).
 
 from __future__ import annotations
 
+import dataclasses
+
+from pipeline.core.errors import ConfigError
 from pipeline.core.records import Agreement, GateResult, Variant, VariantResult
 from pipeline.stages.config import GatesConfig
 
 _EPS_PP = 1e-9  # the accuracy drop is a difference of two fractions times 100: float noise
+
+
+# the gates each task has: a gate outside its task's list must keep its default
+_TASK_GATES = {
+    "classification": ("max_accuracy_drop_pp", "min_agreement", "min_float_accuracy"),
+    "sequence": ("max_accuracy_drop_pp", "min_agreement", "min_float_accuracy",
+                 "max_perplexity_increase_pct"),
+    "regression": ("max_mse_increase_pct",),
+}
+_METRIC = {"classification": "top-1 accuracy", "sequence": "token accuracy and perplexity",
+           "regression": "MSE / MAE"}
+
+
+def check_task(g: GatesConfig, task: str) -> None:
+    """Refuse a gate set for a task it does not fit (e.g. gates.max_perplexity_increase_pct
+    for a classifier), before any training."""
+    defaults = GatesConfig()
+    for f in dataclasses.fields(GatesConfig):
+        if f.name == "require_full_int8" or f.name in _TASK_GATES[task]:
+            continue
+        if getattr(g, f.name) != getattr(defaults, f.name):
+            raise ConfigError(f"gates.{f.name} does not apply to a {task} model (its metric "
+                              f"is {_METRIC[task]})", f"gates.{f.name} = {getattr(g, f.name)}",
+                              f"Remove it, or use {', '.join('gates.' + k for k in _TASK_GATES[task])}"
+                              " (or set data.task if the task was guessed wrong)")
 
 
 def stops_before_qat(g: GatesConfig, float_acc: float) -> bool:
@@ -56,17 +84,32 @@ def full_int8_gate(variant: Variant, res: VariantResult,
                       True, reasons)
 
 
+def increase_gate(g: GatesConfig, task: str, increase_pct: float) -> GateResult:
+    """``max_perplexity_increase_pct`` (sequence) or ``max_mse_increase_pct`` (regression)
+    of qat_int8.tflite vs the Keras float model."""
+    key, what = (("max_perplexity_increase_pct", "perplexity") if task == "sequence" else
+                 ("max_mse_increase_pct", "mean squared error"))
+    bar = getattr(g, key)
+    return GateResult(key, increase_pct <= bar + _EPS_PP, round(increase_pct, 3), bar,
+                      f"qat_int8.tflite's {what} rose too much vs float")
+
+
 def evaluate(g: GatesConfig, float_acc: float, variants: dict[Variant, VariantResult],
              agreement: dict[Variant, Agreement],
-             islands_only: dict[Variant, bool] | None = None) -> list[GateResult]:
+             islands_only: dict[Variant, bool] | None = None, *, task: str = "classification",
+             qat_increase_pct: float | None = None) -> list[GateResult]:
     """Every gate of a run that converted ``variants``, in report order: float accuracy,
-    the QAT variant's accuracy drop and agreement, then full-int8 per int8 variant of this
-    pipeline (a PTQ peer such as aeq_int8 is reported, never gated on)."""
+    the QAT variant's accuracy drop and agreement (classification, sequence: per token), its
+    perplexity / MSE increase vs float (``qat_increase_pct``: sequence, regression), then
+    full-int8 per int8 variant of this pipeline (a PTQ peer such as aeq_int8 is reported,
+    never gated on)."""
     islands_only = islands_only or {}
-    gates = float_gate(g, float_acc)
+    gates = float_gate(g, float_acc) if task != "regression" else []
     qat = variants.get(Variant.QAT_INT8)
-    if qat is not None:
+    if qat is not None and task != "regression":
         gates += qat_gates(g, float_acc, qat, agreement.get(Variant.QAT_INT8))
+    if qat is not None and task != "classification" and qat_increase_pct is not None:
+        gates.append(increase_gate(g, task, qat_increase_pct))
     if g.require_full_int8:  # peers (aeq_int8) are compared, not gated on
         gates += [full_int8_gate(v, res, islands_only.get(v))
                   for v, res in variants.items() if v.is_int8 and not v.is_peer]

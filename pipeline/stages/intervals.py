@@ -136,6 +136,16 @@ def markdown(report) -> list[str]:
                      f"{'—' if size is None else f'{size:,}'} | {r.get('io') or '—'} | "
                      f"{'—' if fi8 is None else ('yes' if fi8 else '**no**')} |")
     lines += ["", f"Intervals: {stats.INTERVAL} (binomial proportion of the test split)."]
+    lines += calibration_lines(report)
+    cmp = qat_vs_best_ptq(report) if report.verified else None
+    if cmp:
+        lines += ["", _comparison_line(cmp)]
+    return lines + [""]
+
+
+def calibration_lines(report) -> list[str]:
+    """report.md's lines on the PTQ calibration and the PTQ peer."""
+    lines = []
     cal = calibration(report)
     if cal and cal["variants"]:
         lines.append(f"PTQ calibration: {', '.join(cal['variants'])} on the same "
@@ -146,10 +156,7 @@ def markdown(report) -> list[str]:
                          f"float32.tflite ({a['calibration']}); compared, not gated on.")
     for name, why in (cal or {}).get("failed_peers", {}).items():
         lines.append(f"`{name}` could not be made: {why}")
-    cmp = qat_vs_best_ptq(report) if report.verified else None
-    if cmp:
-        lines += ["", _comparison_line(cmp)]
-    return lines + [""]
+    return lines
 
 
 def _comparison_line(c: dict) -> str:

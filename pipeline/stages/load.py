@@ -8,9 +8,9 @@ from pathlib import Path
 
 import models
 from pipeline.core import keras_env
-from pipeline.core.errors import ModelFileError, QatError
+from pipeline.core.errors import ConfigError, ModelFileError, QatError
 from pipeline.keras import keras3, weights
-from pipeline.stages import annotate, modelio
+from pipeline.stages import annotate, gates, modelio, verify
 from pipeline.stages import data as data_mod
 from pipeline.stages.config import Config
 from pipeline.stages.results import Inputs, Splits
@@ -56,9 +56,11 @@ def load_inputs(cfg: Config, log, model=None, dataset: data_mod.Dataset | None =
             data_name = models.get_model(cfg.model.name).dataset
         dataset = data_mod.load(data_name, cfg.data.path,
                                 cache_dir=Path(cfg.output.dir) / DATA_CACHE,
-                                train=cfg.data.train_samples, test=cfg.data.test_samples)
-    data_mod.validate(dataset, modelio.input_shape(loaded.model),
-                      modelio.output_size(loaded.model))
+                                train=cfg.data.train_samples, test=cfg.data.test_samples,
+                                task=cfg.data.task)
+    model_inputs, out_shape = model_io(loaded.model, cfg.data.output)
+    dataset = data_mod.prepare(dataset, model_inputs, out_shape, cfg.data.task)
+    check_task_config(cfg, dataset.task)
     splits = Splits(*data_mod.train_val_split(dataset.x_train, dataset.y_train,
                                               cfg.data.validation_split, cfg.seed))
     from_logits = not modelio.outputs_are_probabilities(loaded.model)
@@ -69,4 +71,35 @@ def load_inputs(cfg: Config, log, model=None, dataset: data_mod.Dataset | None =
     log(f"coverage: {s['layers_quantized']}/{s['layers']} layers, "
         f"{100 * s['params_quantized_share']:.1f} % of parameters quantized by QAT"
         + (f"; fallbacks: {plan.fallbacks()}" if plan.fallbacks() else ""))
-    return Inputs(env, loaded, dataset, splits, from_logits, plan)
+    if dataset.task != "classification":
+        log(f"task: {dataset.task} (data.task = {cfg.data.task}); targets "
+            f"{list(dataset.y_test.shape[1:])}, output {list(out_shape[1:])}")
+    task = verify.Task(dataset.task, from_logits, cfg.data.output)
+    return Inputs(env, loaded, dataset, splits, from_logits, plan, task)
+
+
+def model_io(model, output: str = "") -> tuple[list[tuple], tuple]:
+    """The model's inputs as (name, shape, dtype) and the shape of its scored output
+    (``output``: its name, "" = the first)."""
+    names = list(getattr(model, "input_names", None) or [])
+    inputs = []
+    for k, t in enumerate(model.inputs):
+        dtype = getattr(getattr(t, "dtype", None), "name", None) or str(getattr(t, "dtype", ""))
+        inputs.append((names[k] if k < len(names) else getattr(t, "name", f"input_{k}"),
+                       tuple(t.shape), dtype or None))
+    out_names = list(getattr(model, "output_names", None) or [])
+    k = 0
+    if output:
+        if output not in out_names:
+            raise ConfigError("data.output names no output of the model", output,
+                              f"Use one of {', '.join(out_names)}")
+        k = out_names.index(output)
+    return inputs, tuple(model.outputs[k].shape)
+
+
+def check_task_config(cfg: Config, task: str) -> None:
+    """Keys that do not fit the task, refused before any training."""
+    gates.check_task(cfg.gates, task)
+    if task == "regression" and cfg.qat.monitor == "val_accuracy":
+        raise ConfigError("qat.monitor = val_accuracy does not apply to a regression model",
+                          cfg.qat.monitor, "Use qat.monitor = \"val_loss\"")

@@ -14,7 +14,7 @@ from importlib import metadata as md
 from pipeline.core import machine
 from pipeline.core.records import SCHEMA_VERSION, Agreement, GateResult, VariantResult
 from pipeline.stages import gates as gates_mod
-from pipeline.stages import intervals, modelio
+from pipeline.stages import intervals, modelio, task_report
 from pipeline.stages.config import Config
 from pipeline.stages.parity import LayerParity
 from pipeline.stages.results import Conversions, FloatStage, Inputs, QatStage, Verified
@@ -60,8 +60,10 @@ def model_card(name: str, variant: str, io: dict, preprocessing: dict, num_class
         card["feed"] = (f"q = clip(round(x / {inp['scale']!r}){_plus(inp['zero_point'])}, "
                         f"-128, 127) as int8, x preprocessed as above")
     if out.get("scale"):
+        what = ("token at each position is argmax(q) over the last axis" if
+                len(out.get("shape") or ()) == 3 else "class is argmax(q)")
         card["read"] = (f"y = {out['scale']!r} * (q{_plus(-out['zero_point'])}); the predicted "
-                        "class is argmax(q), same as argmax(y)")
+                        f"{what}, same as argmax(y)")
     return card
 
 
@@ -118,15 +120,21 @@ class Report:
             doc["float_islands"] = {k: r.to_dict() for k, r in self.conv.islands.items()} \
                 or None
             doc["model_card"] = self.card
-        doc.update(intervals.section(self))
+        if self.inputs.task.kind == "classification":
+            doc.update(intervals.section(self))
+        else:  # the task's metrics with bootstrap intervals, QAT vs PTQ in that metric
+            doc.update(accuracy_ci95=None, task_metrics=task_report.section(self),
+                       qat_vs_best_ptq=task_report.qat_vs_best_ptq(self)
+                       if self.verified else None,
+                       ptq_calibration=intervals.calibration(self))
         doc.update(gates=[g.to_dict() for g in self.gates], timings=self.timings,
                    machine=self.machine)
         return doc
 
     def markdown(self) -> str:
         """report.md."""
-        sections = (_heading, _variants, intervals.markdown, _differences, _layer_parity, _gates, _islands,
-                    _findings, _feeding, _training, _coverage, _times)
+        sections = (_heading, _variants, _metrics, _differences, _layer_parity, _gates,
+                    _islands, _findings, _feeding, _training, _coverage, _times)
         return "\n".join(line for section in sections for line in section(self))
 
     def variant_rows(self) -> list[VariantResult]:
@@ -192,28 +200,55 @@ def _heading(r: Report) -> list[str]:
 
 
 def _variants(r: Report) -> list[str]:
-    float_acc = r.floats.accuracy
+    task = r.inputs.task.kind
+    score = _score_cells(r)
     agree = {a.candidate: a for a in r.agreements()}
+    head = {"classification": "accuracy | Δ vs float (pp)",
+            "sequence": "token accuracy | Δ vs float (pp)",
+            "regression": "MSE | Δ vs float (%)"}[task]
     lines = ["## Variants", "",
-             "| variant | size (bytes) | × float32 | accuracy | Δ vs float (pp) | "
+             f"| variant | size (bytes) | × float32 | {head} | "
              "agreement | full-int8 |",
              "|---|---:|---:|---:|---:|---:|---|",
-             f"| Keras float | — | — | {_pct(float_acc)} | 0.00 | — | — |"]
+             f"| Keras float | — | — | {score(r.floats.score)} | — | — |"]
     if r.verified:
-        qa = r.verified.keras_qat.accuracy
-        lines.append(f"| Keras QAT | — | — | {_pct(qa)} | {100 * (qa - float_acc):+.2f} | — | — |")
+        lines.append(f"| Keras QAT | — | — | {score(r.verified.keras_qat)} | — | — |")
     base = next((v.size_bytes for v in r.variant_rows() if v.variant == "float32"), None)
-    for v in r.variant_rows():
+    for variant, v in (r.verified.variants.items() if r.verified else ()):
         a = agree.get(v.variant)
         ratio = f"{v.size_bytes / base:.3f}" if base else "—"
         fi8 = "—" if v.full_int8 is None else ("yes" if v.full_int8 else "**no**")
         lines.append(
-            f"| `{v.variant}.tflite` | {v.size_bytes:,} | {ratio} | {_pct(v.accuracy)} "
-            f"| {100 * (v.accuracy - float_acc):+.2f} | "
-            f"{_pct(a.top1_agreement) if a else '—'} | {fi8} |")
-    return lines + ["", "Agreement: top-1 agreement of each `.tflite` with its Keras source on "
+            f"| `{v.variant}.tflite` | {v.size_bytes:,} | {ratio} | "
+            f"{score(r.verified.scored[variant])} | "
+            f"{_pct(a.top1_agreement) if a and task != 'regression' else '—'} | {fi8} |")
+    what = {"classification": "top-1 agreement", "sequence": "top-1 agreement per token",
+            "regression": "none for regression (see the output errors in LSB below); top-1 "
+                          "agreement"}[task]
+    return lines + ["", f"Agreement: {what} of each `.tflite` with its Keras source on "
                     "the test split (float32 and the PTQ variants vs Keras float, qat_int8 vs "
                     "Keras QAT).", ""]
+
+
+def _score_cells(r: Report):
+    """The variant table's "score | change vs float" cells, in the task's metric."""
+    base = r.floats.score
+
+    def cells(s) -> str:
+        if r.inputs.task.kind == "regression":
+            b, v = base.metrics["mse"], s.metrics["mse"]
+            delta = "0.00" if s is base else (f"{100 * (v / b - 1):+.2f}" if b else "—")
+            return f"{v:.4g} | {delta}"
+        delta = "0.00" if s is base else f"{100 * (s.accuracy - base.accuracy):+.2f}"
+        return f"{_pct(s.accuracy)} | {delta}"
+    return cells
+
+
+def _metrics(r: Report) -> list[str]:
+    """Accuracy with Wilson intervals (classifiers), else the task's metrics."""
+    if r.inputs.task.kind == "classification":
+        return intervals.markdown(r)
+    return task_report.markdown(r)
 
 
 def _differences(r: Report) -> list[str]:
@@ -225,7 +260,15 @@ def _differences(r: Report) -> list[str]:
         lines.append(f"| {a.reference} | {a.candidate} | {_pct(a.top1_agreement)} | "
                      f"{_num(a.mean_error_lsb)} | {_num(a.max_error_lsb)} | "
                      f"{_num(a.sqnr_db, 1)} | {_num(a.cosine, 5)} |")
-    return lines + ["", "LSB = one step of the candidate's int8 output scale.", ""]
+    per = {"sequence": " Top-1 agreement and errors are over every token (position).",
+           "regression": " Top-1 agreement means nothing for a regression output; read the "
+                         "errors."}.get(r.inputs.task.kind, "")
+    pairs_other = r.verified.other_outputs if r.verified else []
+    for a in pairs_other:  # a multi-output model's outputs that are not scored
+        lines.append(f"| {a.reference} | {a.candidate} | {_pct(a.top1_agreement)} | "
+                     f"{_num(a.mean_error_lsb)} | {_num(a.max_error_lsb)} | "
+                     f"{_num(a.sqnr_db, 1)} | {_num(a.cosine, 5)} |")
+    return lines + ["", "LSB = one step of the candidate's int8 output scale." + per, ""]
 
 
 def _layer_parity(r: Report) -> list[str]:

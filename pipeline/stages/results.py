@@ -19,7 +19,7 @@ from pipeline.stages.convert import Converted
 from pipeline.stages.data import Dataset
 from pipeline.stages.finetune import FitResult
 from pipeline.stages.modelio import LoadedModel
-from pipeline.stages.verify import Scored
+from pipeline.stages.verify import CLASSIFICATION, Scored, Task
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class Inputs:
     splits: Splits
     from_logits: bool      # the model's outputs are logits, not probabilities
     plan: Coverage
+    task: Task = CLASSIFICATION  # how its outputs are scored (data.task, resolved)
 
 
 @dataclass(frozen=True)
@@ -114,3 +115,7 @@ class Verified:
     variants: dict[Variant, VariantResult]
     agreement: dict[Variant, Agreement]   # each .tflite vs its Keras source
     comparisons: list[Agreement]          # Keras float vs QAT, and vs qat_int8.tflite
+    # sequence models: each .tflite vs its Keras source per token (verify.per_token)
+    per_token: list[dict] = field(default_factory=list)
+    # multi-output models: the outputs that are not scored, by output error (LSB)
+    other_outputs: list[Agreement] = field(default_factory=list)

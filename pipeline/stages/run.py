@@ -106,7 +106,8 @@ def run(cfg: Config, *, resume: bool = False, log=print, model=None,
         layers = check_layer_parity(ctx, inputs, qat, conv)
         save_reference(ctx, inputs, conv, verified)
         results = gates.evaluate(cfg.gates, floats.accuracy, verified.variants,
-                                 verified.agreement, conv.islands_only)
+                                 verified.agreement, conv.islands_only, task=inputs.task.kind,
+                                 qat_increase_pct=qat_increase(inputs, floats, verified))
         card = report.deliverable_card(cfg.run_name, inputs, floats, conv)
         return finish(ctx, inputs, floats, results, qat=qat, conv=conv, verified=verified,
                       parity=layers, card=card)
@@ -147,13 +148,18 @@ def _float_model(ctx: _Run, inputs: Inputs) -> tuple[object, dict | None]:
     hist = finetune.train_float(
         model, s.x_train, s.y_train, s.x_val, s.y_val, epochs=cfg.model.float_epochs,
         learning_rate=cfg.model.float_learning_rate, batch_size=cfg.model.float_batch_size,
-        from_logits=inputs.from_logits, verbose=cfg.qat.verbose)
+        from_logits=_loss_kind(inputs), verbose=cfg.qat.verbose)
     info = {"epochs": len(hist.get("loss", [])),
             "best_val_accuracy": max(hist.get("val_accuracy", [0.0]))}
     with ctx.run_dir.writing(FLOAT_MODEL) as tmp:
         _save_h5(model, tmp)
     ctx.run_dir.write_json(FLOAT_TRAINING, info)
     return model, info
+
+
+def _loss_kind(inputs: Inputs) -> bool | None:
+    """finetune's ``from_logits``: None for a regression head (MSE loss)."""
+    return None if inputs.task.kind == "regression" else inputs.from_logits
 
 
 def train_float(ctx: _Run, inputs: Inputs) -> FloatStage:
@@ -164,7 +170,7 @@ def train_float(ctx: _Run, inputs: Inputs) -> FloatStage:
             model, info = _float_model(ctx, inputs)
     ds = inputs.dataset
     score = verify.score_keras("keras_float", model, ds.x_test, ds.y_test,
-                               ctx.cfg.verify.batch_size)
+                               ctx.cfg.verify.batch_size, inputs.task)
     return FloatStage(model, info, score)
 
 
@@ -198,7 +204,7 @@ def finetune_qat(ctx: _Run, inputs: Inputs, annotated: Annotated) -> QatStage:
                     "ranges at [-6, 6])")
     with ctx.timer.stage("finetune"):
         fit = finetune.fit(model, s.x_train, s.y_train, s.x_val, s.y_val, cfg.qat,
-                           ctx.run_dir, from_logits=inputs.from_logits, resume=ctx.resume,
+                           ctx.run_dir, from_logits=_loss_kind(inputs), resume=ctx.resume,
                            log=ctx.log)
         q_scope = inputs.env.tfmot.quantization.keras.quantize_scope
         with q_scope(), ctx.run_dir.writing(QAT_MODEL) as tmp:
@@ -252,26 +258,55 @@ def verify_variants(ctx: _Run, inputs: Inputs, floats: FloatStage, qat: QatStage
     v = ctx.cfg.verify
     x_te, y_te = inputs.dataset.x_test, inputs.dataset.y_test
     with ctx.timer.stage("verify"):
-        keras_qat = verify.score_keras("keras_qat", qat.model, x_te, y_te, v.batch_size)
-        variants, agreement, scored = {}, {}, {}
+        keras_qat = verify.score_keras("keras_qat", qat.model, x_te, y_te, v.batch_size,
+                                       inputs.task)
+        variants, agreement, scored, tokens, others = {}, {}, {}, [], []
         for variant, c in conv.by_variant.items():
             s = verify.score_tflite(variant.value, c.content, x_te, y_te,
                                     batch_size=v.batch_size, runtime=v.runtime,
-                                    num_threads=v.num_threads, workers=v.workers)
+                                    num_threads=v.num_threads, workers=v.workers,
+                                    task=inputs.task)
             scored[variant] = s
             ref = keras_qat if variant is Variant.QAT_INT8 else floats.score
             agreement[variant] = verify.compare(ref, s)
+            others += verify.compare_others(ref, s)
+            if inputs.task.kind == "sequence":
+                tokens.append(verify.per_token(ref, s))
             variants[variant] = VariantResult(
                 variant.value, variant.filename, c.size, s.accuracy, int(len(y_te)),
                 None if c.verdict is None else c.verdict.full_int8,
                 () if c.verdict is None else c.verdict.reasons, s.input_quant, s.output_quant)
-            ctx.log(f"verify: {variant.filename} accuracy {100 * s.accuracy:.2f} %, "
+            ctx.log(f"verify: {variant.filename} {_headline(s)}, "
                     f"agreement {100 * agreement[variant].top1_agreement:.2f} %")
         # the other pairs users ask about: what QAT changed in Keras, and QAT .tflite vs float
         comparisons = [verify.compare(floats.score, keras_qat)]
         if Variant.QAT_INT8 in scored:
             comparisons.append(verify.compare(floats.score, scored[Variant.QAT_INT8]))
-    return Verified(keras_qat, scored, variants, agreement, comparisons)
+    return Verified(keras_qat, scored, variants, agreement, comparisons, tokens, others)
+
+
+def _headline(s: verify.Scored) -> str:
+    """One model's score for the log, in its task's metric."""
+    m = s.metrics
+    if "perplexity" in m:
+        return (f"token accuracy {100 * s.accuracy:.2f} %, perplexity {m['perplexity']:.4g} "
+                f"({m['cross_entropy']:.4f} nats/token)")
+    if "mse" in m:
+        return f"MSE {m['mse']:.4g}, MAE {m['mae']:.4g}"
+    return f"accuracy {100 * s.accuracy:.2f} %"
+
+
+def qat_increase(inputs: Inputs, floats: FloatStage, verified: Verified) -> float | None:
+    """qat_int8.tflite's perplexity (sequence) or MSE (regression) increase vs Keras float,
+    in %, or None (classification, or no qat_int8)."""
+    qat = verified.scored.get(Variant.QAT_INT8)
+    if qat is None or inputs.task.kind == "classification":
+        return None
+    key = "perplexity" if inputs.task.kind == "sequence" else "mse"
+    base, got = floats.score.metrics[key], qat.metrics[key]
+    if base == 0:  # a perfect float model: any error is an unbounded increase
+        return 0.0 if got == 0 else float("inf")
+    return 100 * (got / base - 1)
 
 
 def check_layer_parity(ctx: _Run, inputs: Inputs, qat: QatStage,
@@ -297,10 +332,11 @@ def save_reference(ctx: _Run, inputs: Inputs, conv: Conversions, verified: Verif
         bundle = {}
         for variant, c in conv.by_variant.items():
             runner = ModelRunner(c.content, batch_size=ctx.cfg.verify.batch_size)
-            raw = runner.run(x_te, dequantize=False)
+            raw = runner.run(x_te, dequantize=False)  # a dict of inputs is fed by name
             bundle[variant.value] = (c.content, raw, verified.scored[variant].accuracy,
                                      [o.to_dict() for o in runner.outputs])
-        reference.save(ctx.run_dir, x_te, y_te, bundle)
+        k = runner.output_index(inputs.task.output)
+        reference.save(ctx.run_dir, x_te, y_te, bundle, task=inputs.task.kind, output_index=k)
 
 
 def finish(ctx: _Run, inputs: Inputs, floats: FloatStage, results: list[GateResult],

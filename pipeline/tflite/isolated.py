@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import ModelFileError, QatError, first_line
+from pipeline.tflite import feeding
 from pipeline.tflite.runtime import ModelRunner
 from pipeline.tflite.tflite_model import TFLiteModel, read_file
 
@@ -189,7 +190,8 @@ class IsolatedInterpreter:
     def run(self, model: bytes | str | os.PathLike, x: np.ndarray | list | None = None, *,
             batch_size: int = 0, dequantize: bool = True, precheck: bool = True,
             source: str | None = None) -> tuple[list[np.ndarray], dict]:
-        """Load ``model`` in the child and run ``x`` (or one zero input if None).
+        """Load ``model`` in the child and run ``x`` (or one zero input if None): an array,
+        arrays in the model's input order, or {input name: array} (matched by name here).
 
         ``source`` names the model in error messages (default: its path, or "<bytes>").
         ``self.timeout`` covers the pre-check in this process as well as the child's work.
@@ -200,8 +202,11 @@ class IsolatedInterpreter:
         else:
             source = source or os.fspath(model)
             content = read_file(model)
-        if precheck:  # TFLiteFormatError on bad files
-            TFLiteModel.from_bytes(content, source=source, deadline=deadline)
+        view = None
+        if precheck or isinstance(x, dict):  # TFLiteFormatError on bad files
+            view = TFLiteModel.from_bytes(content, source=source, deadline=deadline)
+        if isinstance(x, dict):  # by name, here: the child gets them in its input order
+            x = feeding.order(feeding.slots_of_model(view), x, source)
         inputs = b""
         if x is not None:
             arrays = [x] if isinstance(x, np.ndarray) else list(x)

@@ -1,7 +1,9 @@
 """Standalone verification bundle: reference inputs and the expected outputs of each variant.
 
 The pipeline writes ``reference/`` next to the models:
-  inputs.npz              x (the test inputs, float32) and y (labels)
+  inputs.npz              x (the test inputs: float32, or int32 ids), or x.<input name> per
+                          input of a multi-input model (fed by name); y (labels, token ids
+                          or regression targets)
   <variant>_outputs.npz   the raw outputs of each .tflite on x (int8 for int8 models)
   expected.json           sha256 of each .tflite, output quantization, accuracy, tolerances
 
@@ -36,13 +38,28 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_NPZ_BYTES = 1 << 30
 
 
-def save(run_dir, x: np.ndarray, y: np.ndarray, variants: dict) -> None:
-    """``variants``: name -> (tflite bytes, raw outputs list, accuracy, output quant dicts)."""
+def save(run_dir, x, y: np.ndarray, variants: dict, *, task: str = "classification",
+         output_index: int = 0) -> None:
+    """``variants``: name -> (tflite bytes, raw outputs list, accuracy, output quant dicts).
+    ``x``: the inputs, an array or {input name: array} (stored as ``x.<name>``, fed by name
+    on re-verification); ``y``: class ids, token ids (N, T) or regression targets;
+    ``output_index``: the output the metrics score (a multi-output model)."""
+    def stored(a):  # token ids stay integers, features float32
+        a = np.asarray(a)
+        return a if a.dtype.kind in "iu" else a.astype(np.float32)
+    arrays = {f"x.{k}": stored(v) for k, v in x.items()} if isinstance(x, dict) else \
+        {"x": stored(x)}
+    y = np.asarray(y)
+    arrays["y"] = y.astype(np.float32) if task == "regression" else y.astype(np.int64)
     with run_dir.writing(f"{REF_DIR}/inputs.npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, x=x.astype(np.float32), y=y.astype(np.int64))
+            np.savez_compressed(f, **arrays)
     doc = {"schema_version": SCHEMA_VERSION, "tolerance_lsb": DEFAULT_TOLERANCE_LSB,
-           "min_agreement": DEFAULT_MIN_AGREEMENT, "samples": int(len(x)), "variants": {}}
+           "min_agreement": DEFAULT_MIN_AGREEMENT, "samples": int(len(y)), "variants": {}}
+    if task != "classification":
+        doc["task"] = task
+    if output_index:
+        doc["output_index"] = int(output_index)
     for name, (content, raw, accuracy, quants) in variants.items():
         rel = f"{REF_DIR}/{name}_outputs.npz"
         with run_dir.writing(rel) as tmp:
@@ -50,7 +67,8 @@ def save(run_dir, x: np.ndarray, y: np.ndarray, variants: dict) -> None:
                 np.savez_compressed(f, *raw)
         doc["variants"][name] = {"file": f"{name}.tflite",
                                  "sha256": hashlib.sha256(content).hexdigest(),
-                                 "outputs": f"{name}_outputs.npz", "accuracy": accuracy,
+                                 "outputs": f"{name}_outputs.npz",
+                                 "accuracy": accuracy if accuracy == accuracy else None,
                                  "output_quant": quants}
     run_dir.write_json(f"{REF_DIR}/expected.json", doc)
 
@@ -153,11 +171,13 @@ def load(directory: str) -> tuple[Path, dict, np.ndarray, np.ndarray]:
         raise UsageError("The reference bundle is unreadable", str(manifest),
                          f"Re-run the pipeline to rewrite it ({type(exc).__name__})")
     arrays = _load_npz(ref, "inputs.npz")
-    if "x" not in arrays or "y" not in arrays:
+    named = {k[2:]: v for k, v in arrays.items() if k.startswith("x.")}
+    if not ("x" in arrays or named) or "y" not in arrays:
         raise UsageError("The reference inputs.npz lacks the x or y array",
                          f"{ref / 'inputs.npz'} has {sorted(arrays)[:5]}",
                          "Re-run the pipeline to rewrite the bundle")
-    return ref, doc, arrays["x"], arrays["y"]
+    # several inputs: {input name: array}, fed by name (tflite/feeding.py)
+    return ref, doc, (named or arrays["x"]), arrays["y"]
 
 
 def pick_variant(doc: dict, model_bytes: bytes, model_path: str,
@@ -217,10 +237,18 @@ def check(raw_outputs: list[np.ndarray], ref: Path, doc: dict, name: str, y: np.
             bound = FLOAT_RTOL * max(1.0, float(np.abs(want).max()))
             if diff.max() > bound:
                 reasons.append(f"max float output difference {diff.max():.3g} > {bound:.3g}")
-    agree = float(np.mean(raw_outputs[0].argmax(-1) == expected[0].argmax(-1)))
-    if agree < min_agree:
+    k = int(doc.get("output_index", 0)) if isinstance(doc.get("output_index", 0), int) else 0
+    k = k if 0 <= k < len(raw_outputs) else 0
+    task = doc.get("task", "classification")
+    agree = float(np.mean(raw_outputs[k].argmax(-1) == expected[k].argmax(-1)))
+    if agree < min_agree and task != "regression":  # argmax means nothing for regression
         reasons.append(f"top-1 agreement {agree:.4f} < {min_agree}")
-    accuracy = float(np.mean(raw_outputs[0].argmax(-1) == y))
+    # classification: top-1 accuracy; sequence: token accuracy (both on raw outputs, whose
+    # argmax is that of the dequantized ones); regression: none (the outputs are checked)
+    accuracy = float("nan") if task == "regression" or y.shape != raw_outputs[k].shape[:-1] \
+        else float(np.mean(raw_outputs[k].argmax(-1) == y))
     return ReferenceCheck(name, matched_by, int(len(y)), not reasons, float(np.mean(exact)),
-                          max_lsb, max_abs, agree, accuracy, float(entry.get("accuracy", "nan")),
+                          max_lsb, max_abs, agree, accuracy,
+                          float(entry.get("accuracy") if entry.get("accuracy") is not None
+                                else "nan"),
                           tol, min_agree, tuple(reasons))

@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.core.errors import ModelFileError, QatError, UsageError, first_line
 from pipeline.core.native import quiet_native_output
 from pipeline.core.records import RUNTIME_AUTO, QuantParams, Runtime
+from pipeline.tflite import feeding
 from pipeline.tflite.tflite_model import read_file
 
 # batch_size=0 (auto): as many samples per invoke as keep one batch's activations within this
@@ -230,8 +231,13 @@ class ModelRunner:
         self.interpreter = new()
         self._preserve = preserve_all_tensors
         self.runtime = resolve_runtime(runtime)[0]
-        self.inputs = [TensorSpec.from_details(d) for d in self.interpreter.get_input_details()]
+        details = self.interpreter.get_input_details()
+        self.inputs = [TensorSpec.from_details(d) for d in details]
         self.outputs = [TensorSpec.from_details(d) for d in self.interpreter.get_output_details()]
+        # the names each input is fed by (its signature name = the Keras input name)
+        self.slots = feeding.slots_of_interpreter(self.interpreter, details)
+        self.output_names = _output_names(self.interpreter, self.outputs)
+        self.source = source
         self.batch_size = int(batch_size) or auto_batch_size(self.interpreter)
         self._workers = [_Worker(self.interpreter, self.inputs, self.outputs)]
         self._workers += [_Worker(new(), self.inputs, self.outputs) for _ in range(workers - 1)]
@@ -266,13 +272,19 @@ class ModelRunner:
         return np.array(y, copy=True) if copy else y
 
     # -- running --------------------------------------------------------------------------
-    def run(self, xs: np.ndarray | Sequence[np.ndarray], *, dequantize: bool = True,
+    def arrays(self, xs) -> list[np.ndarray]:
+        """``xs`` (an array, arrays in input order, or {input name: array}) in input order;
+        a dict is matched by name (tflite/feeding.py)."""
+        arrays = [xs] if isinstance(xs, np.ndarray) else xs
+        if isinstance(xs, dict) or len(arrays) != len(self.slots):  # the error names inputs
+            return feeding.order(self.slots, arrays, self.source or "")
+        return list(arrays)
+
+    def run(self, xs, *, dequantize: bool = True,
             batch_size: int | None = None) -> list[np.ndarray]:
-        """Run every sample; return one array per output (interpreter output order)."""
-        arrays = [xs] if isinstance(xs, np.ndarray) else list(xs)
-        if len(arrays) != len(self.inputs):
-            raise UsageError("Wrong number of input arrays", len(arrays),
-                             f"The model has {len(self.inputs)} input(s)")
+        """Run every sample; return one array per output (interpreter output order).
+        ``xs``: an array, arrays in input order, or {input name: array}."""
+        arrays = self.arrays(xs)
         n = len(arrays[0])
         if any(len(a) != n for a in arrays):
             raise UsageError("Input arrays differ in length", [len(a) for a in arrays],
@@ -318,15 +330,40 @@ class ModelRunner:
                 raise UsageError("No such tensor in the model", i, "Pass tensor indices "
                                  "from the model's own tensor list")
             extra[i] = TensorSpec.from_details(details[i])
-        arrays = [x] if isinstance(x, np.ndarray) else list(x)
-        prepared = [self.prepare_input(s, a) for s, a in zip(self.inputs, arrays)]
+        prepared = [self.prepare_input(s, a) for s, a in zip(self.inputs, self.arrays(x))]
         n = len(prepared[0])
         merged = self._workers[0].run_range(prepared, 0, n, max(1, min(self.batch_size, n)),
                                             dequantize, extra)
         k = len(self.outputs)
         return merged[:k], dict(zip(extra, merged[k:]))
 
+    def output_index(self, name: str) -> int:
+        """The position of the output ``name`` (its signature name = the Keras output name,
+        or its tensor name); "" is the first output."""
+        if not name:
+            return 0
+        for k, (key, spec) in enumerate(zip(self.output_names, self.outputs)):
+            if name in (key, spec.name):
+                return k
+        raise UsageError("The model has no output of that name", name,
+                         f"Use one of {', '.join(n or s.name for n, s in zip(self.output_names, self.outputs))}")
+
     def describe(self) -> dict:
-        return {"runtime": self.runtime,
-                "inputs": [s.to_dict() for s in self.inputs],
-                "outputs": [s.to_dict() for s in self.outputs]}
+        doc = {"runtime": self.runtime,
+               "inputs": [s.to_dict() for s in self.inputs],
+               "outputs": [s.to_dict() for s in self.outputs]}
+        if len(self.inputs) > 1 or len(self.outputs) > 1:  # what feeds / reads each, by name
+            doc["input_names"] = [s.name for s in self.slots]
+            doc["output_names"] = list(self.output_names)
+        return doc
+
+
+def _output_names(interpreter, outputs: list[TensorSpec]) -> list[str]:
+    """The signature name of each output ("" where there is none)."""
+    try:
+        key = next(iter(interpreter.get_signature_list() or {}), None)
+        named = interpreter.get_signature_runner(key).get_output_details() if key else {}
+        by_index = {int(d["index"]): n for n, d in named.items()}
+    except Exception:  # no signatures: tensor names only
+        by_index = {}
+    return [by_index.get(s.index, "") for s in outputs]
