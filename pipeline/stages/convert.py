@@ -44,9 +44,22 @@ class Converted:
         return len(self.content)
 
 
-def _representative(x: np.ndarray):
-    # float data is fed as float32; integer inputs (token ids) keep their integer type
-    x = x if x.dtype.kind in "iu" else x.astype(np.float32)
+def _representative(x):
+    """One sample per step. ``x``: an array, or {input name: array} for a model with several
+    inputs (the converter matches a dict to the signature's input names)."""
+    def typed(a: np.ndarray) -> np.ndarray:
+        # float data is fed as float32; integer inputs (token ids) keep their integer type
+        return a if a.dtype.kind in "iu" else a.astype(np.float32)
+
+    if isinstance(x, dict):
+        arrays = {k: typed(np.asarray(v)) for k, v in x.items()}
+        n = len(next(iter(arrays.values())))
+
+        def gen_named():
+            for i in range(n):
+                yield {k: v[i: i + 1] for k, v in arrays.items()}
+        return gen_named
+    x = typed(x)
 
     def gen():
         for i in range(len(x)):

@@ -185,11 +185,14 @@ def compare_layers(qat_model, tflite: bytes | str, x: np.ndarray, *, threshold_l
     runner = ModelRunner(content, batch_size=batch_size, runtime=runtime,
                          preserve_all_tensors=True)
     _, tensors = runner.run_with_tensors(x, sorted(set(produced.values())))
+    # the Keras inputs in the model's order (a dict is keyed by input name)
+    xs = [x[n] for n in qat_model.input_names] if isinstance(x, dict) else \
+        ([x] if isinstance(x, np.ndarray) else list(x))
     matched = {l.name: produced[_inner_name(l)] for l in layers if _inner_name(l) in produced}
     local = parity_local.local_errors(
         qat_model, {n: tensors[i] for n, i in matched.items()},
         {n: view.main.tensors[i].scale for n, i in matched.items()},
-        [x] if isinstance(x, np.ndarray) else list(x))
+        xs)
 
     rows: list[LayerRow] = []
     first = None
@@ -206,7 +209,7 @@ def compare_layers(qat_model, tflite: bytes | str, x: np.ndarray, *, threshold_l
             rows.append(LayerRow(name, "fused", fused_into=fused[name]))
         else:
             rows.append(LayerRow(name, "no_tensor"))
-    return LayerParity(rows, threshold_lsb, int(len(x)), first, unmatched)
+    return LayerParity(rows, threshold_lsb, int(len(xs[0])), first, unmatched)
 
 
 def _compared_row(name: str, t, got: np.ndarray, k_out, local: tuple | None,
