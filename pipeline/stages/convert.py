@@ -79,9 +79,25 @@ def to_tflite(model, variant: Variant, representative: np.ndarray | None = None,
     except Exception as exc:  # ConverterError and friends carry MLIR diagnostics
         lines = [l for l in str(exc).splitlines() if "error" in l.lower()] or \
             str(exc).splitlines() or [type(exc).__name__]
-        raise ConversionError(f"The TFLite converter failed for {variant.value}",
-                              lines[0].strip()[:300],
-                              "Check the model's ops are TFLite builtins with int8 kernels")
+        layer = blamed_layer(str(exc), model)
+        where = f" at layer {layer[0]} ({layer[1]})" if layer else ""
+        fix = (f"Rebuild layer {layer[0]} from ops that are TFLite builtins with int8 kernels"
+               if layer else "Check the model's ops are TFLite builtins with int8 kernels")
+        raise ConversionError(f"The TFLite converter failed for {variant.value}{where}",
+                              lines[0].strip()[:300], fix)
+
+
+def blamed_layer(text: str, model) -> tuple[str, str] | None:
+    """(name, class) of the model's layer that the converter's error text names first: its
+    diagnostics carry TensorFlow op locations ``<model>/<layer or quant_layer>/<op>``."""
+    first = None
+    for l in model.layers:
+        inner = getattr(l, "layer", l)  # a QuantizeWrapper's layer
+        for token in (f"/{l.name}/", f"/{inner.name}/"):
+            at = text.find(token)
+            if at >= 0 and (first is None or at < first[0]):
+                first = (at, inner.name, type(inner).__name__)
+    return first[1:] if first else None
 
 
 def convert(variant: Variant, model, *, representative: np.ndarray | None = None,
