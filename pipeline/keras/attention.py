@@ -66,7 +66,8 @@ def layer_classes() -> dict:
     return _CLASSES
 
 
-def _define(env) -> dict:  # long: three small layer classes sharing one registration
+# long: four small layer classes sharing one registration
+def _define(env) -> dict:
     tf, keras = env.tf, env.keras
     register = keras.utils.register_keras_serializable(package="qat_deploy")
 
@@ -104,25 +105,10 @@ def _define(env) -> dict:  # long: three small layer classes sharing one registr
             self.causal = bool(causal)
             self.headroom = float(headroom)
 
-        def _keep(self, scores, mask):
-            keep = None
-            if mask is not None:
-                keep = tf.cast(mask, scores.dtype)
-                while keep.shape.rank < scores.shape.rank:  # as Keras: heads axis at -3
-                    keep = tf.expand_dims(keep, axis=-3)
-            if self.causal:
-                t, s = scores.shape[-2], scores.shape[-1]
-                if t is None or s is None:
-                    shape = tf.shape(scores)
-                    t, s = shape[-2], shape[-1]
-                tri = tf.linalg.band_part(tf.ones((t, s), scores.dtype), -1, 0)
-                keep = tri if keep is None else keep * tri
-            return keep
-
         def call(self, inputs):
             scores, mask = (inputs[0], inputs[1]) if isinstance(inputs, (list, tuple)) \
                 else (inputs, None)
-            keep = self._keep(scores, mask)
+            keep = _keep(tf, scores, mask, self.causal)
             if keep is None:
                 return scores
             low = tf.reduce_min(scores, axis=-1, keepdims=True) - self.headroom
@@ -150,6 +136,23 @@ def _define(env) -> dict:  # long: three small layer classes sharing one registr
 
     return {c.__name__: c for c in (AttentionScores, AttentionContext, AttentionMask,
                                     AttentionKeep)}
+
+
+def _keep(tf, scores, mask, causal: bool):
+    """The float 0/1 keep-mask broadcastable to ``scores`` (B, H, T, S), or None."""
+    keep = None
+    if mask is not None:
+        keep = tf.cast(mask, scores.dtype)
+        while keep.shape.rank < scores.shape.rank:  # as Keras: the heads axis at -3
+            keep = tf.expand_dims(keep, axis=-3)
+    if causal:
+        t, s = scores.shape[-2], scores.shape[-1]
+        if t is None or s is None:
+            shape = tf.shape(scores)
+            t, s = shape[-2], shape[-1]
+        tri = tf.linalg.band_part(tf.ones((t, s), scores.dtype), -1, 0)
+        keep = tri if keep is None else keep * tri
+    return keep
 
 
 def is_rewritable(keras, layer) -> bool:

@@ -224,22 +224,22 @@ def test_qat_model_with_attention_saves_and_reloads(env, tmp_path):
 
 @pytest.mark.slow
 def test_conversion_failure_names_the_layer_and_its_class(env):
-    """lgamma has no TFLite builtin kernel: the int8 conversion fails, and the one-line error
-    names the layer it came from."""
+    """digamma has no TFLite builtin kernel: the int8 conversion fails, and the one-line error
+    names the layer it came from (the converter's message names only the op here)."""
     from pipeline.core.records import Variant
     from pipeline.stages import convert
 
     keras, tf = env.keras, env.tf
 
     @keras.utils.register_keras_serializable(package="qat_deploy_tests")
-    class LogGamma(keras.layers.Layer):
+    class DiGamma(keras.layers.Layer):
         def call(self, x):
-            return tf.math.lgamma(x)
+            return tf.math.digamma(x)
 
     x = keras.Input((8,))
     h = keras.layers.Dense(8, activation="relu", name="d1")(x)
-    model = keras.Model(x, keras.layers.Dense(3, name="d2")(LogGamma(name="lgamma")(h + 1.0)))
+    model = keras.Model(x, keras.layers.Dense(3, name="d2")(DiGamma(name="digamma")(h + 1.0)))
     rep = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
-    with pytest.raises(ConversionError, match=r"at layer lgamma \(LogGamma\)") as err:
+    with pytest.raises(ConversionError, match=r"at layer digamma \(DiGamma\)") as err:
         convert.to_tflite(model, Variant.PTQ_INT8, rep)
     assert len(str(err.value).splitlines()) == 1
