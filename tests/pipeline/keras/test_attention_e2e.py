@@ -21,7 +21,7 @@ from pipeline.keras import ranges
 from pipeline.stages import annotate, convert, finetune, parity
 from pipeline.tflite.runtime import ModelRunner
 from pipeline.tflite.tflite_model import TFLiteModel
-from tests.pipeline.keras.test_attention import block, lm_model
+from tests.pipeline.keras.test_attention import attention_model, block, inputs_for, lm_model
 
 pytestmark = pytest.mark.slow
 INT8_OPS = {"FULLY_CONNECTED", "BATCH_MATMUL", "SOFTMAX"}
@@ -173,3 +173,30 @@ def test_zoo_lm_shape_converts_full_int8_and_agrees_per_token(env):
           f"mean logit error {mean_lsb:.2f} LSB, QAT token accuracy (t >= 1) {acc:.3f}")
     assert agree >= 0.99, agree
     assert mean_lsb <= 2.0, mean_lsb  # the fallback tests' bound
+
+
+@pytest.mark.parametrize("kind", ["cross", "mask", "int_mask"])
+def test_attention_variants_convert_full_int8(kind, env):
+    """Cross-attention, float and integer attention masks (causal: the LM test): each QAT model
+    (ranges from data) converts to full-int8 with int8 BATCH_MATMUL and SOFTMAX, and its
+    outputs stay within 2 LSB mean of Keras QAT (the fallback tests' bound)."""
+    keras_env.set_seed(0)
+    model = attention_model(env.keras, kind)
+    xs = inputs_for(model, 256)
+    qat, _ = annotate.apply(model)
+    ranges.init_ranges(qat, xs)
+    content = _to_tflite_multi(env, qat, [a[:100] for a in xs])
+    verdict = TFLiteModel.from_bytes(content).verdict()
+    assert verdict.full_int8, verdict.reasons
+    ops = _int8_ops(content)
+    for name in INT8_OPS:
+        assert ops.get(name) == {"INT8"}, (name, sorted(ops))
+    xt = inputs_for(model, 128, seed=1)
+    runner = ModelRunner(content)
+    by_name = {t.name.split(":")[0]: a for t, a in zip(model.inputs, xt)}
+    feed = [next(a for n, a in by_name.items() if n in i.name) for i in runner.inputs]
+    got = runner.run(feed)[0]
+    ref = qat.predict(xt, verbose=0)
+    mean_lsb = float(np.abs(got - ref).mean() / runner.outputs[0].quant.scale)
+    print(f"\n{kind}: mean error {mean_lsb:.2f} LSB")
+    assert mean_lsb <= 2.0, mean_lsb
