@@ -221,7 +221,8 @@ def rewrite(keras, layer, args, kwargs, originals: list, unique) -> tuple[object
         d = add(L.Dense(heads * dim, use_bias=dense.bias is not None,
                         name=unique(f"{n}_{tag}")), x)
         made[-1].set_weights(_dense_weights(dense, heads * dim, scale))
-        h = add(L.Reshape((-1, heads, dim), name=unique(f"{n}_{tag}_heads")), d)
+        t = x.shape[1] if x.shape[1] is not None else -1  # static: no shape ops in TFLite
+        h = add(L.Reshape((t, heads, dim), name=unique(f"{n}_{tag}_heads")), d)
         return add(L.Permute((2, 1, 3), name=unique(f"{n}_{tag}_perm")), h)
 
     q = project(query, layer._query_dense, kd, "q", 1.0 / math.sqrt(float(kd)))
@@ -240,7 +241,8 @@ def rewrite(keras, layer, args, kwargs, originals: list, unique) -> tuple[object
         p = add(L.Dropout(layer._dropout, name=unique(f"{n}_dropout")), p)
     c = add(cls["AttentionContext"](name=unique(f"{n}_context")), [p, v])
     c = add(L.Permute((2, 1, 3), name=unique(f"{n}_out_perm")), c)
-    c = add(L.Reshape((-1, heads * vd), name=unique(f"{n}_merge")), c)
+    t = query.shape[1] if query.shape[1] is not None else -1
+    c = add(L.Reshape((t, heads * vd), name=unique(f"{n}_merge")), c)
     dense = layer._output_dense
     out_dim = int(dense.kernel.shape[-1])
     out = add(L.Dense(out_dim, use_bias=dense.bias is not None,

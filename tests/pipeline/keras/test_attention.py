@@ -17,7 +17,7 @@ from pipeline.stages import annotate, modelio
 from pipeline.stages.config import AnnotateConfig
 
 T, F, D, HEADS = 8, 6, 16, 2
-KINDS = ("self", "cross", "mask", "int_mask", "causal", "causal_mask")
+KINDS = ("self", "cross", "mask", "int_mask", "causal_mask")
 
 
 def block(keras, h, *, name: str, mask=None, causal=False, context=None, heads=HEADS,
@@ -52,8 +52,17 @@ def attention_model(keras, kind: str, classes: int = 4):
     context = None
     if kind == "cross":  # attend to a shorter, differently projected sequence
         context = L.Dense(D, activation="swish", name="ctx")(L.AveragePooling1D(2)(h))
-    h = block(keras, h, name="b0", mask=mask, causal=kind.startswith("causal"),
-              context=context)
+    if kind == "combo":  # every variant in one model (one conversion in the slow tests)
+        fmask = keras.Input((T, T), name="mask")
+        imask = keras.Input((T, T), name="int_mask", dtype="int32")
+        inputs += [fmask, imask]
+        h = block(keras, h, name="b0", mask=fmask, causal=True)
+        ctx = L.Dense(D, activation="swish", name="ctx")(L.AveragePooling1D(2)(h))
+        h = block(keras, h, name="b1", context=ctx, act="swish")
+        h = block(keras, h, name="b2", mask=imask)
+    else:
+        h = block(keras, h, name="b0", mask=mask, causal=kind.startswith("causal"),
+                  context=context)
     h = L.GlobalAveragePooling1D(name="pool")(L.LayerNormalization(name="ln_f")(h))
     return keras.Model(inputs, L.Dense(classes, name="head")(h), name=f"attn_{kind}")
 
@@ -80,7 +89,7 @@ def inputs_for(model, n: int, seed: int = 0) -> list:
     for t in model.inputs:
         shape = (n, *t.shape[1:])
         name = t.name.split(":")[0]
-        if name == "mask":
+        if name in ("mask", "int_mask"):
             m = (rng.random(shape) < 0.6) | np.eye(shape[-1], dtype=bool)
             out.append(m.astype(t.dtype.as_numpy_dtype))
         elif name == "positions":
@@ -100,7 +109,7 @@ def _randomize(model, seed: int = 0):
                        for w in model.get_weights()])
 
 
-@pytest.mark.parametrize("kind", KINDS + ("lm",))
+@pytest.mark.parametrize("kind", KINDS + ("lm",))  # "causal": the LM's block
 def test_rewrite_equals_multi_head_attention_in_float(kind, env):
     keras_env.set_seed(0)
     model = lm_model(env.keras) if kind == "lm" else attention_model(env.keras, kind)
@@ -202,6 +211,7 @@ def test_quantize_apply_failure_names_the_layer_and_its_class(env):
     assert len(str(err.value).splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_qat_model_with_attention_saves_and_reloads(env, tmp_path):
     from pipeline.stages.run import _save_h5
 
