@@ -22,7 +22,9 @@ class Coverage:
 
     @property
     def counted(self) -> list[LayerPlan]:
-        return [l for l in self.layers if l.status is not LayerStatus.INPUT]
+        """The model's own layers: a rewritten layer (MultiHeadAttention) counts once, its
+        parts not again."""
+        return [l for l in self.layers if l.status is not LayerStatus.INPUT and not l.part_of]
 
     def share(self) -> dict:
         layers = self.counted
@@ -58,7 +60,7 @@ class Coverage:
             lines.append(f"| {status} | {n} | {LayerStatus(status).meaning} |")
         if self.notes:
             lines += [""] + [f"- {n}" for n in self.notes]
-        special = [l for l in self.counted if l.status.special]
+        special = [l for l in self.counted if l.listed]
         if per_layer and special:
             lines += ["", "| layer | class | status | what happens |", "|---|---|---|---|"]
             for l in special:

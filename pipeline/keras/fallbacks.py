@@ -15,6 +15,7 @@ the .tflite stays full-int8.
 from __future__ import annotations
 
 from pipeline.core import keras_env
+from pipeline.keras import attention
 from pipeline.keras.plan import LayerPlan, LayerStatus
 
 # Weight attributes a fallback fake-quantizes (per tensor, symmetric, narrow range: tfmot's
@@ -41,6 +42,20 @@ _UNWRAPPABLE = {"TFOpLambda", "Lambda", "SlicingOpLambda"}
 # DEQUANTIZE->QUANTIZE pair behind the model input (seen with MobileNetV3's preprocessing
 # Rescaling in TF 2.21), so they are left to calibration.
 _AFFINE = {"Rescaling", "Normalization"}
+# Layers tfmot's registry lacks that get a QuantizeConfig of their own (the fallback class,
+# with these settings): QUANTIZED, the route in the detail. Kernels per tensor, symmetric,
+# narrow range, as tfmot's Dense; outputs by tfmot's MovingAverageQuantizer.
+_OWN = {
+    "EinsumDense": (("kernel",), "our QuantizeConfig: kernel int8 per tensor (as tfmot's "
+                    "Dense), output fake-quantized; int8 FULLY_CONNECTED / BATCH_MATMUL"),
+    "LayerNormalization": ((), "our QuantizeConfig: output fake-quantized; the converter "
+                           "lowers it to int8 MEAN / SQUARED_DIFFERENCE / RSQRT / MUL / ADD, "
+                           "its intermediates calibrated from the representative data"),
+    "AttentionScores": ((), "attention Q·Kᵀ, output fake-quantized: int8 BATCH_MATMUL"),
+    "AttentionContext": ((), "attention weights·V, output fake-quantized: int8 BATCH_MATMUL"),
+    "AttentionMask": ((), f"attention mask at row min - {attention.HEADROOM:g} (bounded "
+                      "range), output fake-quantized: int8 MUL / ADD / MIN"),
+}
 
 
 _CLASS = None
@@ -94,7 +109,9 @@ def config_class():
 def custom_objects() -> dict:
     """What quantize_scope needs to deserialize a QAT model that uses fallbacks."""
     cls = config_class()
-    return {"FallbackQuantizeConfig": cls, "qat_deploy>FallbackQuantizeConfig": cls}
+    layers = attention.layer_classes()
+    return {"FallbackQuantizeConfig": cls, "qat_deploy>FallbackQuantizeConfig": cls,
+            **layers, **{f"qat_deploy>{k}": v for k, v in layers.items()}}
 
 
 def _activation_name(fn) -> str:
@@ -166,6 +183,10 @@ def _plan_by_class(layer, cls: str, graph: _Graph, mk) -> LayerPlan | None:
     if _takes_integers(layer):
         return mk(LayerStatus.CALIBRATED, f"{cls} reads integer ids: tfmot's input quantizer "
                   "cannot take them; the converter quantizes its table from the data")
+    if cls in _OWN:
+        attrs, detail = _OWN[cls]
+        return mk(LayerStatus.QUANTIZED, detail, weight_attrs=attrs, quantize_output=True,
+                  own_config=True)
     if cls in _TRANSFORMED:
         return mk(LayerStatus.QUANTIZED,
                   "split into depthwise + pointwise convs by tfmot's transforms")

@@ -8,9 +8,13 @@
   ``tf.nn.relu6`` a ``ReLU(6)``: tfmot cannot wrap a TFOpLambda (its QuantizeAnnotate clone
   calls the op with a list and fails), while Rescaling/ReLU are ordinary serializable layers
   it can annotate. Tensor-tensor ``+``/``*`` become ``Add``/``Multiply``.
+- ``MultiHeadAttention`` becomes Dense projections, head reshapes, fake-quantizable matmuls,
+  a bounded mask and the Keras Softmax (keras/attention.py), with the layer's own weights.
 
 Layers are reused, not copied, so weights are shared with the source model; the rebuilt model
-computes exactly the same function (tests check outputs are identical).
+computes exactly the same function (tests check outputs are identical; a rewritten attention
+equals the original to float32 rounding, its projections being new layers holding copies of
+the weights, the query's scale folded in).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.core import keras_env
+from pipeline.keras import attention
 
 # TFOpLambda symbols rewritten to layers: symbol -> kind
 _CONST_OPS = {"__operators__.add": "add", "math.add": "add", "math.multiply": "mul",
@@ -33,10 +38,11 @@ class Rewritten:
     model: object
     flattened: list[str] = field(default_factory=list)   # nested models inlined
     replaced: dict[str, str] = field(default_factory=dict)  # old layer name -> new layer
+    attention: list = field(default_factory=list)  # attention.AttentionRoute per rewritten MHA
 
     @property
     def changed(self) -> bool:
-        return bool(self.flattened or self.replaced)
+        return bool(self.flattened or self.replaced or self.attention)
 
 
 def _is_tensor(keras, x) -> bool:
@@ -100,7 +106,7 @@ def rebuild(model) -> Rewritten:
     result = Rewritten(model)
     if not getattr(model, "_is_graph_network", False):
         return result  # Sequential models cannot nest Functional graphs in a way we rewrite
-    if not any(_needs_work(l) for l in all_layers(model)):
+    if not any(_needs_work(keras, l) for l in all_layers(model)):
         return result
 
     new_inputs = [keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype,
@@ -120,10 +126,10 @@ def all_layers(model):
             yield from all_layers(l)
 
 
-def _needs_work(layer) -> bool:
+def _needs_work(keras, layer) -> bool:
     if getattr(layer, "_is_graph_network", False) or type(layer).__name__ == "Sequential":
         return True
-    return type(layer).__name__ == "TFOpLambda"
+    return type(layer).__name__ == "TFOpLambda" or attention.is_rewritable(keras, layer)
 
 
 def _replay(keras, tf, model, mapping: dict, result: Rewritten, used: set, top: bool):
@@ -147,6 +153,12 @@ def _replay(keras, tf, model, mapping: dict, result: Rewritten, used: set, top: 
                 else:
                     out = _replay(keras, tf, layer, inner_map, result, used, top=False)
                     result.flattened.append(layer.name)
+            elif attention.is_rewritable(keras, layer):
+                originals = [t for t in tf.nest.flatten([node.call_args, node.call_kwargs])
+                             if _is_tensor(keras, t)]
+                out, route = attention.rewrite(keras, layer, args, kwargs, originals,
+                                               lambda base: _unique(base, used))
+                result.attention.append(route)
             elif type(layer).__name__ == "TFOpLambda":
                 name = _unique(f"{layer.name.replace('.', '_')}", used)
                 rep = _replacement(keras, layer, args, kwargs, name)

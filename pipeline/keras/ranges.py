@@ -54,18 +54,20 @@ def init_ranges(qat_model, x: np.ndarray) -> dict:
     Returns {"ranges": number of range variables set, "samples": len(x),
     "widest_before": ..., "widest_after": ...} (the largest |min|/|max| over all ranges)."""
     env = keras_env.load()
-    if len(x) == 0:
+    x = [np.asarray(a) for a in x] if isinstance(x, (list, tuple)) else np.asarray(x)
+    n = len(x[0]) if isinstance(x, list) else len(x)  # several inputs: a list of arrays
+    if n == 0:
         return {"ranges": 0, "samples": 0}
     others = [v for v in qat_model.variables if not _is_range(v)]
     saved = [v.numpy() for v in others]
     ranges = [v for v in qat_model.variables if _is_range(v)]
     before = [v.numpy() for v in ranges]
     with _ema_decay_zero(env):
-        qat_model(np.asarray(x), training=True)
+        qat_model(x, training=True)
     for v, value in zip(others, saved):
         v.assign(value)
     after = [v.numpy() for v in ranges]
     changed = sum(not np.array_equal(a, b) for a, b in zip(before, after))
     widest = (lambda vals: float(max((np.abs(a).max() for a in vals), default=0.0)))
-    return {"ranges": int(changed), "samples": int(len(x)),
+    return {"ranges": int(changed), "samples": int(n),
             "widest_before": widest(before), "widest_after": widest(after)}

@@ -1,11 +1,13 @@
 """Annotate stage: decide per layer how QAT treats it, then ``quantize_apply``.
 
-1. ``graph.rebuild``: nested models are flattened and TFOpLambda arithmetic becomes plain
-   layers (same function, checked by tests).
+1. ``graph.rebuild``: nested models are flattened, TFOpLambda arithmetic becomes plain
+   layers and MultiHeadAttention quantizable primitives (same function, checked by tests);
+   a rewritten layer gets a plan of its own whose ``parts`` are the new layers' plans.
 2. ``fallbacks.plan``: per layer, tfmot's registry, a fold into a conv, a pass-through, or a
    fallback QuantizeConfig for what tfmot refuses.
 3. The policy (``[annotate]`` in the config) narrows it: ``include`` / ``exclude`` by
-   full-match regular expression on the layer name or class.
+   full-match regular expression on the layer name or class (a pattern naming a rewritten
+   layer applies to all its parts).
 4. ``quantize_annotate_layer`` on each chosen layer (with the fallback config where needed)
    and tfmot's ``quantize_apply`` with its default 8-bit scheme.
 """
@@ -19,7 +21,7 @@ from pipeline.core import keras_env
 from pipeline.core.errors import ConfigError, ConversionError, first_line
 from pipeline.keras import fallbacks, graph
 from pipeline.keras.coverage import Coverage
-from pipeline.keras.plan import LayerPlan, LayerStatus
+from pipeline.keras.plan import LayerPlan, LayerStatus, rewritten_plan
 
 
 def _matches(pattern: str, layer: LayerPlan) -> bool:
@@ -38,19 +40,33 @@ def apply_policy(plans: list[LayerPlan], policy) -> list[LayerPlan]:
                 raise ConfigError(f"annotate.{key} pattern matches no layer", repr(pattern),
                                   f"Patterns must match a whole layer name or class, e.g. "
                                   f"'{plans[-1].name}' or '{plans[-1].cls}' (layers: {names}, …)")
-    out = [p if p.status is LayerStatus.INPUT else _with_policy(p, policy) for p in plans]
+    parents = {p.name: p for p in plans if p.parts}
+    out = [p if p.status is LayerStatus.INPUT or p.parts else
+           _with_policy(p, policy, parents.get(p.part_of)) for p in plans]
     # A BatchNormalization is folded into its conv by tfmot's transforms only when both are
     # annotated: follow the conv's fate.
     by_name = {p.name: p for p in out}
-    return [replace(p, status=by_name[_conv_of(p, by_name)].status,
-                    detail=f"follows its conv {_conv_of(p, by_name)}")
-            if p.status is LayerStatus.FOLDED and _conv_of(p, by_name) else p for p in out]
+    out = [replace(p, status=by_name[_conv_of(p, by_name)].status,
+                   detail=f"follows its conv {_conv_of(p, by_name)}")
+           if p.status is LayerStatus.FOLDED and _conv_of(p, by_name) else p for p in out]
+    return with_parents(out)
 
 
-def _with_policy(p: LayerPlan, policy) -> LayerPlan:
-    left_out = (policy.include and not any(_matches(x, p) for x in policy.include)) or \
-        any(_matches(x, p) for x in policy.exclude)
-    if any(_matches(x, p) for x in policy.keep_float):
+def with_parents(plans: list[LayerPlan]) -> list[LayerPlan]:
+    """Each rewritten layer's plan recomputed from its parts' plans."""
+    parts: dict[str, list[LayerPlan]] = {}
+    for p in plans:
+        if p.part_of:
+            parts.setdefault(p.part_of, []).append(p)
+    return [rewritten_plan(p.name, p.cls, parts.get(p.name, []), p.detail) if p.parts else p
+            for p in plans]
+
+
+def _with_policy(p: LayerPlan, policy, parent: LayerPlan | None = None) -> LayerPlan:
+    hit = (lambda x: _matches(x, p) or (parent is not None and _matches(x, parent)))
+    left_out = (policy.include and not any(hit(x) for x in policy.include)) or \
+        any(hit(x) for x in policy.exclude)
+    if any(hit(x) for x in policy.keep_float):
         return replace(p, status=LayerStatus.KEEP_FLOAT, detail="kept float by policy: trains "
                        "in float and runs float32 between DEQUANTIZE/QUANTIZE in the .tflite")
     if left_out:
@@ -73,7 +89,8 @@ def _conv_of(bn: LayerPlan, by_name: dict) -> str | None:
 
 
 def keep_float_layers(coverage) -> list[str]:
-    return [p.name for p in coverage.layers if p.status is LayerStatus.KEEP_FLOAT]
+    return [p.name for p in coverage.layers
+            if p.status is LayerStatus.KEEP_FLOAT and not p.parts]  # parts are listed
 
 
 def prepare(model, policy=None):
@@ -88,11 +105,31 @@ def prepare(model, policy=None):
         kinds = sorted({v.split("(")[0] for v in rewritten.replaced.values()})
         notes.append(f"rewrote {len(rewritten.replaced)} TFOpLambda op(s) as "
                      f"{', '.join(kinds)} layers")
-    plans = apply_policy(fallbacks.plan(rewritten.model), policy)
+    if rewritten.attention:
+        notes.append(f"rewrote {len(rewritten.attention)} MultiHeadAttention layer(s) into "
+                     "quantizable primitives (projections, matmuls, bounded mask, softmax): "
+                     f"{', '.join(r.name for r in rewritten.attention)}")
+    plans = apply_policy(_with_routes(fallbacks.plan(rewritten.model), rewritten.attention),
+                         policy)
     if not any(p.status.trains_quantized for p in plans):
         raise ConfigError("No layer is left to quantize", "the annotate policy excludes all",
                           "Loosen annotate.include / annotate.exclude")
     return rewritten.model, Coverage(model.name, plans, notes)
+
+
+def _with_routes(plans: list[LayerPlan], routes) -> list[LayerPlan]:
+    """The plans with each rewritten layer's own plan before its first part, and its parts
+    marked as such."""
+    owner = {part: r for r in routes for part in r.parts}
+    out, seen = [], set()
+    for p in plans:
+        r = owner.get(p.name)
+        if r is not None and r.name not in seen:
+            seen.add(r.name)
+            out.append(LayerPlan(r.name, r.cls, LayerStatus.QUANTIZED, r.params, r.detail,
+                                 parts=r.parts))
+        out.append(replace(p, part_of=r.name) if r is not None else p)
+    return with_parents(out)
 
 
 def apply(model, policy=None):
@@ -108,12 +145,12 @@ def apply(model, policy=None):
         p = status.get(layer.name)
         if p is None or not p.status.annotated:
             return layer
-        if p.status is LayerStatus.FALLBACK:
+        if p.status is LayerStatus.FALLBACK or p.own_config:
             return q.quantize_annotate_layer(layer, cls(p.weight_attrs, p.quantize_output))
         return q.quantize_annotate_layer(layer)
 
     plain = source is model and policy is None and not any(
-        p.status.special for p in coverage.layers)
+        p.status.special or p.own_config for p in coverage.layers)
     # quantize_apply clones the model through its config: the model's own layer classes
     # (e.g. ConvNeXt's LayerScale in tf_keras.applications) must be resolvable by name.
     own = {type(l).__name__: type(l) for l in source.layers}
@@ -125,7 +162,41 @@ def apply(model, policy=None):
             annotated = q.quantize_annotate_model(model) if plain else \
                 keras.models.clone_model(source, clone_function=annotate_layer)
             qat_model = q.quantize_apply(annotated)
-    except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
-        raise ConversionError("tfmot could not annotate the model for QAT", first_line(exc, 300),
-                              "Exclude the layer named in the message with annotate.exclude")
+    except (RuntimeError, ValueError, TypeError, AttributeError, KeyError,
+            NotImplementedError) as exc:
+        layer = failing_layer(exc, [model, source])
+        if layer is None:
+            raise ConversionError("tfmot could not annotate the model for QAT (no single layer "
+                                  "could be blamed)", first_line(exc, 300),
+                                  "Exclude layers with annotate.exclude (names in "
+                                  "`qat inspect --coverage`) until it passes")
+        raise ConversionError(f"tfmot could not annotate layer {layer.name} "
+                              f"({type(layer).__name__}) for QAT", first_line(exc, 300),
+                              f"Exclude it with annotate.exclude = ['{layer.name}'] (the "
+                              "converter then calibrates it) or replace it with built-in layers")
     return qat_model, coverage
+
+
+def failing_layer(exc: BaseException, models: list):
+    """The layer of ``models`` a failure inside tfmot / Keras happened in: the innermost
+    traceback frame holding one of their layers (or a tfmot wrapper of one) as a local."""
+    layers = {id(l): l for m in models for l in graph.all_layers(m)
+              if not getattr(l, "_is_graph_network", False)}
+    names = {l.name: l for l in layers.values()}
+    frames, tb = [], exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            try:
+                inner = getattr(value, "layer", value)  # QuantizeAnnotate / QuantizeWrapper
+            except Exception:  # any object's __getattr__ may raise anything
+                continue
+            if id(inner) in layers:
+                return layers[id(inner)]
+            name = getattr(inner, "name", None)
+            if isinstance(name, str) and name in names and \
+                    type(inner).__name__ == type(names[name]).__name__:
+                return names[name]  # a clone of one (quantize_apply clones the model)
+    return None

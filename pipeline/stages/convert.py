@@ -14,6 +14,7 @@ Int8 variants get int8 input and output tensors by default (an app feeds int8 di
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -92,9 +93,48 @@ def to_tflite(model, variant: Variant, representative: np.ndarray | None = None,
     except Exception as exc:  # ConverterError and friends carry MLIR diagnostics
         lines = [l for l in str(exc).splitlines() if "error" in l.lower()] or \
             str(exc).splitlines() or [type(exc).__name__]
-        raise ConversionError(f"The TFLite converter failed for {variant.value}",
-                              lines[0].strip()[:300],
-                              "Check the model's ops are TFLite builtins with int8 kernels")
+        layer = blamed_layer(str(exc), model)
+        where = f" at layer {layer[0]} ({layer[1]})" if layer else ""
+        fix = (f"Rebuild layer {layer[0]} from ops that are TFLite builtins with int8 kernels"
+               if layer else "Check the model's ops are TFLite builtins with int8 kernels")
+        raise ConversionError(f"The TFLite converter failed for {variant.value}{where}",
+                              lines[0].strip()[:300], fix)
+
+
+def blamed_layer(text: str, model) -> tuple[str, str] | None:
+    """(name, class) of the model's layer the converter's error is about: the first layer
+    its diagnostics' TensorFlow op locations (``<model>/<layer or quant_layer>/<op>``) name,
+    else the layer whose traced graph holds the op the error names (``'tf.Digamma' op``)."""
+    found = _first_layer_in(text, model)
+    if found is None:
+        ops = set(re.findall(r"'tf\.(\w+)' op", text))
+        if ops:
+            found = _first_layer_in(" ".join(f"/{n}" for n in _op_names(model, ops)), model)
+    return found
+
+
+def _first_layer_in(text: str, model) -> tuple[str, str] | None:
+    first = None
+    for l in model.layers:
+        inner = getattr(l, "layer", l)  # a QuantizeWrapper's layer
+        for token in (f"/{l.name}/", f"/{inner.name}/"):
+            at = text.find(token)
+            if at >= 0 and (first is None or at < first[0]):
+                first = (at, inner.name, type(inner).__name__)
+    return first[1:] if first else None
+
+
+def _op_names(model, op_types: set[str]) -> list[str]:
+    """Names (``<model>/<layer>/<op>``) of the ops of these types in ``model``'s traced
+    inference graph."""
+    tf = keras_env.load().tf
+    specs = [tf.TensorSpec(t.shape, t.dtype) for t in model.inputs]
+    fn = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False))
+    try:
+        graph = fn.get_concrete_function(*specs).graph
+    except Exception:  # only to name a layer in an error already being raised
+        return []
+    return [op.name for op in graph.get_operations() if op.type in op_types]
 
 
 def convert(variant: Variant, model, *, representative: np.ndarray | None = None,

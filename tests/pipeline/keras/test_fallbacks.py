@@ -85,7 +85,7 @@ def _data(model, n, rng):
     return (centers[y] + rng.normal(0, 1.0, (n, *shape))).astype(np.float32), y
 
 
-KINDS = {  # kind -> the fallback class the plan must contain
+KINDS = {  # kind -> the fallback (or own-QuantizeConfig) class the plan must contain
     "batchnorm_alone": "BatchNormalization", "rescaling": "Rescaling", "multiply": "Multiply",
     "hard_swish": "Rescaling", "conv1d": "Conv1D", "layernorm": "LayerNormalization",
     "activation": "Activation", "embedding": "Embedding", "densenet": "AveragePooling2D"}
@@ -106,7 +106,7 @@ def test_fallback_reaches_full_int8_and_agrees(kind, env):
     model.fit(x, y, batch_size=64, epochs=30, verbose=0)  # the trained model a user brings
     qat, cov = annotate.apply(model)
     special = {p.cls for p in cov.layers if p.status in (LayerStatus.FALLBACK,
-                                                         LayerStatus.CALIBRATED)}
+                                                         LayerStatus.CALIBRATED) or p.own_config}
     assert KINDS[kind] in special, cov.by_status()
     qat.compile(env.keras.optimizers.Adam(1e-4), loss)
     qat.fit(x, y, batch_size=32, epochs=2, verbose=0)  # QAT: ranges move off their init
