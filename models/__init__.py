@@ -58,7 +58,7 @@ MODELS: dict[str, ZooModel] = {
         "for 48x48 RGB characters on photographs"),
     "char_lm": ZooModel(
         "char_lm", "models.char_lm", "stdlib_text",
-        "Decoder-only transformer (4 blocks, width 128, 4-head causal self-attention, GELU "
+        "Decoder-only transformer (3 blocks, width 128, 4-head causal self-attention, GELU "
         "feed-forward) predicting the next character of Python source, 64-character windows"),
 }
 

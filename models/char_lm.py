@@ -22,7 +22,7 @@ from models.char_lm_data import VOCAB, WINDOW
 DATASET = "stdlib_text"
 D = 128          # model width
 HEADS = 4        # attention heads, key_dim D / HEADS
-BLOCKS = 4       # transformer blocks
+BLOCKS = 3       # transformer blocks
 FF = 4 * D       # feed-forward width
 EPSILON = 1e-5   # LayerNormalization epsilon
 
