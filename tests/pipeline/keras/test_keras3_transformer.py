@@ -166,3 +166,24 @@ def test_a_layer_tf_keras_cannot_call_is_named(k3, tfk):
         keras3.to_tf_keras(model3, tf_keras_objects={"Shift": Broken})
     msg = str(err.value)
     assert "could not rebuild" in msg and "layer 'shift' (Shift)" in msg and "\n" not in msg
+
+
+def test_padding_masks_of_embedding_mask_zero(k3):
+    """Keras 3 stores Embedding(mask_zero=True)'s mask as keras.ops.not_equal(ids, 0) passed
+    as mask= to later layers; tf_keras propagates the same mask itself."""
+    L = k3.layers
+    inp = k3.Input((T,), dtype="int32", name="tokens")
+    x = L.Embedding(VOCAB, D, mask_zero=True, name="emb")(inp)
+    h = L.MultiHeadAttention(2, 4, name="attn")(x, x)
+    out = L.Dense(3, name="head")(L.GlobalAveragePooling1D(name="pool")(h))
+    model3 = _randomize(k3.Model(inp, out))
+    t = keras3.to_tf_keras(model3)
+    assert any("padding mask" in n for n in t.notes)
+    ids = np.random.default_rng(2).integers(1, VOCAB, (4, T)).astype("int32")
+    ids[:, -2:] = 0  # padded tails: masked out of attention and of the average
+    y3 = np.asarray(model3(ids))
+    np.testing.assert_allclose(t.model(ids).numpy(), y3, rtol=0,
+                               atol=ATOL * max(1.0, np.abs(y3).max()))
+    ids2 = ids.copy()
+    ids2[:, -2:] = 5  # the same tokens unpadded give another answer: the mask mattered
+    assert np.abs(np.asarray(model3(ids2)) - y3).max() > 1e-3
