@@ -20,9 +20,13 @@ def small(tmp_path_factory):
     return data.load_dataset(cache_dir=root, train=300, test=60), root
 
 
-def test_registered_with_a_recipe():
+def test_registered_with_a_recipe_the_config_accepts():
+    from pipeline.stages import config
+
     assert MODELS["char_lm"].dataset == "stdlib_text" == char_lm.DATASET
     assert "stdlib_text" in DATASETS and recipe_path("char_lm").is_file()
+    cfg = config.load(recipe_path("char_lm"))
+    assert cfg.model.name == "char_lm" and cfg.data.name == "stdlib_text"
 
 
 def test_split_is_by_file_deterministic_and_about_a_tenth(corpus):
