@@ -56,6 +56,10 @@ MODELS: dict[str, ZooModel] = {
         "glyphs_mnv3", "models.glyphs_mnv3", "glyphs",
         "MobileNetV3-Small (tf_keras.applications, alpha 0.5, hard-swish + squeeze-excite) "
         "for 48x48 RGB characters on photographs"),
+    "char_lm": ZooModel(
+        "char_lm", "models.char_lm", "stdlib_text",
+        "Decoder-only transformer (3 blocks, width 128, 4-head causal self-attention, GELU "
+        "feed-forward) predicting the next character of Python source, 64-character windows"),
 }
 
 DATASETS: dict[str, ZooDataset] = {
@@ -70,6 +74,10 @@ DATASETS: dict[str, ZooDataset] = {
         "glyphs", "models.glyphs",
         "0-9 and A-Z without I/O/Q rendered with matplotlib's fonts over crops of scikit-image's "
         "photographs (48x48 RGB uint8, 40,000 train / 4,000 test; disjoint photo regions)"),
+    "stdlib_text": ZooDataset(
+        "stdlib_text", "models.char_lm_data",
+        "CPython's standard-library *.py source (test suites excluded) as 64-character windows "
+        "with next-character targets, 98-symbol vocabulary; train/test split by file"),
 }
 
 

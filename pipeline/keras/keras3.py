@@ -153,17 +153,70 @@ def to_tf_keras(model3, *, seed: int = 0, samples: int = 2, atol: float = ATOL,
         raise ModelFileError("The Keras 3 model is not built (no inputs)", model3.name,
                              "Start it with keras.Input(shape) or call model.build(shape)")
     res = translate(model3, keras3, env.keras, tf_keras_objects)
+    custom = dict(tf_keras_objects or {})
     try:
-        model2 = env.keras.models.model_from_json(json.dumps(res.config),
-                                                  custom_objects=dict(tf_keras_objects or {}))
-    except (ValueError, TypeError, KeyError) as exc:
+        model2 = _rebuild(env.keras, res.config, custom)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         msg = first_line(exc)
-        raise ModelFileError("tf_keras could not rebuild the translated model", msg,
-                             "Report it with the model; rebuild the model in tf_keras meanwhile")
+        culprit = _failing_layer(env.keras, res.config, custom)
+        raise ModelFileError("tf_keras could not rebuild the translated model",
+                             f"{culprit}: {msg}" if culprit else msg,
+                             "Report it with the model; rebuild that layer in tf_keras (or "
+                             "replace it with built-in layers) meanwhile")
     _copy_weights(model3, model2, res.transforms)
     diff, rel, scale = compare_outputs(model3, model2, seed=seed, samples=samples, atol=atol,
                                        rtol=rtol, aliases=res.aliases)
     return Translated(model2, diff, rel, res.count, tuple(res.notes), scale)
+
+
+def _rebuild(tfk, config: dict, custom: dict):
+    return tfk.models.model_from_json(json.dumps(config), custom_objects=custom)
+
+
+def _failing_layer(tfk, config: dict, custom: dict) -> str | None:
+    """"layer 'NAME' (CLASS)" for the first layer tf_keras cannot construct or call, or None.
+
+    Each layer is first constructed alone from its config; if all construct, the layers list
+    (in graph order) is cut after layer k and rebuilt as a model ending there, bisecting for
+    the first k that fails (rebuilding is monotone: a failing prefix fails when extended)."""
+    if config.get("class_name") != "Functional":
+        entries = config.get("config", {}).get("layers", [])
+        config = None  # a Sequential: construction is all that can be checked per layer
+    else:
+        entries = config["config"]["layers"]
+
+    def where(e):
+        return f"layer '{e['config'].get('name', e.get('name'))}' ({e['class_name']})"
+
+    for e in entries:
+        try:
+            tfk.layers.deserialize({"class_name": e["class_name"], "config": e["config"]},
+                                   custom_objects=custom)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return where(e)
+    if config is None or not entries:
+        return None
+
+    def fails(k: int) -> bool:
+        head = entries[:k]
+        names = {e["name"] for e in head}
+        last = head[-1]
+        node = 1 if last["class_name"] in ("Functional", "Sequential") else 0
+        cfg = {**config["config"], "layers": head, "output_layers": [[last["name"], node, 0]],
+               "input_layers": [r for r in config["config"]["input_layers"] if r[0] in names]}
+        try:
+            _rebuild(tfk, {"class_name": "Functional", "config": cfg}, custom)
+            return False
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+            return True
+
+    lo, hi = 1, len(entries)  # the whole list fails; find the shortest failing prefix
+    if not fails(hi):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fails(mid) else (mid + 1, hi)
+    return where(entries[lo - 1])
 
 
 def _base(name: str) -> str:
@@ -214,6 +267,14 @@ def _copy_weights(m3, m2, transforms):
             l2.finalize_state()
 
 
+def _id_range(model2, t) -> int:
+    """Integer inputs are mostly ids read by Embedding layers: draw them from [0, the smallest
+    input_dim of the Embeddings reading ``t``) so every row can be looked up; else {0, 1}."""
+    dims = [layer.input_dim for layer in model2.layers if type(layer).__name__ == "Embedding"
+            for node in layer._inbound_nodes if any(x is t for x in node.keras_inputs)]
+    return max(2, min(dims)) if dims else 2
+
+
 def _random_inputs(model2, seed: int, samples: int) -> list:
     rng = np.random.default_rng(seed)
     xs = []
@@ -221,7 +282,7 @@ def _random_inputs(model2, seed: int, samples: int) -> list:
         shape = [t.shape[0] or samples] + [d if d is not None else 32 for d in t.shape[1:]]
         dtype = t.dtype.as_numpy_dtype
         xs.append(rng.standard_normal(shape).astype(dtype) if t.dtype.is_floating
-                  else rng.integers(0, 2, shape).astype(dtype))
+                  else rng.integers(0, _id_range(model2, t), shape).astype(dtype))
     return xs
 
 

@@ -84,6 +84,7 @@ class _Graph:
         self.redirect = {}           # (name, node) -> [name, node, tensor]
         self.names = {e["name"] for e in cfg["layers"]}
         self.path = cfg["name"]
+        self.mask_ops = set()        # keras.ops.not_equal(ids, 0): Embedding padding masks
 
     def _fresh(self, base):
         n, i = base, 1
@@ -94,6 +95,10 @@ class _Graph:
 
     def ref(self, kt):
         name, node, tensor = kt["config"]["keras_history"]
+        if name in self.mask_ops:
+            raise layer_error("an Embedding padding mask (keras.ops.not_equal(ids, 0)) used as "
+                              "a tensor, not as a mask argument", name, "NotEqual",
+                              "Pass it only as a layer's mask, or build the mask with layers")
         if (name, node) in self.redirect:
             return list(self.redirect[(name, node)])
         return [name, node + (1 if name in self.nested else 0), tensor]
@@ -111,7 +116,9 @@ class _Graph:
         only the first argument positional; the others become kwargs named after its call
         signature, tensors as [layer, node, tensor] (tf_keras/src/engine/node.py)."""
         args, kwargs = node.get("args", []), node.get("kwargs", {})
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None and not (
+            (k == "mask" or k.endswith("_mask")) and _is_kt(v)
+            and v["config"]["keras_history"][0] in self.mask_ops)}
         if len(args) > 1:
             target = self.t.user.get(cls) or getattr(self.t.tfk.layers, cls, None)
             names = list(inspect.signature(target.call).parameters)[2:] if target else []
@@ -221,6 +228,14 @@ class _Graph:
         args = [tensor_value(a) for a in node.get("args", [])]
         kw = {k: v for k, v in node.get("kwargs", {}).items() if v is not None}
         cfg = {k: v for k, v in e["config"].items() if k != "name"}
+        if cls == "NotEqual" and len(args) == 2 and _is_kt(args[0]) and args[1] == 0:
+            # Keras 3 stores the padding mask of Embedding(mask_zero=True) as this op and passes
+            # it as mask= to the layers after it; tf_keras propagates the same mask implicitly
+            # (Embedding.compute_mask), so the op and those arguments are dropped (the output
+            # check compares the two models with padding ids in the inputs).
+            self.mask_ops.add(name)
+            return self.t.note(f"'{name}' (keras.ops.not_equal(ids, 0), a padding mask): "
+                               "tf_keras propagates Embedding(mask_zero=True) masks itself")
         if cls in _BINARY_OPS and len(args) == 2 and not kw:
             fn, merge = _BINARY_OPS[cls]
             a, b = args
