@@ -54,8 +54,11 @@ def init_ranges(qat_model, x: np.ndarray) -> dict:
     Returns {"ranges": number of range variables set, "samples": len(x),
     "widest_before": ..., "widest_after": ...} (the largest |min|/|max| over all ranges)."""
     env = keras_env.load()
+    # several inputs: a list of arrays in the model's order, or {input name: array}
+    if isinstance(x, dict):
+        x = [np.asarray(x[name]) for name in qat_model.input_names]
     x = [np.asarray(a) for a in x] if isinstance(x, (list, tuple)) else np.asarray(x)
-    n = len(x[0]) if isinstance(x, list) else len(x)  # several inputs: a list of arrays
+    n = len(x[0]) if isinstance(x, list) else len(x)
     if n == 0:
         return {"ranges": 0, "samples": 0}
     others = [v for v in qat_model.variables if not _is_range(v)]

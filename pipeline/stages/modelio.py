@@ -216,7 +216,8 @@ def load_model(name: str = "", path: str = "", *, trust_model: bool = False,
 
 
 def check_model_shape(model, where: str) -> None:
-    """What the pipeline needs: a Sequential/Functional model with one input and one output."""
+    """What the pipeline needs: a Sequential/Functional model with one output (and one or
+    several inputs, fed by name)."""
     cls = type(model).__name__
     if not getattr(model, "_is_graph_network", False) and cls != "Sequential":
         raise ModelFileError(
@@ -231,14 +232,21 @@ def check_model_shape(model, where: str) -> None:
                              "shape)", f"{where} ({cls})",
                              "Build it with keras.Input(shape=...) as its first layer (or call "
                              "model.build) and save it again")
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ModelFileError("Only single-input, single-output models are supported",
+    if len(outputs) != 1:
+        raise ModelFileError("Only single-output models can be trained and converted",
                              f"{where} ({len(inputs)} inputs, {len(outputs)} outputs)",
-                             "Export the classification head as the only output")
+                             "Export the head you deploy as the only output")
 
 
 def input_shape(model) -> tuple:
+    """The first input's shape (the only one, for most models)."""
     return tuple(model.inputs[0].shape)
+
+
+def input_shapes(model) -> dict[str, list]:
+    """{input name: per-sample shape} for every input."""
+    return {name: [None if d is None else int(d) for d in t.shape[1:]]
+            for name, t in zip(model.input_names, model.inputs)}
 
 
 def output_size(model) -> int:

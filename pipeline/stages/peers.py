@@ -86,8 +86,35 @@ def resolve(variants: tuple[Variant, ...], peers: str, zoo: bool, log) -> tuple[
     return tuple(out)
 
 
-def quantize(float_tflite: bytes, representative: np.ndarray) -> bytes:
-    """aeq_int8 from the float32 .tflite, calibrated on ``representative`` (N, ...)."""
+def _samples(sig: dict, representative) -> list[dict]:
+    """One {signature input name: (1, ...) array} per sample. ``representative``: an array
+    (a one-input model) or {input name: array} (the signature's names are the Keras input
+    names)."""
+    def typed(a) -> np.ndarray:
+        a = np.asarray(a)
+        return a if a.dtype.kind in "iu" else a.astype(np.float32)
+
+    names = list(sig["inputs"])
+    if isinstance(representative, dict):
+        missing = sorted(set(names) - set(representative))
+        if missing:
+            raise ConversionError(f"{Variant.AEQ_INT8} calibration data lacks model inputs",
+                                  f"missing {missing}, have {sorted(representative)}",
+                                  "Give one array per model input, keyed by its name")
+        arrays = {n: typed(representative[n]) for n in names}
+    elif len(names) == 1:
+        arrays = {names[0]: typed(representative)}
+    else:
+        raise ConversionError(f"{Variant.AEQ_INT8} needs one calibration array per input",
+                              f"one array for inputs {names}",
+                              "Give {input name: array} for a model with several inputs")
+    n = len(next(iter(arrays.values())))
+    return [{k: v[i: i + 1] for k, v in arrays.items()} for i in range(n)]
+
+
+def quantize(float_tflite: bytes, representative) -> bytes:
+    """aeq_int8 from the float32 .tflite, calibrated on ``representative`` ((N, ...) array, or
+    {input name: (N, ...) array} for a model with several inputs)."""
     require(f"{Variant.AEQ_INT8} was asked for")
     if representative is None or len(representative) == 0:
         raise ConversionError(f"{Variant.AEQ_INT8} needs a representative dataset", "0 samples",
@@ -96,13 +123,11 @@ def quantize(float_tflite: bytes, representative: np.ndarray) -> bytes:
     from ai_edge_quantizer import quantizer, recipe  # lazy: the zoo extra, not in core/qat
 
     sigs = tfl.Interpreter(model_content=float_tflite).get_signature_list()
-    if len(sigs) != 1 or len(next(iter(sigs.values()))["inputs"]) != 1:
-        raise ConversionError(f"{Variant.AEQ_INT8} needs a model with one signature and one "
-                              "input", f"signatures {sigs}", "Drop aeq_int8 for this model")
+    if len(sigs) != 1:
+        raise ConversionError(f"{Variant.AEQ_INT8} needs a model with one signature",
+                              f"signatures {sigs}", "Drop aeq_int8 for this model")
     key, sig = next(iter(sigs.items()))
-    x = representative if representative.dtype.kind in "iu" else \
-        representative.astype(np.float32)
-    samples = [{sig["inputs"][0]: x[i: i + 1]} for i in range(len(x))]
+    samples = _samples(sig, representative)
     try:
         # its progress bars go to stderr, LiteRT's delegate lines to the C++ streams, and
         # "experimental_preserve_all_tensors is for debugging" is its calibrator's own choice

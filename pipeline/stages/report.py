@@ -14,12 +14,11 @@ from importlib import metadata as md
 from pipeline.core import machine
 from pipeline.core.records import SCHEMA_VERSION, Agreement, GateResult, VariantResult
 from pipeline.stages import gates as gates_mod
-from pipeline.stages import intervals, modelio, task_report
+from pipeline.stages import intervals, modelio, samples, task_report
 from pipeline.stages.config import Config
 from pipeline.stages.parity import LayerParity
 from pipeline.stages.results import Conversions, FloatStage, Inputs, QatStage, Verified
 from pipeline.tflite.runtime import ModelRunner
-
 
 DATA_CARD = "data_card.json"  # written beside the report when the dataset has a card
 
@@ -94,6 +93,7 @@ class Report:
     verified: Verified | None = None
     parity: LayerParity | None = None
     card: dict | None = None        # model_card()
+    text_samples: tuple = ()        # samples.text_samples: what a .tflite LM writes
 
     @property
     def completed(self) -> bool:
@@ -120,6 +120,8 @@ class Report:
             doc["float_islands"] = {k: r.to_dict() for k, r in self.conv.islands.items()} \
                 or None
             doc["model_card"] = self.card
+            if self.text_samples:
+                doc["text_samples"] = list(self.text_samples)
         if self.inputs.task.kind == "classification":
             doc.update(intervals.section(self))
         else:  # the task's metrics with bootstrap intervals, QAT vs PTQ in that metric
@@ -133,8 +135,9 @@ class Report:
 
     def markdown(self) -> str:
         """report.md."""
-        sections = (_heading, _variants, _metrics, _differences, _layer_parity, _gates,
-                    _islands, _findings, _feeding, _training, _coverage, _times)
+        sections = (_heading, _variants, _metrics, lambda r: samples.markdown(r.text_samples),
+                    _differences, _layer_parity, _gates, _islands, _findings, _feeding,
+                    _training, _coverage, _times)
         return "\n".join(line for section in sections for line in section(self))
 
     def variant_rows(self) -> list[VariantResult]:
@@ -147,12 +150,13 @@ class Report:
 def build(cfg: Config, inputs: Inputs, floats: FloatStage, gates: list[GateResult],
           timings: dict, *, qat: QatStage | None = None, conv: Conversions | None = None,
           verified: Verified | None = None, parity: LayerParity | None = None,
-          card: dict | None = None) -> Report:
+          card: dict | None = None, text_samples: tuple = ()) -> Report:
     """The report of a run: every stage's result (those after the float gate only when the
     run got there), its gates and stage times."""
     status = "passed" if gates_mod.passed(gates) else "gates_failed"
     return Report(cfg.run_name, status, cfg.seed, cfg.hash(), inputs, floats, tuple(gates),
-                  timings, machine.describe(), qat, conv, verified, parity, card)
+                  timings, machine.describe(), qat, conv, verified, parity, card,
+                  tuple(text_samples))
 
 
 def _translation(loaded) -> dict | None:
@@ -168,6 +172,7 @@ def _model_doc(r: Report) -> dict:
     model = r.floats.model
     return {"source": r.inputs.loaded.source, "kind": r.inputs.loaded.kind,
             "input_shape": list(modelio.input_shape(model)[1:]),
+            **({"input_shapes": modelio.input_shapes(model)} if len(model.inputs) > 1 else {}),
             "outputs": modelio.output_size(model),
             "from_logits": r.inputs.from_logits,
             "coverage": r.qat.coverage.to_dict() if r.completed else None,

@@ -24,7 +24,7 @@ from pipeline.core.errors import (EXIT_GATE_FAILED, EXIT_OK, ConfigError, Conver
 from pipeline.core.records import GateResult, Variant, VariantResult
 from pipeline.keras import ranges
 from pipeline.stages import (annotate, convert, finetune, gates, load, parity, peers, report,
-                             verify)
+                             samples, verify)
 from pipeline.stages import config as config_mod
 from pipeline.stages import data as data_mod
 from pipeline.stages.config import Config
@@ -109,8 +109,9 @@ def run(cfg: Config, *, resume: bool = False, log=print, model=None,
                                  verified.agreement, conv.islands_only, task=inputs.task.kind,
                                  qat_increase_pct=qat_increase(inputs, floats, verified))
         card = report.deliverable_card(cfg.run_name, inputs, floats, conv)
+        text = samples.text_samples(inputs, conv, cfg.seed, log)  # LMs with a tokenizer
         return finish(ctx, inputs, floats, results, qat=qat, conv=conv, verified=verified,
-                      parity=layers, card=card)
+                      parity=layers, card=card, text_samples=text)
 
 
 @contextmanager
@@ -249,7 +250,7 @@ def convert_variants(ctx: _Run, inputs: Inputs, floats: FloatStage,
             extra = "" if c.verdict is None else \
                 f", full-int8: {'yes' if c.verdict.full_int8 else 'NO'}"
             ctx.log(f"convert: {variant.filename} {c.size:,} bytes in {c.seconds:.1f} s{extra}")
-    return Conversions(done, calibration_samples=int(len(rep)), failed_peers=failed)
+    return Conversions(done, calibration_samples=data_mod.count(rep), failed_peers=failed)
 
 
 def verify_variants(ctx: _Run, inputs: Inputs, floats: FloatStage, qat: QatStage,
