@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.core import machine  # noqa: E402  (after the path set-up)
 from pipeline.core.artifacts import atomic_write_bytes  # noqa: E402
+from benchmarks import zoo_seq  # noqa: E402  (language models: their rows and targets)
 
 FLOAT_RANGE = (0.90, 0.995)
 QAT_MAX_LOSS_PP = 0.3
@@ -127,8 +128,6 @@ def model_summary(name: str, report: dict, run: dict) -> dict:
     """Per model: float accuracy, the PTQ loss, QAT's recovery, the paired comparison,
     layer parity (from the run), wall time, CPU."""
     cmp = report.get("qat_vs_best_ptq") or {}
-    lp = report.get("layer_parity") or {}
-    compared = [r for r in lp.get("layers", []) if r.get("status") == "compared"]
     return {
         "model": name, "status": report["status"], "exit_code": run.get("exit_code"),
         "float_accuracy": report["keras"]["float_accuracy"],
@@ -139,14 +138,21 @@ def model_summary(name: str, report: dict, run: dict) -> dict:
         "qat_not_worse_beyond_ci": cmp.get("qat_not_worse_beyond_ci"),
         "paired": cmp.get("paired"), "best_ptq_vs_float": cmp.get("best_ptq_vs_float"),
         "ptq_calibration": report.get("ptq_calibration"),
-        "layer_parity": {"source": "the run's report.json layer_parity (parity.compare_layers, "
-                                   "as `qat verify --layers`)",
-                         "compared": len(compared), "first_divergent": lp.get("first_divergent"),
-                         "threshold_lsb": lp.get("threshold_lsb")} if lp else None,
+        "layer_parity": _parity(report),
         "pipeline_seconds": run.get("seconds"), "run_stage_seconds": report.get("timings"),
         "harness_seconds": run.get("harness_seconds"),
         "cpu": machine.summary(report["machine"]) if report.get("machine") else None,
         "data_card": report.get("data_card")}
+
+
+def _parity(report: dict) -> dict | None:
+    lp = report.get("layer_parity") or {}
+    if not lp:
+        return None
+    compared = [r for r in lp.get("layers", []) if r.get("status") == "compared"]
+    return {"source": "the run's report.json layer_parity (parity.compare_layers, as "
+                      "`qat verify --layers`)", "compared": len(compared),
+            "first_divergent": lp.get("first_divergent"), "threshold_lsb": lp.get("threshold_lsb")}
 
 
 def _target(model: str, name: str, ok: bool | None, detail: str, note: str = "") -> dict:
@@ -174,7 +180,8 @@ def _recovery_target(s: dict) -> dict:
 
 
 # long: one check per target, in the order the zoo states them
-def targets(summaries: list[dict], total_s: float | None) -> list[dict]:
+def targets(summaries: list[dict], total_s: float | None, lms: list[dict] = ()) -> list[dict]:
+    """Every target row: the classifiers', the language models' (zoo_seq), the zoo's time."""
     out = []
     for s in summaries:
         m, fa = s["model"], s["float_accuracy"]
@@ -205,6 +212,7 @@ def targets(summaries: list[dict], total_s: float | None) -> list[dict]:
                             if not lp["first_divergent"] else
                             f"first divergent layer {lp['first_divergent']}")
                            + " (from the run's report.json)"))
+    out += [t for s in lms for t in zoo_seq.targets(s, _target)]
     if total_s is None:
         out.append(_target("zoo", "make zoo <= 45 min", None, "no run timed (--skip-run)"))
     else:
@@ -259,6 +267,7 @@ def markdown(doc: dict) -> str:
                      f"{_num(s['qat_loss_pp'], '+.2f')} | {rec} | {ci} | "
                      f"{_yes(s['qat_within_best_ptq_ci'])} | "
                      f"{_num(s['pipeline_seconds'], '.0f')} |")
+    lines += zoo_seq.markdown(doc.get("lm_rows", []), doc.get("language_models", []))
     lines += ["", "## Targets", "", "| model | target | result | detail |", "|---|---|---|---|"]
     lines += [f"| {t['model']} | {t['target']} | {t['result']} | {t['detail']} |"
               for t in doc["targets"]]
@@ -269,20 +278,26 @@ def build(names: list[str], root: Path, runs: dict, harness: dict,
           total_s: float | None) -> dict:
     """zoo.json from the runs' report.json files and the harness results; ``total_s`` is
     the zoo's wall time (None when the runs were not made now)."""
-    rows, summaries = [], []
+    rows, summaries, lm_rows, lms = [], [], [], []
     for name in names:
         report_path = root / name / "report.json"
         if not report_path.is_file():
             raise SystemExit(f"zoo: {name} wrote no report ({report_path}); see "
                              f"{runs.get(name, {}).get('log', 'its log')}")
         report = json.loads(report_path.read_text())
+        if zoo_seq.is_sequence(report):
+            lm_rows += zoo_seq.rows(name, report, _latency(harness.get(name)))
+            lms.append(zoo_seq.summary(name, report, runs.get(name, {}), _parity(report),
+                                       machine.summary(report["machine"])))
+            continue
         rows += model_rows(name, report, harness.get(name))
         summaries.append(model_summary(name, report, runs.get(name, {})))
-    cpu = next((s["cpu"] for s in summaries if s["cpu"]), machine.summary())
+    cpu = next((s["cpu"] for s in summaries + lms if s["cpu"]), machine.summary())
     doc = {"schema_version": 1, "kind": "qat-deploy.zoo", "models": summaries, "rows": rows,
+           "language_models": lms, "lm_rows": lm_rows,
            "total_seconds": None if total_s is None else round(total_s, 1), "cpu": cpu,
            "host_protocol": HOST_ARGS}
-    doc["targets"] = targets(summaries, total_s)
+    doc["targets"] = targets(summaries, total_s, lms)
     return doc
 
 

@@ -110,6 +110,23 @@ def demo_run(tmp_path_factory, env):
     return code, out / "digits_cnn"
 
 
+@pytest.fixture(scope="session")
+def lm_run(tmp_path_factory, env):
+    """`qat run char_lm` on a slice (300 train / 40 test windows, one float and one QAT
+    epoch, no peer, gates opened: quality is not the point on a slice), run once:
+    (exit code, run directory)."""
+    from pipeline.cli.app import main, parse_args
+
+    out = tmp_path_factory.mktemp("lm")
+    code = main(parse_args([
+        "run", "char_lm", "--output", str(out), "--quiet",
+        "--set", "data.train_samples=300", "--set", "data.test_samples=40",
+        "--set", "model.float_epochs=1", "--set", "convert.peers=off",
+        "--set", "gates.min_float_accuracy=0", "--set", "gates.max_accuracy_drop_pp=100",
+        "--set", "gates.min_agreement=0", "--set", "gates.max_perplexity_increase_pct=1000"]))
+    return code, out / "char_lm"
+
+
 def run_cli(*args: str, cwd: Path | None = None, env_extra: dict | None = None,
             timeout: int = 300, module: str = "pipeline") -> subprocess.CompletedProcess:
     """Run ``python -m <module> ARGS`` in a child process (the real console entry)."""
@@ -132,7 +149,8 @@ def next_auto_name(keras, cls: str = "Conv2D") -> str:
 # Fixtures that train a model or run the demo (10-50 s each, once per session or module): a
 # test that uses one, directly or through another fixture (trained_h5, tflite_variants, ...),
 # is marked slow, so `make test-quick` (-m "not slow") never starts them.
-SLOW_FIXTURES = frozenset({"trained_model", "qat_model", "demo_run", "keras3_model_file"})
+SLOW_FIXTURES = frozenset({"trained_model", "qat_model", "demo_run", "keras3_model_file",
+                           "lm_run"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the slow marks must be there by then
@@ -147,7 +165,8 @@ def pytest_collection_modifyitems(config, items):
         items.reverse()
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if "demo_run" in fixtures:
-            item.add_marker(pytest.mark.xdist_group("demo_run"))
+        for shared in ("demo_run", "lm_run"):
+            if shared in fixtures:
+                item.add_marker(pytest.mark.xdist_group(shared))
         if fixtures & SLOW_FIXTURES:
             item.add_marker(pytest.mark.slow)

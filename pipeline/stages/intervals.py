@@ -99,6 +99,7 @@ def calibration(report) -> dict | None:
         return None
     ptq = [v.value for v in conv.by_variant if v.is_ptq]
     doc = {"samples": conv.calibration_samples, "variants": ptq,
+           "converted_from": conv.float_graph,
            "source": "the train split, a seeded random sample (data.representative_sample), "
                      "the same samples for every PTQ variant"}
     if Variant.AEQ_INT8 in conv.by_variant:

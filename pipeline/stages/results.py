@@ -88,6 +88,7 @@ class Conversions:
     calibration_samples: int = 0   # representative samples each PTQ variant was calibrated on
     # peers convert.peers added that their tool failed to make: variant -> the error
     failed_peers: dict = field(default_factory=dict)
+    float_graph: str = "the float model"  # what float32 / PTQ were converted from
 
     @property
     def islands(self) -> dict:

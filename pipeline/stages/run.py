@@ -15,18 +15,16 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Callable
 
 from pipeline.core.artifacts import RunDir, check_output_dir
-from pipeline.core.errors import (EXIT_GATE_FAILED, EXIT_OK, ConfigError, ConversionError,
-                                  UsageError)
+from pipeline.core.errors import EXIT_GATE_FAILED, EXIT_OK, ConversionError
 from pipeline.core.records import GateResult, Variant, VariantResult
-from pipeline.keras import ranges
+from pipeline.keras import graph, ranges
 from pipeline.stages import (annotate, convert, finetune, gates, load, parity, peers, report,
                              samples, verify)
-from pipeline.stages import config as config_mod
 from pipeline.stages import data as data_mod
+from pipeline.stages import resume as resume_mod
 from pipeline.stages.config import Config
 from pipeline.stages.results import (Annotated, Conversions, FloatStage, Inputs, QatStage,
                                      Verified)
@@ -91,7 +89,7 @@ def run(cfg: Config, *, resume: bool = False, log=print, model=None,
         inputs = load.load_inputs(cfg, log, model, dataset)
     # Inputs are valid: from here on files are written (to the staging directory).
     run_dir = RunDir(cfg.run_dir, resume=resume, log=log,
-                     check_resume=lambda source: check_same_run(cfg, source))
+                     check_resume=lambda source: resume_mod.check_same_run(cfg, source))
     ctx = _Run(cfg, run_dir, timer, log, resume, t_start, variants)
     with _kept_for_resume(run_dir, log):
         run_dir.write_text("config.toml", cfg.to_toml())
@@ -230,9 +228,10 @@ def convert_variants(ctx: _Run, inputs: Inputs, floats: FloatStage,
                                          cfg.convert.representative_samples, cfg.seed)
     keep_float = annotate.keep_float_layers(qat.coverage)
     done, failed = {}, {}
+    float_model, float_graph = _float_graph(ctx, floats, qat)
     with ctx.timer.stage("convert"):
         for variant in ctx.variants:
-            source = qat.model if variant is Variant.QAT_INT8 else floats.model
+            source = qat.model if variant is Variant.QAT_INT8 else float_model
             f32 = done.get(Variant.FLOAT32)
             try:
                 c = convert.convert(variant, source, representative=rep, io=cfg.convert.io,
@@ -250,7 +249,19 @@ def convert_variants(ctx: _Run, inputs: Inputs, floats: FloatStage,
             extra = "" if c.verdict is None else \
                 f", full-int8: {'yes' if c.verdict.full_int8 else 'NO'}"
             ctx.log(f"convert: {variant.filename} {c.size:,} bytes in {c.seconds:.1f} s{extra}")
-    return Conversions(done, calibration_samples=data_mod.count(rep), failed_peers=failed)
+    return Conversions(done, calibration_samples=data_mod.count(rep), failed_peers=failed,
+                       float_graph=float_graph)
+
+
+def _float_graph(ctx: _Run, floats: FloatStage, qat: QatStage) -> tuple[object, str]:
+    """The float model the float32 and PTQ variants are made from. With a MultiHeadAttention
+    rewritten for QAT, the rewritten float graph (the same function in float): Keras' -1e9
+    mask would otherwise set the int8 range of the attention scores, and PTQ would be judged
+    on that, not on quantization."""
+    if not any(p.parts for p in qat.coverage.layers):
+        return floats.model, "the float model"
+    ctx.log("convert: float32 / PTQ variants made from the attention-rewritten float graph")
+    return graph.rebuild(floats.model).model, "the attention-rewritten float graph"
 
 
 def verify_variants(ctx: _Run, inputs: Inputs, floats: FloatStage, qat: QatStage,
@@ -358,39 +369,3 @@ def finish(ctx: _Run, inputs: Inputs, floats: FloatStage, results: list[GateResu
             ctx.log(f"gate failed: {g.name} = {g.value} (threshold {g.threshold}) {g.detail}")
     return RunResult(EXIT_OK if rep.status == "passed" else EXIT_GATE_FAILED, str(final), doc,
                      results)
-
-
-# Keys that may differ between a run and its resumption: where it is written and how
-# verbose the progress is (--quiet/--json) change nothing in the artifacts.
-_RESUME_FREE = ("output.", "qat.verbose")
-
-
-def check_same_run(cfg: Config, source) -> None:
-    """``--resume`` continues the *same* run: the config the earlier attempt saved
-    (config.toml) must equal this one (the model path, data, seed and every training key);
-    otherwise its checkpoints would be restored into another model or mixed with other
-    settings."""
-    saved = Path(source) / "config.toml"
-    if not saved.is_file():
-        return  # killed before its first file: nothing but checkpoints-free state to reuse
-    try:
-        old = config_mod.load(saved)
-    except ConfigError as exc:
-        raise UsageError("The run to resume has an unreadable config.toml", f"{saved} ({exc})",
-                         "Run without --resume to start over")
-
-    def flat(c):
-        return {f"{sec}.{k}" if isinstance(v, dict) else sec: vv
-                for sec, v in c.to_dict().items()
-                for k, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
-
-    a, b = flat(old), flat(cfg)
-    diffs = [k for k in sorted(set(a) | set(b))
-             if a.get(k) != b.get(k) and not k.startswith(_RESUME_FREE)]
-    if diffs:
-        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diffs[:3])
-        more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
-        raise UsageError("--resume must continue the same run, but the model or config "
-                         "differs from the run being resumed", f"{shown}{more} (saved in "
-                         f"{saved})", "Rerun with the same model and settings, drop --resume "
-                         "to start over, or pass --name for a new run directory")

@@ -120,3 +120,32 @@ def test_main_rebuilds_the_table_from_existing_runs(demo_run, tmp_path, capsys):
     assert (tmp_path / "zoo" / "zoo.md").is_file()
     with pytest.raises(SystemExit):
         zoo.main(["--models", "nope", "--output", str(tmp_path), "--skip-run"])
+
+
+def test_a_language_model_gets_its_own_rows_and_targets(lm_run, tmp_path):
+    """The session's `qat run char_lm` slice: its rows come from task_metrics (token accuracy,
+    perplexity with intervals), its targets are in perplexity, and the markdown has its
+    table and a line of text written by qat_int8.tflite."""
+    code, run_dir = lm_run
+    assert code == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    doc = zoo.build(["char_lm"], run_dir.parent, {"char_lm": {"exit_code": 0, "seconds": 90.0}},
+                    {}, 95.0)
+    assert doc["models"] == [] and doc["rows"] == []
+    (s,) = doc["language_models"]
+    rows = {r["variant"]: r for r in doc["lm_rows"]}
+    assert set(rows) == {"float32", "ptq_int8", "qat_int8"}
+    metrics = {r["model"]: r for r in report["task_metrics"]["rows"]}
+    for v, r in rows.items():
+        assert r["perplexity"] == metrics[v]["perplexity"]
+        assert r["perplexity_ci95"][0] <= r["perplexity"] <= r["perplexity_ci95"][1]
+    assert s["qat_perplexity"] == pytest.approx(metrics["qat_int8"]["perplexity"])
+    results = {t["target"]: t for t in doc["targets"] if t["model"] == "char_lm"}
+    qi = s["qat_increase"]["increase_pct"]
+    assert results["QAT perplexity within 3 % of float"]["result"] == \
+        ("PASS" if qi <= 3.0 else "FAIL")
+    assert results["run <= 20 min"]["result"] == "PASS"
+    assert results["no diverging layer (layer parity)"]["result"] == "PASS"
+    md = zoo.markdown(doc)
+    assert "## Language models" in md and "| char_lm | `qat_int8` |" in md
+    assert "`qat_int8.tflite`, greedy" in md

@@ -116,3 +116,31 @@ def test_model_is_a_causal_transformer_of_standard_layers(env):
     y2 = tiny([changed, pos]).numpy()
     np.testing.assert_array_equal(y2[:, :5], y[:, :5])  # causal: the past does not move
     assert np.abs(y2[:, 5:] - y[:, 5:]).max() > 1e-4
+
+
+def test_qat_run_on_a_slice_is_full_int8_scored_per_token_and_writes_text(lm_run):
+    """`qat run char_lm` on a slice (the session's lm_run): both int8 variants full-int8,
+    perplexity for every variant, PTQ made from the attention-rewritten float graph, layer
+    parity over the attention's inner tensors, and text written by each .tflite."""
+    import json
+
+    code, run = lm_run
+    report = json.loads((run / "report.json").read_text())
+    assert code == 0, report["gates"]
+    rows = {r["model"]: r for r in report["task_metrics"]["rows"]}
+    assert {"keras_float", "keras_qat", "float32", "ptq_int8", "qat_int8"} <= set(rows)
+    for name in ("ptq_int8", "qat_int8"):
+        assert rows[name]["full_int8"] is True
+        lo, hi = rows[name]["perplexity_ci95"]
+        assert lo <= rows[name]["perplexity"] <= hi and rows[name]["tokens"] == 40 * 64
+    assert report["ptq_calibration"]["converted_from"] == "the attention-rewritten float graph"
+    compared = {r["layer"] for r in report["layer_parity"]["layers"] if r["status"] == "compared"}
+    assert any("softmax" in n for n in compared) and any("scores" in n for n in compared)
+    assert report["layer_parity"]["first_divergent"] is None
+    samples = report["text_samples"]
+    assert {(s["variant"], s["decoding"] == "greedy") for s in samples} == {
+        (v, g) for v in ("float32", "qat_int8", "ptq_int8") for g in (True, False)}
+    assert all(s["tokens"] == 120 and s["prompt"] == samples[0]["prompt"] for s in samples)
+    md = (run / "report.md").read_text()
+    assert "## Text written by the .tflite files" in md
+    assert samples[0]["text"].split("\n")[0][:20] in md
