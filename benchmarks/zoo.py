@@ -204,14 +204,7 @@ def targets(summaries: list[dict], total_s: float | None, lms: list[dict] = ()) 
                            f"{100 * p['ci95'][0]:+.2f} to {100 * p['ci95'][1]:+.2f} pp, McNemar "
                            f"p = {p['mcnemar_p']:.3g}"))
         out.append(_recovery_target(s))
-        lp = s["layer_parity"]
-        out.append(_target(m, "no diverging layer (layer parity)",
-                           bool(lp and lp["compared"] and not lp["first_divergent"]),
-                           "no layer parity in the run" if not lp else
-                           (f"{lp['compared']} layers within {lp['threshold_lsb']} LSB mean"
-                            if not lp["first_divergent"] else
-                            f"first divergent layer {lp['first_divergent']}")
-                           + " (from the run's report.json)"))
+        out.append(zoo_seq.parity_target(m, s["layer_parity"], _target))
     out += [t for s in lms for t in zoo_seq.targets(s, _target)]
     if total_s is None:
         out.append(_target("zoo", "make zoo <= 45 min", None, "no run timed (--skip-run)"))

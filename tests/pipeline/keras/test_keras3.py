@@ -20,16 +20,6 @@ from tests.conftest import next_auto_name
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def k3():
-    return keras_env.load_keras3()
-
-
-@pytest.fixture(scope="module")
-def tfk():
-    return keras_env.load().keras
-
-
 def _randomize(model, seed=0):
     """Seeded non-trivial weights (BN statistics included; variances kept positive)."""
     rng = np.random.default_rng(seed)

@@ -19,16 +19,6 @@ ATOL = 1e-5
 T, VOCAB, D = 6, 11, 8
 
 
-@pytest.fixture(scope="module")
-def k3():
-    return keras_env.load_keras3()
-
-
-@pytest.fixture(scope="module")
-def tfk():
-    return keras_env.load().keras
-
-
 def _randomize(model, seed=0):
     rng = np.random.default_rng(seed)
     for w in model.weights:
