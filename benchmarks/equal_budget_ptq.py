@@ -28,16 +28,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.core import keras_env  # noqa: E402
 from pipeline.core.records import Variant  # noqa: E402
+from pipeline.keras import graph  # noqa: E402
 from pipeline.stages import config, convert, data, finetune, load, modelio, stats  # noqa: E402
 from pipeline.tflite.runtime import ModelRunner  # noqa: E402
 
 
 def _right(outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return np.argmax(outputs, axis=-1) == y
+    """Correct top-1 per sample (per token, flattened, for a sequence model)."""
+    return (np.argmax(outputs, axis=-1) == y).reshape(-1)
 
 
-def _tflite_right(content: bytes, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return _right(ModelRunner(content).run(x)[0], y)
+def _perplexity(logits: np.ndarray, y: np.ndarray) -> float | None:
+    """exp(mean cross-entropy per token) for per-token logits (None for a classifier)."""
+    if np.ndim(logits) != 3:
+        return None
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(np.exp(-np.take_along_axis(logp, y[..., None], -1).mean()))
+
+
+def _scores(outputs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float | None]:
+    return _right(outputs, y), _perplexity(outputs, y)
+
+
+def _tflite_scores(content: bytes, x, y: np.ndarray):
+    return _scores(ModelRunner(content).run(x)[0], y)
 
 
 def finetune_float(model, splits, qat_cfg, from_logits: bool) -> float:
@@ -65,21 +81,27 @@ def main(argv: list[str] | None = None) -> int:
                                                                 "float_model.h5")).model)
     model, ds = inputs.loaded.model, inputs.dataset
     y = ds.y_test
-    before = float(np.mean(_right(model.predict(ds.x_test, verbose=0), y)))
+    before, ppl_before = _scores(model.predict(ds.x_test, verbose=0), y)
     seconds = finetune_float(model, inputs.splits, cfg.qat, inputs.from_logits)
-    after = float(np.mean(_right(model.predict(ds.x_test, verbose=0), y)))
+    after, ppl_after = _scores(model.predict(ds.x_test, verbose=0), y)
     rep = data.representative_sample(ds.x_train, cfg.convert.representative_samples, cfg.seed)
-    ptq = _tflite_right(convert.to_tflite(model, Variant.PTQ_INT8, rep, cfg.convert.io),
-                        ds.x_test, y)
-    qat = _tflite_right((run / "qat_int8.tflite").read_bytes(), ds.x_test, y)
+    # the graph the run's PTQ was made from (attention rewritten: stages/run.py _float_graph)
+    source = graph.rebuild(model).model
+    ptq, ppl_ptq = _tflite_scores(convert.to_tflite(source, Variant.PTQ_INT8, rep,
+                                                    cfg.convert.io), ds.x_test, y)
+    qat, ppl_qat = _tflite_scores((run / "qat_int8.tflite").read_bytes(), ds.x_test, y)
     pair = stats.paired("qat_int8", qat, "ptq_int8_after_finetune", ptq)
     print(f"run: {run}  ({len(y)} test samples; fine-tune: {cfg.qat.epochs} epoch(s), "
           f"lr {cfg.qat.learning_rate}, {cfg.qat.lr_schedule}, batch {cfg.qat.batch_size}, "
           f"{seconds:.0f} s)")
-    print(f"float before fine-tune   {100 * before:6.2f} %")
-    print(f"float after fine-tune    {100 * after:6.2f} %")
-    print(f"ptq_int8 after fine-tune {100 * ptq.mean():6.2f} %")
-    print(f"qat_int8 (the run's)     {100 * qat.mean():6.2f} %")
+    for label, right, ppl in (("float before fine-tune", before, ppl_before),
+                              ("float after fine-tune", after, ppl_after),
+                              ("ptq_int8 after fine-tune", ptq, ppl_ptq),
+                              ("qat_int8 (the run's)", qat, ppl_qat)):
+        extra = "" if ppl is None else f"  perplexity {ppl:.3f}"
+        print(f"{label:24s} {100 * right.mean():6.2f} %{extra}")
+    # per token for a sequence model: tokens of one window are not independent, so the
+    # interval is narrower than the data supports there (the run's report has the bootstrap)
     print(f"QAT - equal-budget PTQ = {100 * pair.difference:+.2f} pp, paired 95 % CI "
           f"{100 * pair.ci95[0]:+.2f} to {100 * pair.ci95[1]:+.2f} pp, McNemar p = "
           f"{pair.mcnemar_p:.3g}")

@@ -42,6 +42,9 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return lo, hi
 
 
+EXACT_MAX_N = 1000  # discordant pairs up to which McNemar's tail is summed in integers
+
+
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided p-value of the exact McNemar test: ``b`` pairs where only the first model
     is right, ``c`` where only the second is; under "equally accurate" b ~ Binomial(b+c, 1/2).
@@ -51,7 +54,14 @@ def mcnemar_exact(b: int, c: int) -> float:
         return 1.0
     k = min(b, c)
     # sum of C(n, i) / 2^n for i <= k, doubled (the binomial(n, 1/2) is symmetric)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    if n <= EXACT_MAX_N:  # exact integers
+        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    else:  # 2.0 ** n overflows a float past n = 1023: the same sum in log space
+        logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                for i in range(k + 1)]
+        top = max(logs)
+        tail = math.exp(top + math.log(sum(math.exp(v - top) for v in logs))
+                        - n * math.log(2.0))
     return min(1.0, 2.0 * tail)
 
 

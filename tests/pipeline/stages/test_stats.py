@@ -49,6 +49,23 @@ def test_mcnemar_exact_known_values():
     assert stats.mcnemar_exact(0, 1) == 1.0  # one discordant pair proves nothing
 
 
+def test_mcnemar_with_thousands_of_discordant_pairs():
+    """Per-token comparisons of a language model have tens of thousands of discordant pairs;
+    2.0 ** n overflows a float past n = 1023. Log-space summation from n = 1001 on: it meets
+    the integer sum at the switch, matches the normal approximation (continuity-corrected,
+    accurate at this n) far out, and stays in [0, 1]."""
+    n = stats.EXACT_MAX_N
+    b = n // 2 - 20
+    exact = 2 * sum(math.comb(n + 1, i) for i in range(b + 1)) / 2 ** (n + 1)
+    assert stats.mcnemar_exact(b, n + 1 - b) == pytest.approx(exact, rel=1e-9)
+    b, c = 6000, 6200  # n = 12,200: z = (200 - 1) / sqrt(12,200) = 1.80
+    z = (abs(b - c) - 1) / math.sqrt(b + c)
+    normal = math.erfc(z / math.sqrt(2))
+    assert stats.mcnemar_exact(b, c) == pytest.approx(normal, rel=0.01)
+    assert stats.mcnemar_exact(5000, 9000) == pytest.approx(0.0, abs=1e-200)
+    assert stats.mcnemar_exact(7000, 7000) == 1.0
+
+
 def test_newcombe_paired_matches_the_published_example():
     # Fagerland, Lydersen & Laake, "Statistical Analysis of Contingency Tables" (2017), the
     # paired 2x2 example of chapter 8 (Cavo et al. 2012): 59, 6 / 16, 80 ->
