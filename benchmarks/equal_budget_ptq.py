@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.core import keras_env  # noqa: E402
 from pipeline.core.records import Variant  # noqa: E402
 from pipeline.keras import graph  # noqa: E402
-from pipeline.stages import config, convert, data, finetune, load, modelio, stats  # noqa: E402
+from pipeline.stages import (config, convert, data, finetune, load, metrics,  # noqa: E402
+                             modelio, stats)
 from pipeline.tflite.runtime import ModelRunner  # noqa: E402
 
 
@@ -38,22 +39,21 @@ def _right(outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (np.argmax(outputs, axis=-1) == y).reshape(-1)
 
 
-def _perplexity(logits: np.ndarray, y: np.ndarray) -> float | None:
-    """exp(mean cross-entropy per token) for per-token logits (None for a classifier)."""
+def _perplexity(logits: np.ndarray, y: np.ndarray, from_logits: bool) -> float | None:
+    """exp(mean cross-entropy per token), as the run's report computes it (stages/metrics.py);
+    None for a classifier."""
     if np.ndim(logits) != 3:
         return None
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-    return float(np.exp(-np.take_along_axis(logp, y[..., None], -1).mean()))
+    return float(np.exp(metrics.token_nll(logits, y, from_logits).mean()))
 
 
-def _scores(outputs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float | None]:
-    return _right(outputs, y), _perplexity(outputs, y)
+def _scores(outputs: np.ndarray, y: np.ndarray, from_logits: bool
+            ) -> tuple[np.ndarray, float | None]:
+    return _right(outputs, y), _perplexity(outputs, y, from_logits)
 
 
-def _tflite_scores(content: bytes, x, y: np.ndarray):
-    return _scores(ModelRunner(content).run(x)[0], y)
+def _tflite_scores(content: bytes, x, y: np.ndarray, from_logits: bool):
+    return _scores(ModelRunner(content).run(x)[0], y, from_logits)
 
 
 def finetune_float(model, splits, qat_cfg, from_logits: bool) -> float:
@@ -79,17 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     inputs = load.load_inputs(cfg, lambda *a: None,
                               model=modelio.load_model(path=str(run / "keras" /
                                                                 "float_model.h5")).model)
-    model, ds = inputs.loaded.model, inputs.dataset
+    model, ds, logits = inputs.loaded.model, inputs.dataset, inputs.from_logits
     y = ds.y_test
-    before, ppl_before = _scores(model.predict(ds.x_test, verbose=0), y)
+    before, ppl_before = _scores(model.predict(ds.x_test, verbose=0), y, logits)
     seconds = finetune_float(model, inputs.splits, cfg.qat, inputs.from_logits)
-    after, ppl_after = _scores(model.predict(ds.x_test, verbose=0), y)
+    after, ppl_after = _scores(model.predict(ds.x_test, verbose=0), y, logits)
     rep = data.representative_sample(ds.x_train, cfg.convert.representative_samples, cfg.seed)
     # the graph the run's PTQ was made from (attention rewritten: stages/run.py _float_graph)
     source = graph.rebuild(model).model
     ptq, ppl_ptq = _tflite_scores(convert.to_tflite(source, Variant.PTQ_INT8, rep,
-                                                    cfg.convert.io), ds.x_test, y)
-    qat, ppl_qat = _tflite_scores((run / "qat_int8.tflite").read_bytes(), ds.x_test, y)
+                                                    cfg.convert.io), ds.x_test, y, logits)
+    qat, ppl_qat = _tflite_scores((run / "qat_int8.tflite").read_bytes(), ds.x_test, y, logits)
     pair = stats.paired("qat_int8", qat, "ptq_int8_after_finetune", ptq)
     print(f"run: {run}  ({len(y)} test samples; fine-tune: {cfg.qat.epochs} epoch(s), "
           f"lr {cfg.qat.learning_rate}, {cfg.qat.lr_schedule}, batch {cfg.qat.batch_size}, "
