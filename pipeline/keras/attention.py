@@ -4,7 +4,7 @@ tfmot cannot wrap tf_keras' ``MultiHeadAttention`` (its ``compute_output_shape``
 query and value shapes separately, and its inner EinsumDense layers and einsums are invisible
 to the registry), so ``graph.rebuild`` replaces each one by primitives:
 
-    query/key/value  Dense with the MHA's own kernels reshaped to (d, heads*dim); the query's
+    query/key/value  SequenceDense (keras/seqdense.py) with the MHA's own kernels reshaped to (d, heads*dim); the query's
                      1/sqrt(key_dim) scale is folded into its kernel and bias
     *_heads / *_perm Reshape (T, heads, dim) and Permute to (heads, T, dim)
     scores           AttentionScores: Q·Kᵀ per head, output fake-quantized (int8 BATCH_MATMUL)
@@ -12,7 +12,7 @@ to the registry), so ``graph.rebuild`` replaces each one by primitives:
     softmax          the Keras Softmax (int8 SOFTMAX, output scale 1/256)
     context          AttentionContext: weights·V per head, output fake-quantized
     out_perm/merge   Permute back and Reshape to (T, heads*value_dim)
-    output           Dense with the output projection's kernel reshaped to (heads*value_dim, d)
+    output           SequenceDense with the output projection's kernel reshaped to (heads*value_dim, d)
 
 Masks. Keras adds -1e9 to masked scores. In int8 that value would set the scale of the
 tensor feeding the softmax (1e9/255 per step), every real score would round to one code and
@@ -45,6 +45,7 @@ import numpy as np
 
 from pipeline.core import keras_env
 from pipeline.core.errors import ConversionError
+from pipeline.keras import seqdense
 
 HEADROOM = 17.0  # masked score = row minimum - HEADROOM (see the module docstring)
 MHA = "MultiHeadAttention"
@@ -217,10 +218,14 @@ def rewrite(keras, layer, args, kwargs, originals: list, unique) -> tuple[object
         made.append(new_layer)
         return new_layer(*inputs)
 
+    def linear(x, units, use_bias, name, weights):
+        layers, w = seqdense.dense(keras, units, use_bias, None, name, weights, unique)
+        made.extend(layers)
+        return seqdense.call(layers, w, x)
+
     def project(x, dense, dim, tag, scale=1.0):
-        d = add(L.Dense(heads * dim, use_bias=dense.bias is not None,
-                        name=unique(f"{n}_{tag}")), x)
-        made[-1].set_weights(_dense_weights(dense, heads * dim, scale))
+        d = linear(x, heads * dim, dense.bias is not None, unique(f"{n}_{tag}"),
+                   _dense_weights(dense, heads * dim, scale))
         t = x.shape[1] if x.shape[1] is not None else -1  # static: no shape ops in TFLite
         h = add(L.Reshape((t, heads, dim), name=unique(f"{n}_{tag}_heads")), d)
         return add(L.Permute((2, 1, 3), name=unique(f"{n}_{tag}_perm")), h)
@@ -245,17 +250,19 @@ def rewrite(keras, layer, args, kwargs, originals: list, unique) -> tuple[object
     c = add(L.Reshape((t, heads * vd), name=unique(f"{n}_merge")), c)
     dense = layer._output_dense
     out_dim = int(dense.kernel.shape[-1])
-    out = add(L.Dense(out_dim, use_bias=dense.bias is not None,
-                      name=unique(f"{n}_output")), c)
-    made[-1].set_weights(_dense_weights(dense, out_dim, 1.0))
+    out = linear(c, out_dim, dense.bias is not None, unique(f"{n}_output"),
+                 _dense_weights(dense, out_dim, 1.0))
+    return out, AttentionRoute(n, MHA, int(layer.count_params()),
+                               tuple(m.name for m in made), _detail(len(made), causal, mask))
+
+
+def _detail(parts: int, causal: bool, mask) -> str:
     masks = ("causal mask" if causal else "") + (" + " if causal and mask is not None else "") \
         + ("attention_mask" if mask is not None else "")
-    detail = (f"rewritten into {len(made)} layers: Dense projections (int8 FULLY_CONNECTED), "
-              "Q·Kᵀ and weights·V as fake-quantized matmuls (int8 BATCH_MATMUL), Keras "
-              "Softmax (int8 SOFTMAX)" + (f", {masks} at row min - {HEADROOM:g}" if masks
-                                          else ""))
-    return out, AttentionRoute(n, MHA, int(layer.count_params()),
-                               tuple(m.name for m in made), detail)
+    return (f"rewritten into {parts} layers: Dense projections (int8 FULLY_CONNECTED), "
+            "Q·Kᵀ and weights·V as fake-quantized matmuls (int8 BATCH_MATMUL), Keras "
+            "Softmax (int8 SOFTMAX)" + (f", {masks} at row min - {HEADROOM:g}" if masks
+                                        else ""))
 
 
 def _dense_weights(einsum_dense, units: int, scale: float) -> list:

@@ -15,7 +15,7 @@ the .tflite stays full-int8.
 from __future__ import annotations
 
 from pipeline.core import keras_env
-from pipeline.keras import attention
+from pipeline.keras import attention, layernorm, seqdense
 from pipeline.keras.plan import LayerPlan, LayerStatus
 
 # Weight attributes a fallback fake-quantizes (per tensor, symmetric, narrow range: tfmot's
@@ -55,8 +55,29 @@ _OWN = {
     "AttentionContext": ((), "attention weights·V, output fake-quantized: int8 BATCH_MATMUL"),
     "AttentionMask": ((), f"attention mask at row min - {attention.HEADROOM:g} (bounded "
                       "range), output fake-quantized: int8 MUL / ADD / MIN"),
+    "Softmax": ((), "our QuantizeConfig: output fake-quantized on int8 SOFTMAX's fixed grid "
+                "(scale 1/256, zero point -128; tfmot leaves it float)"),
+    "SequenceDense": (("kernel",), "Dense on sequences (keras/seqdense.py): kernel int8 per "
+                      "tensor (as tfmot's Dense), output fake-quantized; one int8 "
+                      "FULLY_CONNECTED with an int32 bias"),
+    # LayerNormalization's int8 steps (keras/layernorm.py)
+    "LNMean": ((), "LayerNorm step: mean, output fake-quantized: int8 MEAN"),
+    "LNCenter": ((), "LayerNorm step: x - mean, output fake-quantized: int8 SUB"),
+    "LNSquare": ((), "LayerNorm step: squared deviation, output fake-quantized: int8 MUL"),
+    "LNEpsilon": ((), "LayerNorm step: variance + epsilon, output fake-quantized: int8 ADD"),
+    "LNRsqrt": ((), "LayerNorm step: 1/sqrt, output fake-quantized: int8 RSQRT"),
+    "LNNormalize": ((), "LayerNorm step: deviation / std, output fake-quantized: int8 MUL"),
+    "LNGamma": (("gamma",), "LayerNorm step: gamma (int8 per tensor), output fake-quantized: "
+                "int8 MUL"),
+    "LNBeta": (("beta",), "LayerNorm step: beta (int8 per tensor), output fake-quantized: "
+               "int8 ADD"),
 }
 
+
+# Outputs TFLite's int8 kernels put on a fixed grid: the QAT model simulates that grid
+# (FixedQuantizer) instead of learning a range the converter would override. SOFTMAX: scale
+# 1/256, zero point -128, i.e. [0, 255/256].
+FIXED_OUTPUT = {"Softmax": (0.0, 255.0 / 256.0)}
 
 _CLASS = None
 
@@ -74,9 +95,11 @@ def config_class():
     class FallbackQuantizeConfig(q.QuantizeConfig):
         """Fake-quantize the named weights (per tensor) and, optionally, the output."""
 
-        def __init__(self, weight_attrs=(), quantize_output=True):
+        def __init__(self, weight_attrs=(), quantize_output=True, output_range=None):
             self.weight_attrs = list(weight_attrs)
             self.quantize_output = bool(quantize_output)
+            self.output_range = None if output_range is None else \
+                [float(v) for v in output_range]
 
         def get_weights_and_quantizers(self, layer):
             return [(getattr(layer, a), q.quantizers.LastValueQuantizer(
@@ -96,11 +119,16 @@ def config_class():
         def get_output_quantizers(self, layer):
             if not self.quantize_output:
                 return []
+            if self.output_range is not None:  # a fixed grid (int8 SOFTMAX's)
+                lo, hi = self.output_range
+                return [q.quantizers.FixedQuantizer(num_bits=8, init_min=lo, init_max=hi,
+                                                    narrow_range=False)]
             return [q.quantizers.MovingAverageQuantizer(
                 num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
 
         def get_config(self):
-            return {"weight_attrs": self.weight_attrs, "quantize_output": self.quantize_output}
+            return {"weight_attrs": self.weight_attrs, "quantize_output": self.quantize_output,
+                    "output_range": self.output_range}
 
     _CLASS = FallbackQuantizeConfig
     return _CLASS
@@ -109,7 +137,8 @@ def config_class():
 def custom_objects() -> dict:
     """What quantize_scope needs to deserialize a QAT model that uses fallbacks."""
     cls = config_class()
-    layers = attention.layer_classes()
+    layers = {**attention.layer_classes(), **layernorm.layer_classes(),
+              **seqdense.layer_classes()}
     return {"FallbackQuantizeConfig": cls, "qat_deploy>FallbackQuantizeConfig": cls,
             **layers, **{f"qat_deploy>{k}": v for k, v in layers.items()}}
 

@@ -10,6 +10,11 @@
   it can annotate. Tensor-tensor ``+``/``*`` become ``Add``/``Multiply``.
 - ``MultiHeadAttention`` becomes Dense projections, head reshapes, fake-quantizable matmuls,
   a bounded mask and the Keras Softmax (keras/attention.py), with the layer's own weights.
+- ``Dense`` on a rank >= 3 input becomes ``SequenceDense`` of the same name (keras/seqdense.py):
+  one int8 FULLY_CONNECTED with an int32 bias instead of FULLY_CONNECTED + an int8 bias ADD.
+- With ``layernorm=True`` (the QAT path), ``LayerNormalization`` over the last axis becomes
+  one layer per int8 op the converter runs for it (keras/layernorm.py), so QAT simulates
+  each of their roundings.
 
 Layers are reused, not copied, so weights are shared with the source model; the rebuilt model
 computes exactly the same function (tests check outputs are identical; a rewritten attention
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.core import keras_env
-from pipeline.keras import attention
+from pipeline.keras import attention, layernorm, seqdense
 
 # TFOpLambda symbols rewritten to layers: symbol -> kind
 _CONST_OPS = {"__operators__.add": "add", "math.add": "add", "math.multiply": "mul",
@@ -39,10 +44,19 @@ class Rewritten:
     flattened: list[str] = field(default_factory=list)   # nested models inlined
     replaced: dict[str, str] = field(default_factory=dict)  # old layer name -> new layer
     attention: list = field(default_factory=list)  # attention.AttentionRoute per rewritten MHA
+    layernorm: list = field(default_factory=list)  # the same per rewritten LayerNormalization
+    layernorm_on: bool = False  # rebuild(layernorm=True): LayerNormalization is rewritten
+    dense_cache: dict = field(default_factory=dict)  # id(Dense) -> its SequenceDense layers
+    sequence_dense: list = field(default_factory=list)  # Dense layers made SequenceDense
 
     @property
     def changed(self) -> bool:
-        return bool(self.flattened or self.replaced or self.attention)
+        return bool(self.flattened or self.replaced or self.attention or self.layernorm or
+                    self.sequence_dense)
+
+    @property
+    def routes(self) -> list:
+        return self.attention + self.layernorm
 
 
 def _is_tensor(keras, x) -> bool:
@@ -99,20 +113,22 @@ def _replacement(keras, layer, args, kwargs, name: str):
     return None
 
 
-def rebuild(model) -> Rewritten:
-    """Flatten nested models and rewrite TFOpLambda arithmetic; returns the new model."""
+def rebuild(model, layernorm: bool = False) -> Rewritten:
+    """Flatten nested models, rewrite TFOpLambda arithmetic and MultiHeadAttention (and with
+    ``layernorm``, LayerNormalization); returns the new model."""
     env = keras_env.load()
     keras, tf = env.keras, env.tf
     result = Rewritten(model)
     if not getattr(model, "_is_graph_network", False):
         return result  # Sequential models cannot nest Functional graphs in a way we rewrite
-    if not any(_needs_work(keras, l) for l in all_layers(model)):
+    if not any(_needs_work(keras, l, layernorm) for l in all_layers(model)):
         return result
 
     new_inputs = [keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype,
                               name=l.name) for t, l in zip(model.inputs, model._input_layers)]
     mapping = {id(t): n for t, n in zip(model.inputs, new_inputs)}
     used_names = {l.name for l in all_layers(model)}
+    result.layernorm_on = layernorm
     outputs = _replay(keras, tf, model, mapping, result, used_names, top=True)
     result.model = keras.Model(new_inputs, outputs, name=model.name)
     return result
@@ -126,10 +142,18 @@ def all_layers(model):
             yield from all_layers(l)
 
 
-def _needs_work(keras, layer) -> bool:
+def _needs_work(keras, layer, ln: bool = False) -> bool:
     if getattr(layer, "_is_graph_network", False) or type(layer).__name__ == "Sequential":
         return True
-    return type(layer).__name__ == "TFOpLambda" or attention.is_rewritable(keras, layer)
+    return type(layer).__name__ == "TFOpLambda" or attention.is_rewritable(keras, layer) or \
+        (ln and layernorm.is_rewritable(keras, layer)) or (
+            seqdense.is_rewritable(keras, layer) and _dense_on_sequences(layer))
+
+
+def _dense_on_sequences(layer) -> bool:
+    return any(getattr(t.shape, "rank", None) is not None and t.shape.rank >= 3
+               for node in getattr(layer, "_inbound_nodes", []) or []
+               for t in getattr(node, "keras_inputs", []))
 
 
 def _replay(keras, tf, model, mapping: dict, result: Rewritten, used: set, top: bool):
@@ -159,6 +183,17 @@ def _replay(keras, tf, model, mapping: dict, result: Rewritten, used: set, top: 
                 out, route = attention.rewrite(keras, layer, args, kwargs, originals,
                                                lambda base: _unique(base, used))
                 result.attention.append(route)
+            elif result.layernorm_on and layernorm.is_rewritable(keras, layer) and \
+                    (done := _layernorm(keras, layer, args, kwargs, used)) is not None:
+                out, route = done
+                result.layernorm.append(route)
+            elif seqdense.is_rewritable(keras, layer) and len(args) == 1 and \
+                    (done := seqdense.rewrite(keras, layer, args[0],
+                                              lambda base: _unique(base, used),
+                                              result.dense_cache)) is not None:
+                out, made = done
+                if made:
+                    result.sequence_dense.append(layer.name)
             elif type(layer).__name__ == "TFOpLambda":
                 name = _unique(f"{layer.name.replace('.', '_')}", used)
                 rep = _replacement(keras, layer, args, kwargs, name)
@@ -174,6 +209,14 @@ def _replay(keras, tf, model, mapping: dict, result: Rewritten, used: set, top: 
                 mapping[id(old)] = new
     outs = [mapping[id(t)] for t in model.outputs]
     return outs if len(outs) > 1 else outs[0]
+
+
+def _layernorm(keras, layer, args, kwargs, used: set):
+    """(output, route) of a LayerNormalization rewritten on its one input, or None."""
+    extra = {k: v for k, v in kwargs.items() if k not in ("training",)}
+    if len(args) != 1 or extra:
+        return None
+    return layernorm.rewrite(keras, layer, args[0], lambda base: _unique(base, used))
 
 
 def _unique(base: str, used: set) -> str:

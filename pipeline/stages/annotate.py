@@ -97,7 +97,7 @@ def prepare(model, policy=None):
     """Graph rewrites and the per-layer plan, without touching tfmot's quantize_apply:
     (model to annotate, Coverage). Cheap; run at the start of every run so a bad policy
     fails before any training."""
-    rewritten = graph.rebuild(model)
+    rewritten = graph.rebuild(model, layernorm=True)
     notes = []
     if rewritten.flattened:
         notes.append(f"flattened nested model(s): {', '.join(rewritten.flattened)}")
@@ -109,7 +109,14 @@ def prepare(model, policy=None):
         notes.append(f"rewrote {len(rewritten.attention)} MultiHeadAttention layer(s) into "
                      "quantizable primitives (projections, matmuls, bounded mask, softmax): "
                      f"{', '.join(r.name for r in rewritten.attention)}")
-    plans = apply_policy(_with_routes(fallbacks.plan(rewritten.model), rewritten.attention),
+    if rewritten.sequence_dense:
+        notes.append(f"rewrote {len(rewritten.sequence_dense)} Dense layer(s) on sequences as "
+                     "SequenceDense (one int8 FULLY_CONNECTED with an int32 bias): "
+                     f"{', '.join(rewritten.sequence_dense)}")
+    if rewritten.layernorm:
+        notes.append(f"rewrote {len(rewritten.layernorm)} LayerNormalization layer(s) into "
+                     "one fake-quantized layer per int8 op the converter runs for them")
+    plans = apply_policy(_with_routes(fallbacks.plan(rewritten.model), rewritten.routes),
                          policy)
     if not any(p.status.trains_quantized for p in plans):
         raise ConfigError("No layer is left to quantize", "the annotate policy excludes all",
@@ -146,7 +153,8 @@ def apply(model, policy=None):
         if p is None or not p.status.annotated:
             return layer
         if p.status is LayerStatus.FALLBACK or p.own_config:
-            return q.quantize_annotate_layer(layer, cls(p.weight_attrs, p.quantize_output))
+            return q.quantize_annotate_layer(layer, cls(p.weight_attrs, p.quantize_output,
+                                                        fallbacks.FIXED_OUTPUT.get(p.cls)))
         return q.quantize_annotate_layer(layer)
 
     plain = source is model and policy is None and not any(

@@ -158,15 +158,24 @@ def test_coverage_reports_attention_einsum_and_layernorm_as_quantized(env):
     assert "BATCH_MATMUL" in mha.detail and "row min - 17" in mha.detail
     assert mha.params == sum(by[p].params for p in mha.parts) > 0
     assert all(by[p].part_of == "b0_mha" for p in mha.parts)
-    for name in ("embed", "b0_ln1", "b0_ln2", "ln_f"):
-        assert by[name].status is LayerStatus.QUANTIZED and by[name].own_config, by[name]
+    assert by["embed"].status is LayerStatus.QUANTIZED and by["embed"].own_config
     assert by["embed"].weight_attrs == ("kernel",)
+    for name in ("b0_ln1", "b0_ln2", "ln_f"):  # keras/layernorm.py: one layer per int8 op
+        ln = by[name]
+        assert ln.status is LayerStatus.QUANTIZED and ln.cls == "LayerNormalization", ln
+        assert [by[p].cls for p in ln.parts] == ["LNMean", "LNCenter", "LNSquare", "LNMean",
+                                                 "LNEpsilon", "LNRsqrt", "LNNormalize",
+                                                 "LNGamma", "LNBeta"]
+        assert all(by[p].own_config and by[p].quantize_output for p in ln.parts)
+    for name in ("b0_ff1", "b0_ff2", "b0_mha_q", "b0_mha_output"):  # keras/seqdense.py
+        assert by[name].cls == "SequenceDense" and by[name].weight_attrs == ("kernel",)
+    assert by["b0_ff1_act"].cls == "Activation"  # gelu is not fused into FULLY_CONNECTED
     assert "fallback" not in cov.by_status()
     assert cov.share()["layers"] == len([p for p in cov.layers if p.status.value != "input"
                                          and not p.part_of])
     md = cov.markdown()
     assert "| b0_mha | MultiHeadAttention | quantized | rewritten into" in md
-    assert "| b0_ln1 | LayerNormalization | quantized | our QuantizeConfig" in md
+    assert "| b0_ln1 | LayerNormalization | quantized | rewritten into 9 one-op layers" in md
     assert "| b0_mha_scores |" not in md  # parts are described by their layer's row
 
 

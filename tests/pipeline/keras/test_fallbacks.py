@@ -86,8 +86,9 @@ def _data(model, n, rng):
 
 
 KINDS = {  # kind -> the fallback (or own-QuantizeConfig) class the plan must contain
+    # (LayerNormalization becomes its int8 steps, LNMean first: keras/layernorm.py)
     "batchnorm_alone": "BatchNormalization", "rescaling": "Rescaling", "multiply": "Multiply",
-    "hard_swish": "Rescaling", "conv1d": "Conv1D", "layernorm": "LayerNormalization",
+    "hard_swish": "Rescaling", "conv1d": "Conv1D", "layernorm": "LNMean",
     "activation": "Activation", "embedding": "Embedding", "densenet": "AveragePooling2D"}
 # (Activation("elu") is refused by TFLite's int8 kernels themselves: the converter leaves it
 # float whatever QAT does, and the verdict reports it - not a fallback case.)
