@@ -129,6 +129,11 @@ class Agreement:
     sqnr_db: float | None = None
     cosine: float | None = None
     samples: int = 0
+    # top-1 agreement counting near-ties: the candidate's top class is one the reference
+    # scores within ``tolerance_lsb`` output steps (candidate's scale) of its best (0: exact
+    # ties on the int8 grid count, where argmax alone picks the lower index)
+    top1_agreement_ties: float | None = None
+    tolerance_lsb: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -193,7 +193,10 @@ class GatesConfig:
     max_accuracy_drop_pp: float = 1.0   # qat_int8.tflite vs Keras float, percentage points
     #                                     (token accuracy for sequence models)
     min_agreement: float = 0.99         # top-1 agreement Keras QAT vs qat_int8.tflite (per
-    #                                     token for sequence models)
+    #                                     token for sequence models), ties counted (below)
+    # a sample (token) agrees when the .tflite's top class is one Keras QAT scores within this
+    # many output steps of its best: 0 counts exact ties on the int8 output grid only
+    agreement_tolerance_lsb: float = 0.0
     require_full_int8: bool = True
     min_float_accuracy: float = 0.0     # classification and sequence (token accuracy)
     # sequence models: perplexity of qat_int8.tflite vs Keras float, % increase
@@ -207,6 +210,8 @@ class GatesConfig:
                    "Use a percentage, e.g. 3.0")
         _check(self.max_accuracy_drop_pp >= 0, "gates.max_accuracy_drop_pp must be >= 0",
                self.max_accuracy_drop_pp, "Use e.g. 1.0")
+        _check(0 <= self.agreement_tolerance_lsb <= 8, "gates.agreement_tolerance_lsb must be "
+               "in [0, 8]", self.agreement_tolerance_lsb, "Use 0 (ties only) or e.g. 1")
         _check(0 <= self.min_agreement <= 1, "gates.min_agreement must be in [0, 1]",
                self.min_agreement, "Use a fraction, e.g. 0.99")
         _check(0 <= self.min_float_accuracy <= 1, "gates.min_float_accuracy must be in [0, 1]",

@@ -18,9 +18,10 @@ _EPS_PP = 1e-9  # the accuracy drop is a difference of two fractions times 100: 
 
 # the gates each task has: a gate outside its task's list must keep its default
 _TASK_GATES = {
-    "classification": ("max_accuracy_drop_pp", "min_agreement", "min_float_accuracy"),
+    "classification": ("max_accuracy_drop_pp", "min_agreement", "min_float_accuracy",
+                       "agreement_tolerance_lsb"),
     "sequence": ("max_accuracy_drop_pp", "min_agreement", "min_float_accuracy",
-                 "max_perplexity_increase_pct"),
+                 "max_perplexity_increase_pct", "agreement_tolerance_lsb"),
     "regression": ("max_mse_increase_pct",),
 }
 _METRIC = {"classification": "top-1 accuracy", "sequence": "token accuracy and perplexity",
@@ -64,9 +65,14 @@ def qat_gates(g: GatesConfig, float_acc: float, qat: VariantResult,
                         round(drop, 3), g.max_accuracy_drop_pp,
                         "qat_int8.tflite lost too much accuracy vs float")]
     if agreement is not None:
-        gates.append(GateResult("min_agreement", agreement.top1_agreement >= g.min_agreement,
-                                round(agreement.top1_agreement, 5), g.min_agreement,
-                                "Keras QAT and qat_int8.tflite disagree"))
+        value = agreement.top1_agreement if agreement.top1_agreement_ties is None \
+            else agreement.top1_agreement_ties
+        ties = "exact ties" if not agreement.tolerance_lsb else \
+            f"ties within {agreement.tolerance_lsb:g} output LSB"
+        gates.append(GateResult("min_agreement", value >= g.min_agreement, round(value, 5),
+                                g.min_agreement, f"Keras QAT and qat_int8.tflite disagree "
+                                f"(top-1, {ties} counted as agreeing; strict argmax "
+                                f"{100 * agreement.top1_agreement:.2f} %)"))
     return gates
 
 

@@ -63,7 +63,7 @@ def load_inputs(cfg: Config, log, model=None, dataset: data_mod.Dataset | None =
     check_task_config(cfg, dataset.task)
     splits = Splits(*data_mod.train_val_split(dataset.x_train, dataset.y_train,
                                               cfg.data.validation_split, cfg.seed))
-    from_logits = not modelio.outputs_are_probabilities(loaded.model)
+    from_logits = not modelio.outputs_are_probabilities(loaded.model, cfg.data.output)
     # the QAT plan before any training: a policy typo fails here, and the user sees
     # which layers need fallbacks before waiting for training
     _, plan = annotate.prepare(loaded.model, cfg.annotate)

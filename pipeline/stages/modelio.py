@@ -18,6 +18,7 @@ from pipeline.core import files, keras_env
 from pipeline.core.errors import ModelFileError, first_line
 from pipeline.keras import fallbacks, keras3
 from pipeline.keras.stored import RESAVE, check_config, parse_json
+from pipeline.tflite.names import output_position
 
 
 @dataclass
@@ -216,8 +217,8 @@ def load_model(name: str = "", path: str = "", *, trust_model: bool = False,
 
 
 def check_model_shape(model, where: str) -> None:
-    """What the pipeline needs: a Sequential/Functional model with one output (and one or
-    several inputs, fed by name)."""
+    """What the pipeline needs: a Sequential/Functional model with one or several inputs
+    (fed by name) and one or several outputs (data.output names the one trained and scored)."""
     cls = type(model).__name__
     if not getattr(model, "_is_graph_network", False) and cls != "Sequential":
         raise ModelFileError(
@@ -232,10 +233,9 @@ def check_model_shape(model, where: str) -> None:
                              "shape)", f"{where} ({cls})",
                              "Build it with keras.Input(shape=...) as its first layer (or call "
                              "model.build) and save it again")
-    if len(outputs) != 1:
-        raise ModelFileError("Only single-output models can be trained and converted",
-                             f"{where} ({len(inputs)} inputs, {len(outputs)} outputs)",
-                             "Export the head you deploy as the only output")
+    if not outputs:
+        raise ModelFileError("The model has no outputs", f"{where} ({cls})",
+                             "Save a model built with keras.Model(inputs, outputs)")
 
 
 def input_shape(model) -> tuple:
@@ -249,14 +249,34 @@ def input_shapes(model) -> dict[str, list]:
             for name, t in zip(model.input_names, model.inputs)}
 
 
-def output_size(model) -> int:
-    shape = tuple(model.outputs[0].shape)
+def output_index(model, output: str = "") -> int:
+    """The position of the output named ``output`` ("" = the first)."""
+    names = list(getattr(model, "output_names", None) or [])
+    k = output_position(names, output) if output else None
+    return 0 if k is None else k
+
+
+def output_size(model, output: str = "") -> int:
+    shape = tuple(model.outputs[output_index(model, output)].shape)
     return int(shape[-1]) if shape and shape[-1] is not None else 0
 
 
-def outputs_are_probabilities(model) -> bool:
-    """True if the model ends in a softmax (so the loss must not apply one again)."""
+def scored_view(model, output: str = ""):
+    """``model`` itself when it has one output; otherwise a Model over the same layers (the
+    same weights) ending at the output named ``output``: what training fits, since the data
+    holds targets for that output only. The other heads are carried, not trained."""
+    if len(model.outputs) == 1:
+        return model
+    keras = keras_env.load().keras
+    return keras.Model(model.inputs, model.outputs[output_index(model, output)],
+                       name=f"{model.name}_scored")
+
+
+def outputs_are_probabilities(model, output: str = "") -> bool:
+    """True if the scored output comes from a softmax (so the loss must not apply one again)."""
     last = model.layers[-1]
+    if len(model.outputs) > 1:
+        last = model.outputs[output_index(model, output)]._keras_history.layer
     last = getattr(last, "layer", last)  # a QuantizeWrapper holds the real layer
     act = getattr(last, "activation", None)
     if act is not None and getattr(act, "__name__", "") == "softmax":

@@ -71,7 +71,7 @@ def deliverable_card(name: str, inputs: Inputs, floats: FloatStage, conv: Conver
     variant = conv.deliverable
     io = ModelRunner(conv.by_variant[variant].content, batch_size=1).describe()
     return model_card(name, variant.value, io, inputs.dataset.preprocessing,
-                      modelio.output_size(floats.model))
+                      modelio.output_size(floats.model, inputs.task.output))
 
 
 @dataclass(frozen=True)
@@ -115,10 +115,10 @@ class Report:
         doc["variants"] = [v.to_dict() for v in self.variant_rows()]
         doc["agreement"] = [a.to_dict() for a in self.agreements()]
         if self.completed:
-            doc["comparisons"] = [a.to_dict() for a in self.verified.comparisons]
+            doc["comparisons"] = [a.to_dict() for a in self.verified.comparisons
+                                  + self.verified.other_outputs]  # + unscored outputs
             doc["layer_parity"] = None if self.parity is None else self.parity.to_dict()
-            doc["float_islands"] = {k: r.to_dict() for k, r in self.conv.islands.items()} \
-                or None
+            doc["float_islands"] = {k: r.to_dict() for k, r in self.conv.islands.items()} or None
             doc["model_card"] = self.card
             if self.text_samples:
                 doc["text_samples"] = list(self.text_samples)
@@ -173,7 +173,7 @@ def _model_doc(r: Report) -> dict:
     return {"source": r.inputs.loaded.source, "kind": r.inputs.loaded.kind,
             "input_shape": list(modelio.input_shape(model)[1:]),
             **({"input_shapes": modelio.input_shapes(model)} if len(model.inputs) > 1 else {}),
-            "outputs": modelio.output_size(model),
+            "outputs": modelio.output_size(model, r.inputs.task.output),
             "from_logits": r.inputs.from_logits,
             "coverage": r.qat.coverage.to_dict() if r.completed else None,
             "keras3_translation": _translation(r.inputs.loaded)}

@@ -21,8 +21,8 @@ from pipeline.core.artifacts import RunDir, check_output_dir
 from pipeline.core.errors import EXIT_GATE_FAILED, EXIT_OK, ConversionError
 from pipeline.core.records import GateResult, Variant, VariantResult
 from pipeline.keras import graph, ranges
-from pipeline.stages import (annotate, convert, finetune, gates, load, parity, peers, report,
-                             samples, verify)
+from pipeline.stages import (annotate, convert, finetune, gates, load, modelio, parity, peers,
+                             report, samples, verify)
 from pipeline.stages import data as data_mod
 from pipeline.stages import resume as resume_mod
 from pipeline.stages.config import Config
@@ -144,8 +144,9 @@ def _float_model(ctx: _Run, inputs: Inputs) -> tuple[object, dict | None]:
         ctx.log("train_float: reused the float model of the resumed run")
         return model, json.loads(info.read_text()) if info.is_file() else None
     cfg, s, model = ctx.cfg, inputs.splits, inputs.loaded.model
-    hist = finetune.train_float(
-        model, s.x_train, s.y_train, s.x_val, s.y_val, epochs=cfg.model.float_epochs,
+    hist = finetune.train_float(  # several outputs: the data's targets are the scored one's
+        modelio.scored_view(model, cfg.data.output), s.x_train, s.y_train, s.x_val, s.y_val,
+        epochs=cfg.model.float_epochs,
         learning_rate=cfg.model.float_learning_rate, batch_size=cfg.model.float_batch_size,
         from_logits=_loss_kind(inputs), verbose=cfg.qat.verbose)
     info = {"epochs": len(hist.get("loss", [])),
@@ -202,7 +203,9 @@ def finetune_qat(ctx: _Run, inputs: Inputs, annotated: Annotated) -> QatStage:
                     f"{range_init['samples']} training samples (tfmot starts activation "
                     "ranges at [-6, 6])")
     with ctx.timer.stage("finetune"):
-        fit = finetune.fit(model, s.x_train, s.y_train, s.x_val, s.y_val, cfg.qat,
+        # several outputs: the data holds targets for the scored one (data.output) only
+        fit = finetune.fit(modelio.scored_view(model, cfg.data.output), s.x_train,
+                           s.y_train, s.x_val, s.y_val, cfg.qat,
                            ctx.run_dir, from_logits=_loss_kind(inputs), resume=ctx.resume,
                            log=ctx.log)
         q_scope = inputs.env.tfmot.quantization.keras.quantize_scope
@@ -258,7 +261,7 @@ def _float_graph(ctx: _Run, floats: FloatStage, qat: QatStage) -> tuple[object, 
     rewritten for QAT, the rewritten float graph (the same function in float): Keras' -1e9
     mask would otherwise set the int8 range of the attention scores, and PTQ would be judged
     on that, not on quantization."""
-    if not any(p.parts for p in qat.coverage.layers):
+    if not any(p.parts and p.cls == "MultiHeadAttention" for p in qat.coverage.layers):
         return floats.model, "the float model"
     ctx.log("convert: float32 / PTQ variants made from the attention-rewritten float graph")
     return graph.rebuild(floats.model).model, "the attention-rewritten float graph"
@@ -280,7 +283,7 @@ def verify_variants(ctx: _Run, inputs: Inputs, floats: FloatStage, qat: QatStage
                                     task=inputs.task)
             scored[variant] = s
             ref = keras_qat if variant is Variant.QAT_INT8 else floats.score
-            agreement[variant] = verify.compare(ref, s)
+            agreement[variant] = verify.compare(ref, s, ctx.cfg.gates.agreement_tolerance_lsb)
             others += verify.compare_others(ref, s)
             if inputs.task.kind == "sequence":
                 tokens.append(verify.per_token(ref, s))
@@ -288,8 +291,12 @@ def verify_variants(ctx: _Run, inputs: Inputs, floats: FloatStage, qat: QatStage
                 variant.value, variant.filename, c.size, s.accuracy, int(len(y_te)),
                 None if c.verdict is None else c.verdict.full_int8,
                 () if c.verdict is None else c.verdict.reasons, s.input_quant, s.output_quant)
+            a = agreement[variant]
+            ties = f" ({100 * a.top1_agreement_ties:.2f} % counting ties" + (
+                f" within {a.tolerance_lsb:g} LSB)" if a.tolerance_lsb else ")") \
+                if a.top1_agreement_ties not in (None, a.top1_agreement) else ""
             ctx.log(f"verify: {variant.filename} {_headline(s)}, "
-                    f"agreement {100 * agreement[variant].top1_agreement:.2f} %")
+                    f"agreement {100 * a.top1_agreement:.2f} %{ties}")
         # the other pairs users ask about: what QAT changed in Keras, and QAT .tflite vs float
         comparisons = [verify.compare(floats.score, keras_qat)]
         if Variant.QAT_INT8 in scored:
@@ -330,10 +337,12 @@ def check_layer_parity(ctx: _Run, inputs: Inputs, qat: QatStage,
         lp = parity.compare_layers(
             qat.model, conv.by_variant[Variant.QAT_INT8].content, inputs.dataset.x_test,
             batch_size=ctx.cfg.verify.batch_size, runtime=ctx.cfg.verify.runtime)
-        ctx.log("layer parity: " + (f"first divergent layer {lp.first_divergent}"
-                                    if lp.first_divergent else
-                                    f"{len(lp.compared)} layers within "
-                                    f"{lp.threshold_lsb} LSB"))
+        n = data_mod.count(inputs.dataset.x_test)
+        where = (f"on the first {lp.samples:,} of {n:,} test samples (memory budget), "
+                 if lp.samples < n else "")
+        verdict = (f"first divergent layer {lp.first_divergent}" if lp.first_divergent
+                   else f"{len(lp.compared)} layers within {lp.threshold_lsb} LSB")
+        ctx.log(f"layer parity: {where}{verdict}")
     return lp
 
 

@@ -19,6 +19,7 @@ from pipeline.core.errors import DataError
 from pipeline.core.records import Agreement, QuantParams
 from pipeline.stages import metrics as metrics_mod
 from pipeline.tflite.isolated import DEFAULT_TIMEOUT_S, run_isolated
+from pipeline.tflite.names import output_position
 from pipeline.tflite.runtime import ModelRunner
 
 
@@ -76,10 +77,11 @@ def _scored(name: str, outs: list, names: list[str], quants: list, y: np.ndarray
 def _pick(names: list[str], wanted: str) -> int:
     if not wanted:
         return 0
-    if wanted not in names:
+    k = output_position(names, wanted)
+    if k is None:
         raise DataError("The model has no output of that name", wanted,
                         f"Set data.output to one of {', '.join(n for n in names if n)}")
-    return names.index(wanted)
+    return k
 
 
 def score_keras(name: str, model, x, y: np.ndarray, batch_size: int = 256,
@@ -131,8 +133,19 @@ def sqnr_db(ref: np.ndarray, err: np.ndarray) -> float:
     return 10 * float(np.log10(signal / noise)) if signal else float("-inf")
 
 
-def compare(ref: Scored, cand: Scored) -> Agreement:
-    """How far ``cand`` is from ``ref`` on the same inputs; LSB in ``cand``'s output scale."""
+def agreement_with_ties(a: np.ndarray, b: np.ndarray, step: float, tolerance_lsb: float
+                        ) -> float:
+    """Share of samples (tokens) where ``b``'s top class is one ``a`` scores within
+    ``tolerance_lsb`` steps of ``a``'s best: exact ties (and, with a tolerance, near-ties a
+    rounding step decides) count as agreeing."""
+    pick = np.take_along_axis(a, np.argmax(b, -1)[..., None], -1)[..., 0]
+    slack = tolerance_lsb * step + 1e-6 * max(step, float(np.abs(a).max(initial=0.0)))
+    return float(np.mean(pick >= a.max(-1) - slack))
+
+
+def compare(ref: Scored, cand: Scored, tolerance_lsb: float = 0.0) -> Agreement:
+    """How far ``cand`` is from ``ref`` on the same inputs; LSB in ``cand``'s output scale.
+    ``tolerance_lsb``: near-ties for ``top1_agreement_ties`` (needs an int8 output)."""
     a = ref.outputs.astype(np.float64)
     b = cand.outputs.astype(np.float64)
     if a.shape != b.shape:
@@ -148,7 +161,10 @@ def compare(ref: Scored, cand: Scored) -> Agreement:
         mean_abs_error=float(diff.mean()), max_abs_error=float(diff.max()),
         mean_error_lsb=float(diff.mean() / scale) if scale else None,
         max_error_lsb=float(diff.max() / scale) if scale else None,
-        sqnr_db=sqnr, cosine=cosine, samples=int(len(a)))
+        sqnr_db=sqnr, cosine=cosine, samples=int(len(a)),
+        top1_agreement_ties=agreement_with_ties(a, b, scale or 0.0,
+                                                tolerance_lsb if scale else 0.0),
+        tolerance_lsb=float(tolerance_lsb if scale else 0.0))
 
 
 def per_token(ref: Scored, cand: Scored) -> dict:

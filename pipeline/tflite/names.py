@@ -80,3 +80,14 @@ class LayerNames:
 
     def mentions(self, tensor_name: str) -> bool:
         return bool(self._found(tensor_name))
+
+
+def output_position(names: Iterable[str], wanted: str) -> int | None:
+    """Where the output ``wanted`` (its Keras name) is among ``names``: the name itself, or
+    tfmot's ``quant_<name>`` (a QAT model's output layer is its QuantizeWrapper, and the
+    .tflite converted from it names the output so). None when absent."""
+    names = list(names)
+    for candidate in (wanted, f"quant_{wanted}"):
+        if candidate in names:
+            return names.index(candidate)
+    return None

@@ -20,6 +20,7 @@ from pipeline.core.errors import ModelFileError, QatError, UsageError, first_lin
 from pipeline.core.native import quiet_native_output
 from pipeline.core.records import RUNTIME_AUTO, QuantParams, Runtime
 from pipeline.tflite import feeding
+from pipeline.tflite.names import output_position
 from pipeline.tflite.tflite_model import read_file
 
 # batch_size=0 (auto): as many samples per invoke as keep one batch's activations within this
@@ -342,8 +343,11 @@ class ModelRunner:
         or its tensor name); "" is the first output."""
         if not name:
             return 0
-        for k, (key, spec) in enumerate(zip(self.output_names, self.outputs)):
-            if name in (key, spec.name):
+        k = output_position(self.output_names, name)
+        if k is not None:
+            return k
+        for k, spec in enumerate(self.outputs):
+            if name == spec.name:
                 return k
         raise UsageError("The model has no output of that name", name,
                          f"Use one of {', '.join(n or s.name for n, s in zip(self.output_names, self.outputs))}")

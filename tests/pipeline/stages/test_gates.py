@@ -45,8 +45,19 @@ def test_accuracy_drop_at_the_threshold_passes_despite_float_rounding():
     assert 100 * (0.98 - 0.975) > 0.5
     (drop, agree) = gates.qat_gates(G, 0.98, variant(Variant.QAT_INT8, 0.975), agreement(0.995))
     assert drop.name == "max_accuracy_drop_pp" and drop.passed and drop.value == 0.5
-    assert agree == GateResult("min_agreement", True, 0.995, 0.995,
-                               "Keras QAT and qat_int8.tflite disagree")
+    assert agree.name == "min_agreement" and agree.passed and agree.value == 0.995
+    assert agree.detail.startswith("Keras QAT and qat_int8.tflite disagree")
+
+
+def test_agreement_gate_reads_the_tie_counting_agreement_when_there_is_one():
+    strict_only = Agreement("keras_qat", "qat_int8", 0.993, 0.0, 0.0)
+    (_, agree) = gates.qat_gates(G, 0.98, variant(Variant.QAT_INT8, 0.98), strict_only)
+    assert not agree.passed and agree.value == 0.993
+    ties = Agreement("keras_qat", "qat_int8", 0.993, 0.0, 0.0, top1_agreement_ties=0.996,
+                     tolerance_lsb=1.0)
+    (_, agree) = gates.qat_gates(G, 0.98, variant(Variant.QAT_INT8, 0.98), ties)
+    assert agree.passed and agree.value == 0.996
+    assert "ties within 1 output LSB" in agree.detail and "strict argmax 99.30 %" in agree.detail
 
 
 def test_accuracy_drop_and_agreement_fail_past_their_thresholds():

@@ -151,3 +151,52 @@ def test_regression_run_reports_mse_and_gates_on_it(reg_run):
     assert doc["qat_vs_best_ptq"]["metric"] == "mse"
     assert result.exit_code == 0, result.failed_gates
     assert "## Regression metrics with 95 % intervals" in (run_dir / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def two_head_run(env, digits, tmp_path_factory):
+    """A digits MLP with two heads: 'digit' (10 logits, the data's targets) and 'parity'
+    (2 logits, trained beforehand on odd/even). `data.output = "digit"`: QAT trains the digit
+    head (the only targets in the data) and carries the other."""
+    keras = env.keras
+    keras_env.set_seed(0)
+    inp = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Dense(48, activation="relu", name="hidden")(
+        keras.layers.Flatten(name="flat")(inp))
+    model = keras.Model(inp, [keras.layers.Dense(2, name="parity")(h),
+                              keras.layers.Dense(10, name="digit")(h)])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(1e-2), [loss, loss])
+    x, y = digits["x_train"], digits["y_train"]
+    model.fit(x, [y % 2, y], epochs=15, batch_size=32, verbose=0)
+    ds = data.Dataset("digits", "sklearn", x, y, digits["x_test"], digits["y_test"])
+    out = tmp_path_factory.mktemp("runs")
+    cfg = config.load(None, {"output.dir": str(out), "output.name": "two", "qat.epochs": 2,
+                             "data.output": "digit", "convert.representative_samples": 64,
+                             "gates.max_accuracy_drop_pp": 2.0})
+    before = [w.copy() for w in model.get_layer("parity").get_weights()]
+    return run(cfg, model=model, dataset=ds, log=lambda *_: None), out / "two", before
+
+
+def test_a_two_output_model_trains_and_scores_the_named_output(two_head_run, digits):
+    result, run_dir, parity_before = two_head_run
+    assert result.exit_code == 0, result.failed_gates
+    doc = json.loads((run_dir / "report.json").read_text())
+    assert doc["model"]["outputs"] == 10  # the scored head's size, not the first output's
+    variants = {v["variant"]: v for v in doc["variants"]}
+    assert variants["qat_int8"]["full_int8"] is True
+    assert variants["qat_int8"]["accuracy"] > 0.9  # digit accuracy: the scored head
+    # the other head is carried (its weights unchanged by training the digit head) and
+    # compared by output error in the report
+    from pipeline.keras import fallbacks
+
+    q = keras_env.load().tfmot.quantization.keras
+    with q.quantize_scope(fallbacks.custom_objects()):
+        qat = keras_env.load().keras.models.load_model(run_dir / "keras" / "qat_model.h5",
+                                                        compile=False)
+    kernel = [w for w in qat.get_layer("quant_parity").weights if "kernel" in w.name
+              and "quant" not in w.name.split("/")[-1]][0].numpy()
+    np.testing.assert_array_equal(kernel, parity_before[0])
+    assert len(qat.outputs) == 2
+    others = json.dumps(doc.get("comparisons", [])) + json.dumps(doc.get("agreement", []))
+    assert "parity" in others, others[:500]
