@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-quick test-parallel check-core bench bench-harness zoo venv clean
+.PHONY: demo test test-serial test-quick test-parallel check-core bench bench-harness zoo venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/qat run models/digits_cnn.toml
 
+# two pytest-xdist workers (TEST_WORKERS=1 for one process); tests sharing the demo run, the
+# char_lm slice run or a module's fixtures stay on one worker (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 # the suite without the slow tests (no training): the edit-test loop; see README
 test-quick: $(STAMP)
@@ -31,6 +34,10 @@ test-quick: $(STAMP)
 # the same suite on one worker per core (pytest-xdist); see README
 test-parallel: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist loadgroup
+
+# the suite in one process, in order (QAT_TEST_ORDER=reverse make test-serial: backwards)
+test-serial: $(STAMP)
+	$(PY) -m pytest -q
 
 # `pip install .` with no extras into a temp venv, then inspect / verify --reference /
 # android-harness host on artifacts/digits_cnn (made by `make demo` if missing)

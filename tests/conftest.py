@@ -155,8 +155,10 @@ SLOW_FIXTURES = frozenset({"trained_model", "qat_model", "demo_run", "keras3_mod
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the slow marks must be there by then
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test-parallel`: `-n auto --dist loadgroup`), every test that
-    needs the demo run goes to one worker, so the ~45 s pipeline run is made once.
+    """Under pytest-xdist (`make test`: `-n 2 --dist loadgroup`), every test that needs the
+    demo run (or the char_lm slice run) goes to one worker, so that run is made once; every
+    other test goes with the rest of its module, so a module-scoped fixture (a trained
+    transformer, a converted model) is made once too.
 
     QAT_TEST_ORDER=reverse runs the suite backwards: no result may depend on test order
     (process-wide state such as tf_keras' layer-name counters or TensorFlow's op determinism
@@ -165,8 +167,7 @@ def pytest_collection_modifyitems(config, items):
         items.reverse()
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        for shared in ("demo_run", "lm_run"):
-            if shared in fixtures:
-                item.add_marker(pytest.mark.xdist_group(shared))
+        shared = [name for name in ("demo_run", "lm_run") if name in fixtures]
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.module.__name__))
         if fixtures & SLOW_FIXTURES:
             item.add_marker(pytest.mark.slow)
