@@ -35,8 +35,8 @@ from pipeline.tflite.runtime import ModelRunner  # noqa: E402
 
 
 def _right(outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Correct top-1 per sample (per token, flattened, for a sequence model)."""
-    return (np.argmax(outputs, axis=-1) == y).reshape(-1)
+    """Correct top-1 per sample (per real token, flattened, for a sequence model)."""
+    return (np.argmax(outputs, axis=-1) == y)[np.asarray(y) != metrics.PAD]
 
 
 def _perplexity(logits: np.ndarray, y: np.ndarray, from_logits: bool) -> float | None:
@@ -44,7 +44,7 @@ def _perplexity(logits: np.ndarray, y: np.ndarray, from_logits: bool) -> float |
     None for a classifier."""
     if np.ndim(logits) != 3:
         return None
-    return float(np.exp(metrics.token_nll(logits, y, from_logits).mean()))
+    return float(np.exp(metrics.mean_nll(logits, y, from_logits)))
 
 
 def _scores(outputs: np.ndarray, y: np.ndarray, from_logits: bool

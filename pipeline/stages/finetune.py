@@ -50,7 +50,8 @@ def _loss_and_metrics(keras, from_logits: bool | None):
     ``from_logits`` None: a regression head (mean squared error, MAE)."""
     if from_logits is None:
         return keras.losses.MeanSquaredError(), [keras.metrics.MeanAbsoluteError(name="mae")]
-    return (keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+    # ignore_class: a sequence target of metrics.PAD (-1) is padding, not a token
+    return (keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits, ignore_class=-1),
             [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 

@@ -2,7 +2,9 @@
 
 - ``classification``: logits or probabilities (N, C), integer labels (N,): top-1 accuracy.
 - ``sequence``: per-token logits or probabilities (N, T, V), integer targets (N, T): token
-  accuracy, cross-entropy in nats per token and perplexity = exp(cross-entropy).
+  accuracy, cross-entropy in nats per token and perplexity = exp(cross-entropy). A target of
+  ``PAD`` (-1) marks a position with no next token (padding): it counts in no metric (and
+  QAT's loss ignores it, finetune.py).
 - ``regression``: float outputs (N, ...) and float targets of the same size per sample: mean
   squared error and mean absolute error.
 
@@ -29,6 +31,12 @@ BOOTSTRAP = (f"percentile bootstrap over test samples (whole sequences for seque
 # Probabilities (a model ending in softmax) are floored here before the log: an int8 softmax
 # output rounds probabilities below half its step (1/512) to 0, whose log is -inf.
 PROB_FLOOR = 1e-7
+PAD = -1  # a padded sequence position's target
+
+
+def real(y: np.ndarray) -> np.ndarray:
+    """1.0 where ``y`` is a real target, 0.0 at padding (PAD)."""
+    return (np.asarray(y) != PAD).astype(np.float64)
 
 
 def top1(outputs: np.ndarray) -> np.ndarray:
@@ -36,9 +44,22 @@ def top1(outputs: np.ndarray) -> np.ndarray:
 
 
 def token_nll(outputs: np.ndarray, y: np.ndarray, from_logits: bool) -> np.ndarray:
-    """Negative log-likelihood (nats) of each target under the outputs' last axis: (N, T)."""
+    """Negative log-likelihood (nats) of each target under the outputs' last axis: (N, T);
+    0 at padded positions (PAD)."""
     z = np.asarray(outputs, dtype=np.float64)
-    idx = np.asarray(y, dtype=np.int64)[..., None]
+    y = np.asarray(y, dtype=np.int64)
+    if (y == PAD).any():
+        return _token_nll(z, np.where(y == PAD, 0, y), from_logits) * real(y)
+    return _token_nll(z, y, from_logits)
+
+
+def mean_nll(outputs: np.ndarray, y: np.ndarray, from_logits: bool) -> float:
+    """Cross-entropy in nats per real (not padded) token."""
+    return float(token_nll(outputs, y, from_logits).sum() / max(real(y).sum(), 1.0))
+
+
+def _token_nll(z: np.ndarray, y: np.ndarray, from_logits: bool) -> np.ndarray:
+    idx = y[..., None]
     if from_logits:
         m = z.max(axis=-1, keepdims=True)
         lse = m[..., 0] + np.log(np.exp(z - m).sum(axis=-1))
@@ -71,8 +92,8 @@ def ratio_ci(num: np.ndarray, den: np.ndarray, idx: np.ndarray) -> tuple[float, 
 def sequence_metrics(outputs: np.ndarray, y: np.ndarray, from_logits: bool) -> dict:
     """Token accuracy, cross-entropy (nats/token), perplexity, each with its 95 % interval."""
     nll = token_nll(outputs, y, from_logits)
-    right = (top1(outputs) == y).astype(np.float64)
-    tokens = np.full(len(y), float(np.prod(y.shape[1:])))
+    right = (top1(outputs) == y).astype(np.float64)  # a padded position never matches
+    tokens = _per_sample(real(y))
     nll_s, right_s = _per_sample(nll), _per_sample(right)
     idx = _bootstrap_idx(len(y))
     ce = float(nll_s.sum() / tokens.sum()) if len(y) else float("nan")
@@ -106,6 +127,8 @@ def primary(task: str, outputs: np.ndarray, y: np.ndarray) -> float:
     token accuracy (sequence), NaN for regression (it has no accuracy)."""
     if task == "regression" or not len(y):
         return float("nan")
+    if task == "sequence":
+        return float(np.sum(top1(outputs) == y) / max(real(y).sum(), 1.0))
     return float(np.mean(top1(outputs) == y))
 
 
@@ -126,10 +149,10 @@ def paired_increase(task: str, a_out: np.ndarray, b_out: np.ndarray, y: np.ndarr
     if task == "sequence":
         a = _per_sample(token_nll(a_out, y, from_logits))
         b = _per_sample(token_nll(b_out, y, from_logits))
-        den = np.full(len(y), float(np.prod(y.shape[1:])))
+        den = _per_sample(real(y))  # real (not padded) tokens per sequence
 
         def pct(sa, sb, sd):
-            return 100 * (np.exp((sa - sb) / sd) - 1)
+            return 100 * (np.exp((sa - sb) / np.maximum(sd, 1e-300)) - 1)
         metric = "perplexity"
     else:
         a = _per_sample((np.asarray(a_out, np.float64).reshape(len(y), -1)

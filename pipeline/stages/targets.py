@@ -59,7 +59,7 @@ def labels(y: np.ndarray, where: str) -> np.ndarray:
     return _ids(y, where, "class ids 0..C-1")
 
 
-def _ids(y: np.ndarray, where: str, what: str) -> np.ndarray:
+def _ids(y: np.ndarray, where: str, what: str, pad: bool = False) -> np.ndarray:
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
             raise DataError("Labels must be whole class ids", f"{where} has non-integer values",
@@ -68,9 +68,13 @@ def _ids(y: np.ndarray, where: str, what: str) -> np.ndarray:
         raise DataError("Labels must be integer class ids", f"{where} has dtype {y.dtype}",
                         f"Encode them as {what}")
     y = y.astype(np.int64)
-    if len(y) and y.min() < 0:
-        raise DataError("Labels must be >= 0", f"{where} min {int(y.min())}",
-                        f"Encode them as {what}")
+    low = -1 if pad else 0  # sequence targets: -1 marks padding (metrics.PAD)
+    if len(y) and y.min() < low:
+        raise DataError(f"Labels must be >= {low}", f"{where} min {int(y.min())}",
+                        f"Encode them as {what}" + (" (-1 for padding)" if pad else ""))
+    if pad and len(y) and not (y >= 0).any():
+        raise DataError("Every sequence target is padding (-1)", where,
+                        "Give the real next-token ids; -1 only where there is none")
     return y
 
 
@@ -148,7 +152,7 @@ def _tokens(y: np.ndarray, out_shape: tuple, where: str) -> np.ndarray:
         raise DataError(f"Sequence targets have {y.shape[1]} positions but the model "
                         f"outputs {t}", f"{where} with shape {y.shape}",
                         "Give one target id per output position")
-    y = _ids(y, where, f"token ids 0..{(vocab or 1) - 1}")
+    y = _ids(y, where, f"token ids 0..{(vocab or 1) - 1}", pad=True)
     if vocab and len(y) and int(y.max()) >= vocab:
         raise DataError(f"Token targets go up to {int(y.max())} but the model has {vocab} "
                         "outputs per position", where,

@@ -246,7 +246,7 @@ def check(raw_outputs: list[np.ndarray], ref: Path, doc: dict, name: str, y: np.
     # classification: top-1 accuracy; sequence: token accuracy (both on raw outputs, whose
     # argmax is that of the dequantized ones); regression: none (the outputs are checked)
     accuracy = float("nan") if task == "regression" or y.shape != raw_outputs[k].shape[:-1] \
-        else float(np.mean(raw_outputs[k].argmax(-1) == y))
+        else float(np.sum(raw_outputs[k].argmax(-1) == y) / max(np.sum(y != -1), 1))  # -1: pad
     return ReferenceCheck(name, matched_by, int(len(y)), not reasons, float(np.mean(exact)),
                           max_lsb, max_abs, agree, accuracy,
                           float(entry.get("accuracy") if entry.get("accuracy") is not None

@@ -33,6 +33,33 @@ def test_cross_entropy_matches_a_hand_computation():
     assert metrics.sequence_metrics(p, y, False)["cross_entropy"] == pytest.approx(want)
 
 
+def test_padded_positions_count_in_no_metric():
+    """A padded target (-1) changes nothing: the metrics equal those of the real tokens."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 5, 4))
+    y = rng.integers(0, 4, (6, 5))
+    padded = y.copy()
+    padded[:, 3:] = metrics.PAD
+    padded[0, :] = [1, metrics.PAD, metrics.PAD, metrics.PAD, metrics.PAD]
+    keep = padded != metrics.PAD
+    m = metrics.sequence_metrics(logits, padded, True)
+    assert m["tokens"] == int(keep.sum()) == 16
+    nll = metrics.token_nll(logits, np.where(keep, padded, 0), True)[keep]
+    assert m["cross_entropy"] == pytest.approx(nll.mean())
+    assert m["token_accuracy"] == pytest.approx(np.mean(logits.argmax(-1)[keep] ==
+                                                        padded[keep]))
+    assert metrics.primary("sequence", logits, padded) == pytest.approx(m["token_accuracy"])
+    assert metrics.mean_nll(logits, padded, True) == pytest.approx(nll.mean())
+    assert (metrics.token_nll(logits, padded, True)[~keep] == 0).all()
+    # paired: A = B gives 0 %, and padding does not dilute a real difference
+    assert metrics.paired_increase("sequence", logits, logits, padded, True)["increase_pct"] \
+        == pytest.approx(0.0)
+    worse = logits.copy()
+    worse[~keep] += 5.0 * rng.normal(size=worse[~keep].shape)  # changes only padded positions
+    assert metrics.paired_increase("sequence", worse, logits, padded, True)["increase_pct"] \
+        == pytest.approx(0.0)
+
+
 def test_probability_zeros_are_floored_not_infinite():
     p = np.array([[[1.0, 0.0]]])
     m = metrics.sequence_metrics(p, np.array([[1]]), False)

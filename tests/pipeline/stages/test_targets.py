@@ -59,7 +59,8 @@ def test_an_explicit_task_overrides_the_guess():
 @pytest.mark.parametrize("y, out_shape, words", [
     (np.zeros((4, 5), int), (None, 6, 5), "5 positions but the model outputs 6"),
     (np.full((4, 6), 9), (None, 6, 5), "go up to 9 but the model has 5 outputs per position"),
-    (np.full((4, 6), -1), (None, 6, 5), ">= 0"),
+    (np.full((4, 6), -1), (None, 6, 5), "Every sequence target is padding (-1)"),
+    (np.full((4, 6), -2), (None, 6, 5), ">= -1"),
     (np.zeros((4,), int), (None, 6, 5), "token ids (N, T)"),
 ])
 def test_bad_sequence_targets_are_one_line_errors(y, out_shape, words):
@@ -67,6 +68,17 @@ def test_bad_sequence_targets_are_one_line_errors(y, out_shape, words):
     with pytest.raises(DataError) as err:
         data.prepare(_ds(x, y), SEQ_IN, out_shape, "sequence")
     assert words in _one_line(err)
+
+
+def test_padding_targets_are_kept_for_sequences_and_refused_for_classes():
+    x = np.zeros((4, 6, 3), np.float32)
+    y = np.zeros((4, 6), int)
+    y[:, 4:] = -1  # the last two positions of every sequence are padding
+    ds = data.prepare(_ds(x, y), SEQ_IN, (None, 6, 5), "sequence")
+    assert (ds.y_test[:, 4:] == -1).all() and ds.task == "sequence"
+    with pytest.raises(DataError) as err:
+        data.prepare(_ds(x, np.array([0, 1, -1, 2])), SEQ_IN, (None, 5), "auto")
+    assert ">= 0" in _one_line(err)
 
 
 def test_several_inputs_are_matched_by_name(tmp_path):
