@@ -130,6 +130,18 @@ def _check_versions() -> tuple[str, str]:
     return tf_version, tfk_version
 
 
+def once(define):
+    """A function returning ``define(load())``, computed on its first call and kept: layer
+    classes that need tf_keras, defined (and registered with Keras) once it is loaded."""
+    made: list = []
+
+    def get():
+        if not made:
+            made.append(define(load()))
+        return made[0]
+    return get
+
+
 def load() -> KerasEnv:
     """Import TensorFlow, tf_keras and tfmot once; raise KerasEnvError with the fix if unusable."""
     global _ENV

@@ -49,7 +49,6 @@ from pipeline.keras import seqdense
 
 HEADROOM = 17.0  # masked score = row minimum - HEADROOM (see the module docstring)
 MHA = "MultiHeadAttention"
-_CLASSES: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -60,15 +59,6 @@ class AttentionRoute:
     params: int
     parts: tuple[str, ...]
     detail: str
-
-
-def layer_classes() -> dict:
-    """The attention layers (created once tf_keras is loaded; registered as
-    ``qat_deploy>Name`` so saved QAT models reload)."""
-    global _CLASSES
-    if _CLASSES is None:
-        _CLASSES = _define(keras_env.load())
-    return _CLASSES
 
 
 # long: four small layer classes sharing one registration
@@ -141,6 +131,11 @@ def _define(env) -> dict:
 
     return {c.__name__: c for c in (AttentionScores, AttentionContext, AttentionMask,
                                     AttentionKeep)}
+
+
+# The attention layers, created once tf_keras is loaded; registered as ``qat_deploy>Name`` so
+# saved QAT models reload.
+layer_classes = keras_env.once(_define)
 
 
 def _keep(tf, scores, mask, causal: bool):

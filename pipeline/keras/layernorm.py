@@ -34,15 +34,6 @@ from pipeline.core import keras_env
 from pipeline.keras.attention import AttentionRoute
 
 LN = "LayerNormalization"
-_CLASSES: dict | None = None
-
-
-def layer_classes() -> dict:
-    """The LayerNorm step layers (registered as ``qat_deploy>Name`` so QAT models reload)."""
-    global _CLASSES
-    if _CLASSES is None:
-        _CLASSES = _define(keras_env.load())
-    return _CLASSES
 
 
 # long: nine one-op layer classes sharing one registration
@@ -123,6 +114,10 @@ def _define(env) -> dict:
 
     return {c.__name__: c for c in (LNMean, LNCenter, LNSquare, LNEpsilon, LNRsqrt,
                                     LNNormalize, LNGamma, LNBeta)}
+
+
+# The LayerNorm step layers (registered as ``qat_deploy>Name`` so QAT models reload).
+layer_classes = keras_env.once(_define)
 
 
 def is_rewritable(keras, layer) -> bool:

@@ -22,15 +22,7 @@ from __future__ import annotations
 
 from pipeline.core import keras_env
 
-_CLASSES: dict | None = None
 _FUSED = {"linear", "relu", "relu6"}  # activations TFLite fuses into FULLY_CONNECTED
-
-
-def layer_classes() -> dict:
-    global _CLASSES
-    if _CLASSES is None:
-        _CLASSES = _define(keras_env.load())
-    return _CLASSES
 
 
 def _define(env) -> dict:
@@ -67,6 +59,9 @@ def _define(env) -> dict:
                     "activation": keras.activations.serialize(self.activation)}
 
     return {"SequenceDense": SequenceDense}
+
+
+layer_classes = keras_env.once(_define)  # {"SequenceDense": the class}, registered once
 
 
 def activation_name(fn) -> str:
