@@ -17,12 +17,15 @@ SCHEMA_VERSION = 1
 class Variant(str, enum.Enum):
     """The .tflite variants a run produces, in report order: the float baseline, the
     post-training quantizations (the TFLite converter's, then ai-edge-quantizer's, a peer made
-    from float32.tflite by another tool), the QAT model."""
+    from float32.tflite by another tool), the QAT model, and the converter's 16x8 PTQ (int16
+    activations, int8 weights: a higher precision, reported beside the int8 ones, not
+    compared with them as "best PTQ")."""
 
     FLOAT32 = "float32"
     PTQ_INT8 = "ptq_int8"
     AEQ_INT8 = "aeq_int8"
     QAT_INT8 = "qat_int8"
+    PTQ_16X8 = "ptq_16x8"
 
     @property
     def filename(self) -> str:
@@ -30,11 +33,18 @@ class Variant(str, enum.Enum):
 
     @property
     def is_int8(self) -> bool:
+        """Quantized (int8, or int16 activations for 16x8): has a full-integer verdict."""
         return self is not Variant.FLOAT32
 
     @property
+    def activations(self) -> str:
+        """The integer type its activations should have: "int8", "int16" (16x8) or ""."""
+        return {Variant.FLOAT32: "", Variant.PTQ_16X8: "int16"}.get(self, "int8")
+
+    @property
     def is_ptq(self) -> bool:
-        """Post-training quantized from the float model (no training)."""
+        """Post-training quantized to int8 from the float model (no training): the PTQ QAT is
+        compared with."""
         return self in (Variant.PTQ_INT8, Variant.AEQ_INT8)
 
     @property

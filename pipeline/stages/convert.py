@@ -79,11 +79,14 @@ def to_tflite(model, variant: Variant, representative: np.ndarray | None = None,
                                   "0 samples", "Set convert.representative_samples >= 1")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative(representative)
-        # Builtin int8 kernels only: conversion fails instead of silently keeping float ops.
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if io == "int8":
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
+        # Builtin integer kernels only: conversion fails instead of silently keeping float ops.
+        sixteen = variant.activations == "int16"
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            if sixteen else tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io == "int8":  # integer I/O: int16 for 16x8
+            converter.inference_input_type = tf.int16 if sixteen else tf.int8
+            converter.inference_output_type = tf.int16 if sixteen else tf.int8
     try:
         with warnings.catch_warnings(), quiet_native_output():
             # "Statistics for quantized inputs were expected": benign for QAT models, whose
@@ -151,5 +154,6 @@ def convert(variant: Variant, model, *, representative: np.ndarray | None = None
         content = to_tflite(model, variant, representative, io)
     seconds = time.perf_counter() - t0
     view = TFLiteModel.from_bytes(content, source=variant.filename)
-    verdict = view.verdict(allow_float_io=(io == "float")) if variant.is_int8 else None
+    verdict = view.verdict(allow_float_io=(io == "float"), activations=variant.activations) \
+        if variant.is_int8 else None
     return Converted(variant, content, view, verdict, seconds)

@@ -82,12 +82,14 @@ def full_int8_gate(variant: Variant, res: VariantResult,
     kept layers float (annotate.keep_float): the variant then passes when those float
     islands are its only float parts."""
     reasons = "; ".join(res.full_int8_reasons)
+    # a 16x8 variant is judged full-integer at its own precision (int16 activations)
+    name = f"full_int8[{variant.value}]" if variant.activations == "int8" else \
+        f"full_16x8[{variant.value}]"
     if islands_only is not None:
-        return GateResult(f"full_int8[{variant.value}]", bool(islands_only),
+        return GateResult(name, bool(islands_only),
                           "int8 + requested float islands" if islands_only else False, True,
                           reasons)
-    return GateResult(f"full_int8[{variant.value}]", bool(res.full_int8), bool(res.full_int8),
-                      True, reasons)
+    return GateResult(name, bool(res.full_int8), bool(res.full_int8), True, reasons)
 
 
 def increase_gate(g: GatesConfig, task: str, increase_pct: float) -> GateResult:

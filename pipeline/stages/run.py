@@ -245,7 +245,7 @@ def convert_variants(ctx: _Run, inputs: Inputs, floats: FloatStage,
                 failed[variant.value] = str(exc)  # a peer convert.peers added: noted
                 ctx.log(f"convert: {variant.filename} skipped: {exc}")
                 continue
-            if variant.is_int8 and not variant.is_peer and keep_float:
+            if variant.activations == "int8" and not variant.is_peer and keep_float:
                 c = _with_islands(c, keep_float, cfg.convert.io)
             ctx.run_dir.write_bytes(variant.filename, c.content)
             done[variant] = c

@@ -7,7 +7,9 @@ from pipeline.tflite.tflite_model import TFLiteModel
 
 
 def build(view: TFLiteModel, *, allow_float_io: bool = False, tensors: bool = False) -> dict:
-    verdict = view.verdict(allow_float_io=allow_float_io)
+    # a 16x8 model (int16 activations) is judged full-integer at its own precision
+    verdict = view.verdict(allow_float_io=allow_float_io,
+                           activations=view.activation_precision())
     doc = {
         "schema_version": SCHEMA_VERSION,
         "file": view.source,
@@ -20,6 +22,7 @@ def build(view: TFLiteModel, *, allow_float_io: bool = False, tensors: bool = Fa
         "signatures": [{"key": s.key, "subgraph": s.subgraph, "inputs": sorted(s.inputs),
                         "outputs": sorted(s.outputs)} for s in view.signatures],
         "ops": view.op_counts(),
+        "op_precisions": view.op_precisions(),
         "tensors_by_dtype": view.tensor_dtype_counts(),
         "size_breakdown": view.size_breakdown(),
         "metadata": sorted(view.metadata),
@@ -39,7 +42,8 @@ def text(doc: dict) -> str:
     v = doc["verdict"]
     lines = [f"{doc['file']}  ({doc['size_bytes']:,} bytes, schema v{doc['schema_version_of_model']}, "
              f"{doc['subgraphs']} subgraph(s))",
-             f"full-int8: {'YES' if v['full_int8'] else 'NO'}"]
+             f"{'full-int8' if v.get('activations', 'int8') == 'int8' else 'full-integer 16x8'}"
+             f": {'YES' if v['full_int8'] else 'NO'}"]
     lines += [f"  - {r}" for r in v["reasons"]]
     lines += ["inputs:"] + [_io(t) for t in doc["inputs"]]
     lines += ["outputs:"] + [_io(t) for t in doc["outputs"]]
@@ -48,6 +52,9 @@ def text(doc: dict) -> str:
             f"{s['key']} ({', '.join(s['inputs'])} -> {', '.join(s['outputs'])})"
             for s in doc["signatures"]))
     lines.append("ops: " + ", ".join(f"{k} x{n}" for k, n in doc["ops"].items()))
+    lines.append("op precisions (first output): " + ", ".join(
+        f"{k} " + "/".join(f"{d} x{n}" for d, n in c.items())
+        for k, c in doc.get("op_precisions", {}).items()))
     lines.append("tensors: " + ", ".join(
         f"{k} {c['activations']} activation(s) + {c['constants']} constant(s)"
         for k, c in doc["tensors_by_dtype"].items()))

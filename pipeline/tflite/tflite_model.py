@@ -236,6 +236,21 @@ class TFLiteModel:
                 row["constants" if t.is_constant else "activations"] += 1
         return dict(sorted(out.items()))
 
+    def op_precisions(self) -> dict[str, dict[str, int]]:
+        """opcode -> {dtype of its first output: count}: which ops run at which precision."""
+        out: dict[str, Counter] = {}
+        for sg in self.subgraphs:
+            for op in sg.operators:
+                if op.outputs and op.outputs[0] >= 0:
+                    out.setdefault(op.opcode, Counter())[sg.tensors[op.outputs[0]].dtype] += 1
+        return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
+
+    def activation_precision(self) -> str:
+        """"int16" when most quantized activations are INT16 (a 16x8 model), else "int8"."""
+        c = Counter(t.dtype for sg in self.subgraphs for t in sg.tensors
+                    if not t.is_constant and t.quantization is not None)
+        return "int16" if c["INT16"] > c["INT8"] + c["UINT8"] else "int8"
+
     def size_breakdown(self) -> dict[str, int]:
         """Bytes by role; ``graph_and_metadata`` is everything else in the file."""
         seen: set[int] = set()
@@ -247,7 +262,9 @@ class TFLiteModel:
                 if not t.is_constant or t.buffer in seen:
                     continue
                 seen.add(t.buffer)
-                key = {"INT8": "int8_weights", "INT32": "int32_biases_and_constants",
+                key = {"INT8": "int8_weights", "INT4": "int4_weights",
+                       "INT32": "int32_biases_and_constants",
+                       "INT64": "int64_biases_and_constants", "INT16": "int16_constants",
                        "FLOAT32": "float32_weights", "FLOAT16": "float16_weights"}.get(
                     t.dtype, "other_constants")
                 sizes[key] += t.data_size
@@ -260,9 +277,10 @@ class TFLiteModel:
         sizes["total"] = self.file_size
         return dict(sizes)
 
-    def verdict(self, *, allow_float_io: bool = False) -> Verdict:
-        """Full-int8 verdict with reasons (see verdict.judge)."""
-        return judge(self.subgraphs, allow_float_io=allow_float_io)
+    def verdict(self, *, allow_float_io: bool = False, activations: str = "int8") -> Verdict:
+        """Full-integer verdict with reasons (see verdict.judge): every activation int8, or
+        int16 with ``activations="int16"`` (16x8)."""
+        return judge(self.subgraphs, allow_float_io=allow_float_io, activations=activations)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 FLOAT_TYPES = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"}
 INT8_TYPES = {"INT8", "UINT8"}
+# the quantized activation types each precision expects ("int16": 16x8, int16 activations
+# with int8 weights); a quantized activation of another integer type is a reason
+ACTIVATION_TYPES = {"int8": INT8_TYPES, "int16": {"INT16"}}
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,16 @@ class Verdict:
     quant_ops_inside: tuple[str, ...] = ()
     hybrid_ops: tuple[str, ...] = ()
     float_io: tuple[str, ...] = ()
+    other_precision: tuple[str, ...] = ()  # quantized activations of another integer type
+    activations: str = "int8"  # the precision judged: "int8", or "int16" (16x8)
 
     def to_dict(self) -> dict:
         return {"full_int8": self.full_int8, "reasons": list(self.reasons),
                 "float_activations": list(self.float_activations),
                 "quant_ops_inside": list(self.quant_ops_inside),
-                "hybrid_ops": list(self.hybrid_ops), "float_io": list(self.float_io)}
+                "hybrid_ops": list(self.hybrid_ops), "float_io": list(self.float_io),
+                "other_precision": list(self.other_precision),
+                "activations": self.activations}
 
 
 @dataclass
@@ -41,9 +48,14 @@ class _Findings:
     quant_ops_inside: list[str] = field(default_factory=list)
     hybrid_ops: list[str] = field(default_factory=list)
     float_io: list[str] = field(default_factory=list)
+    other_precision: list[str] = field(default_factory=list)
+    activations: str = "int8"
 
     def reasons(self) -> list[str]:
         out = []
+        if self.other_precision:
+            out.append(f"{len(self.other_precision)} quantized activation tensor(s) not "
+                       f"{self.activations}, e.g. {', '.join(self.other_precision[:3])}")
         if self.float_io:
             out.append(f"{len(self.float_io)} float model input/output tensor(s): "
                        f"{', '.join(self.float_io[:3])}")
@@ -59,9 +71,10 @@ class _Findings:
         return out
 
 
-def judge(subgraphs, *, allow_float_io: bool = False) -> Verdict:
-    """The verdict over every subgraph (``tflite_model.Subgraph`` objects)."""
-    found = _Findings()
+def judge(subgraphs, *, allow_float_io: bool = False, activations: str = "int8") -> Verdict:
+    """The verdict over every subgraph (``tflite_model.Subgraph`` objects): full-integer with
+    ``activations`` ("int8"; "int16" for a 16x8 model) for every quantized activation."""
+    found = _Findings(activations=activations)
     for sg in subgraphs:
         boundary: set[int] = set()  # float tensors at an allowed I/O QUANTIZE/DEQUANTIZE
         for op in sg.operators:
@@ -76,10 +89,15 @@ def judge(subgraphs, *, allow_float_io: bool = False) -> Verdict:
                 found.hybrid_ops.append(f"{op.opcode} #{op.index} (float {float_in[0].name} "
                                         f"x int8 {int_w[0].name})")
         _float_tensors(sg, allow_float_io, boundary, found)
+        want = ACTIVATION_TYPES[activations]
+        found.other_precision += [f"{t.name} ({t.dtype})" for t in sg.tensors
+                                  if not t.is_constant and t.quantization is not None
+                                  and t.dtype not in FLOAT_TYPES and t.dtype not in want
+                                  and t.dtype != "INT32"]  # int32: bias-like accumulators
     reasons = found.reasons()
     return Verdict(not reasons, tuple(reasons), tuple(found.float_activations),
                    tuple(found.quant_ops_inside), tuple(found.hybrid_ops),
-                   tuple(found.float_io))
+                   tuple(found.float_io), tuple(found.other_precision), activations)
 
 
 def _conversion(sg, op, ins, outs, allow_float_io: bool, boundary: set[int],

@@ -92,7 +92,7 @@ def test_evaluate_orders_the_gates_and_skips_float32():
     results = gates.evaluate(G, 0.985, variants, {Variant.QAT_INT8: agreement(1.0)})
     assert [g.name for g in results] == ["min_float_accuracy", "max_accuracy_drop_pp",
                                          "min_agreement", "full_int8[ptq_int8]",
-                                         "full_int8[qat_int8]"]
+                                         "full_int8[qat_int8]", "full_16x8[ptq_16x8]"]
     assert gates.passed(results)
 
 

@@ -47,6 +47,8 @@ def seq_run(env, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     cfg = config.load(None, {"output.dir": str(out), "output.name": "seq", "qat.epochs": 1,
                              "qat.range_init_samples": 64, "convert.representative_samples": 64,
+                             "convert.variants": ["float32", "ptq_int8", "qat_int8",
+                                                  "ptq_16x8"],
                              "gates.max_accuracy_drop_pp": 5.0, "gates.min_agreement": 0.9,
                              "gates.max_perplexity_increase_pct": 25.0})
     result = run(cfg, model=model, dataset=ds, log=lambda *_: None)
@@ -60,7 +62,8 @@ def test_sequence_run_reports_token_metrics_for_every_variant(seq_run):
     tm = doc["task_metrics"]
     assert tm["task"] == "sequence" and "bootstrap" in tm["interval"]
     rows = {r["model"]: r for r in tm["rows"]}
-    assert set(rows) == {"keras_float", "keras_qat", "float32", "ptq_int8", "qat_int8"}
+    assert set(rows) == {"keras_float", "keras_qat", "float32", "ptq_int8", "qat_int8",
+                         "ptq_16x8"}
     real = y != -1
     for r in rows.values():  # padded positions count in no metric
         assert r["tokens"] == real.sum() < y.size and r["sequences"] == len(y)
@@ -82,8 +85,9 @@ def test_sequence_run_reports_token_metrics_for_every_variant(seq_run):
     assert tok["tokens"] == y.size and tok["reference"] == "keras_qat"
     assert tok["top1_agreement"] == rows["qat_int8"]["agreement"]
     assert tok["mean_token_max_error_lsb"] <= tok["max_token_error_lsb"]
-    cmp = doc["qat_vs_best_ptq"]
+    cmp = doc["qat_vs_best_ptq"]  # 16x8 is a higher precision: never the "best PTQ"
     assert cmp["metric"] == "perplexity" and cmp["best_ptq"] == "ptq_int8"
+    assert set(cmp["ptq_values"]) == {"ptq_int8"}
     inc = cmp["qat_increase_vs_float"]
     assert inc["increase_pct"] == pytest.approx(
         100 * (rows["qat_int8"]["perplexity"] / rows["keras_float"]["perplexity"] - 1))
@@ -92,6 +96,9 @@ def test_sequence_run_reports_token_metrics_for_every_variant(seq_run):
     assert gates["max_perplexity_increase_pct"]["value"] == pytest.approx(
         inc["increase_pct"], abs=1e-3)
     assert gates["full_int8[qat_int8]"]["passed"]
+    assert gates["full_16x8[ptq_16x8]"]["passed"]  # full-integer with int16 activations
+    v16 = {v["variant"]: v for v in doc["variants"]}["ptq_16x8"]
+    assert v16["input_quant"]["dtype"] == "int16" and v16["full_int8"] is True
     assert result.exit_code == 0, result.failed_gates
     md = (run_dir / "report.md").read_text()
     assert "## Sequence metrics with 95 % intervals" in md and "token accuracy" in md
