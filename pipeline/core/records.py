@@ -26,6 +26,7 @@ class Variant(str, enum.Enum):
     AEQ_INT8 = "aeq_int8"
     QAT_INT8 = "qat_int8"
     PTQ_16X8 = "ptq_16x8"
+    AEQ_W4A8 = "aeq_w4a8"  # ai-edge-quantizer: INT4 weights, int8 activations (a peer)
 
     @property
     def filename(self) -> str:
@@ -50,7 +51,7 @@ class Variant(str, enum.Enum):
     @property
     def is_peer(self) -> bool:
         """Made by another tool, for comparison: verified and reported, never gated on."""
-        return self is Variant.AEQ_INT8
+        return self in (Variant.AEQ_INT8, Variant.AEQ_W4A8)
 
     def __str__(self) -> str:  # f-strings and messages show the name as written in configs
         return self.value

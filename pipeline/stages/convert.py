@@ -149,7 +149,7 @@ def convert(variant: Variant, model, *, representative: np.ndarray | None = None
     if variant.is_peer:
         if float_tflite is None:
             float_tflite = to_tflite(model, Variant.FLOAT32)
-        content = peers.quantize(float_tflite, representative)
+        content = peers.quantize(float_tflite, representative, variant)
     else:
         content = to_tflite(model, variant, representative, io)
     seconds = time.perf_counter() - t0

@@ -102,8 +102,9 @@ def calibration(report) -> dict | None:
            "converted_from": conv.float_graph,
            "source": "the train split, a seeded random sample (data.representative_sample), "
                      "the same samples for every PTQ variant"}
-    if Variant.AEQ_INT8 in conv.by_variant:
-        doc[Variant.AEQ_INT8.value] = peers.describe(conv.calibration_samples)
+    for peer in peers.PEERS + (Variant.AEQ_W4A8,):
+        if peer in conv.by_variant:
+            doc[peer.value] = peers.describe(conv.calibration_samples, peer)
     if conv.failed_peers:
         doc["failed_peers"] = dict(conv.failed_peers)
     return doc
@@ -151,9 +152,8 @@ def calibration_lines(report) -> list[str]:
     if cal and cal["variants"]:
         lines.append(f"PTQ calibration: {', '.join(cal['variants'])} on the same "
                      f"{cal['samples']} training samples.")
-        if Variant.AEQ_INT8.value in cal:
-            a = cal[Variant.AEQ_INT8.value]
-            lines.append(f"`aeq_int8`: {a['tool']} {a['version']} `{a['recipe']}` on "
+        for a in (cal[p.value] for p in (Variant.AEQ_INT8, Variant.AEQ_W4A8) if p.value in cal):
+            lines.append(f"`{a['variant']}`: {a['tool']} {a['version']} `{a['recipe']}` on "
                          f"float32.tflite ({a['calibration']}); compared, not gated on.")
     for name, why in (cal or {}).get("failed_peers", {}).items():
         lines.append(f"`{name}` could not be made: {why}")

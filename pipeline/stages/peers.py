@@ -39,6 +39,10 @@ from pipeline.core.records import Variant
 PACKAGE = "ai-edge-quantizer"
 MODULE = "ai_edge_quantizer"
 RECIPE = "static_wi8_ai8"
+# aeq_w4a8: static INT4 weights (per channel, symmetric) with int8 activations; ops with no
+# INT4 kernel in this LiteRT (DEPTHWISE_CONV_2D, measured: ai-edge-quantizer leaves it float
+# between DEQUANTIZE/QUANTIZE at 4 bits) keep int8 weights, so the file stays full-int8.
+W4_INT8_OPS = ("DEPTHWISE_CONV_2D",)
 INSTALL = "pip install 'qat-deploy[zoo]' (in a checkout: make venv)"
 PEERS = (Variant.AEQ_INT8,)
 
@@ -112,7 +116,23 @@ def _samples(sig: dict, representative) -> list[dict]:
     return [{k: v[i: i + 1] for k, v in arrays.items()} for i in range(n)]
 
 
-def quantize(float_tflite: bytes, representative) -> bytes:
+def _recipe(variant: Variant):
+    # lazy: the zoo extra, not in core/qat
+    from ai_edge_quantizer import algorithm_manager, qtyping, recipe, recipe_manager
+
+    if variant is not Variant.AEQ_W4A8:
+        return getattr(recipe, RECIPE)()
+    rp = recipe_manager.RecipeManager()
+    algo = algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT
+    rp.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                         activation_num_bits=8, weight_num_bits=4, algorithm_key=algo)
+    for op in W4_INT8_OPS:
+        rp.add_static_config(regex=".*", operation_name=getattr(qtyping.TFLOperationName, op),
+                             activation_num_bits=8, weight_num_bits=8, algorithm_key=algo)
+    return rp.get_quantization_recipe()
+
+
+def quantize(float_tflite: bytes, representative, variant: Variant = Variant.AEQ_INT8) -> bytes:
     """aeq_int8 from the float32 .tflite, calibrated on ``representative`` ((N, ...) array, or
     {input name: (N, ...) array} for a model with several inputs)."""
     require(f"{Variant.AEQ_INT8} was asked for")
@@ -120,7 +140,7 @@ def quantize(float_tflite: bytes, representative) -> bytes:
         raise ConversionError(f"{Variant.AEQ_INT8} needs a representative dataset", "0 samples",
                               "Set convert.representative_samples >= 1")
     from ai_edge_litert import interpreter as tfl  # lazy: only with the zoo extra's peer
-    from ai_edge_quantizer import quantizer, recipe  # lazy: the zoo extra, not in core/qat
+    from ai_edge_quantizer import quantizer  # lazy: the zoo extra, not in core/qat
 
     sigs = tfl.Interpreter(model_content=float_tflite).get_signature_list()
     if len(sigs) != 1:
@@ -134,7 +154,7 @@ def quantize(float_tflite: bytes, representative) -> bytes:
         with warnings.catch_warnings(), quiet_native_output(), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore", UserWarning)
-            q = quantizer.Quantizer(bytearray(float_tflite), getattr(recipe, RECIPE)())
+            q = quantizer.Quantizer(bytearray(float_tflite), _recipe(variant))
             result = q.quantize(q.calibrate({key: samples}), enable_progress_report=False)
     except Exception as exc:  # its internals raise ValueError, RuntimeError, KeyError, ...
         raise ConversionError(f"{PACKAGE} failed to quantize the float32 model",
@@ -142,10 +162,12 @@ def quantize(float_tflite: bytes, representative) -> bytes:
     return bytes(result.quantized_model)
 
 
-def describe(samples: int) -> dict:
+def describe(samples: int, variant: Variant = Variant.AEQ_INT8) -> dict:
     """What report.json says about how the peer was made."""
-    return {"variant": Variant.AEQ_INT8.value, "tool": PACKAGE, "version": version(),
-            "recipe": RECIPE, "algorithm": "min_max_uniform_quant",
+    recipe = RECIPE if variant is Variant.AEQ_INT8 else \
+        f"static weight_num_bits=4 activation_num_bits=8 ({', '.join(W4_INT8_OPS)}: 8-bit weights)"
+    return {"variant": variant.value, "tool": PACKAGE, "version": version(),
+            "recipe": recipe, "algorithm": "min_max_uniform_quant",
             "calibration": f"{samples} samples, one per step, the same as ptq_int8's; "
                            "ranges: per-sample min/max, moving average (smoothing 0.95)",
             "source": "float32.tflite"}

@@ -249,8 +249,9 @@ def convert_variants(ctx: _Run, inputs: Inputs, floats: FloatStage,
                 c = _with_islands(c, keep_float, cfg.convert.io)
             ctx.run_dir.write_bytes(variant.filename, c.content)
             done[variant] = c
+            kind = "full-int8" if variant.activations == "int8" else "full-integer 16x8"
             extra = "" if c.verdict is None else \
-                f", full-int8: {'yes' if c.verdict.full_int8 else 'NO'}"
+                f", {kind}: {'yes' if c.verdict.full_int8 else 'NO'}"
             ctx.log(f"convert: {variant.filename} {c.size:,} bytes in {c.seconds:.1f} s{extra}")
     return Conversions(done, calibration_samples=data_mod.count(rep), failed_peers=failed,
                        float_graph=float_graph)
