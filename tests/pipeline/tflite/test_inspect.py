@@ -40,6 +40,11 @@ def test_inspect_verdicts_match_independent_facts(variant, tflite_variants, tmp_
     path.write_bytes(content)
     facts = _facts(content)
     code, doc = _inspect(path, capsys, "--require-full-int8")
+    if variant is Variant.PTQ_16X8:  # full-integer at int16, so not full-int8
+        assert facts["float_activations"] == 0 and not facts["int8_io"]
+        assert doc["verdict"]["full_int8"] and doc["verdict"]["activations"] == "int16"
+        assert code == 1
+        return
     full = facts["float_activations"] == 0 and facts["int8_io"]  # (no hybrid ops here)
     assert doc["verdict"]["full_int8"] is full
     assert full == (variant is not Variant.FLOAT32)
