@@ -39,9 +39,10 @@ from pipeline.core.records import Variant
 PACKAGE = "ai-edge-quantizer"
 MODULE = "ai_edge_quantizer"
 RECIPE = "static_wi8_ai8"
-# aeq_w4a8: static INT4 weights (per channel, symmetric) with int8 activations; ops with no
-# INT4 kernel in this LiteRT (DEPTHWISE_CONV_2D, measured: ai-edge-quantizer leaves it float
-# between DEQUANTIZE/QUANTIZE at 4 bits) keep int8 weights, so the file stays full-int8.
+# aeq_w4a8: static INT4 weights (per channel, symmetric) with int8 activations; ops its static
+# 4-bit recipe does not quantize (DEPTHWISE_CONV_2D, measured with 0.10: left float between
+# DEQUANTIZE/QUANTIZE, although LiteRT runs the converter's INT4 depthwise) keep int8
+# weights, so the file stays full-int8.
 W4_INT8_OPS = ("DEPTHWISE_CONV_2D",)
 INSTALL = "pip install 'qat-deploy[zoo]' (in a checkout: make venv)"
 PEERS = (Variant.AEQ_INT8,)

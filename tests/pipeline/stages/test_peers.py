@@ -92,7 +92,8 @@ def test_aeq_int8_is_full_int8_accurate_and_deterministic(tflite_variants, digit
 @needs_aeq
 def test_aeq_w4a8_stores_int4_weights_and_stays_full_int8(tflite_variants, digits):
     """The 4-bit peer: CONV_2D and FULLY_CONNECTED weights are INT4 tensors packed two to a
-    byte; DEPTHWISE_CONV_2D (no INT4 kernel) keeps int8 weights, so no op is left float."""
+    byte; DEPTHWISE_CONV_2D (which ai-edge-quantizer's static 4-bit recipe leaves float) keeps
+    int8 weights, so no op is left float."""
     from pipeline.stages import convert
 
     f32, aeq8 = tflite_variants[F], tflite_variants[A]
