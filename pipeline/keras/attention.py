@@ -4,15 +4,17 @@ tfmot cannot wrap tf_keras' ``MultiHeadAttention`` (its ``compute_output_shape``
 query and value shapes separately, and its inner EinsumDense layers and einsums are invisible
 to the registry), so ``graph.rebuild`` replaces each one by primitives:
 
-    query/key/value  SequenceDense (keras/seqdense.py) with the MHA's own kernels reshaped to (d, heads*dim); the query's
-                     1/sqrt(key_dim) scale is folded into its kernel and bias
+    query/key/value  SequenceDense (keras/seqdense.py) with the MHA's own kernels reshaped to
+                     (d, heads*dim); the query's 1/sqrt(key_dim) scale is folded into its
+                     kernel and bias
     *_heads / *_perm Reshape (T, heads, dim) and Permute to (heads, T, dim)
     scores           AttentionScores: Q·Kᵀ per head, output fake-quantized (int8 BATCH_MATMUL)
     mask             AttentionMask: attention_mask and/or the causal mask (below)
     softmax          the Keras Softmax (int8 SOFTMAX, output scale 1/256)
     context          AttentionContext: weights·V per head, output fake-quantized
     out_perm/merge   Permute back and Reshape to (T, heads*value_dim)
-    output           SequenceDense with the output projection's kernel reshaped to (heads*value_dim, d)
+    output           SequenceDense with the output projection's kernel reshaped to
+                     (heads*value_dim, d)
 
 Masks. Keras adds -1e9 to masked scores. In int8 that value would set the scale of the
 tensor feeding the softmax (1e9/255 per step), every real score would round to one code and

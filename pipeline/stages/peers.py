@@ -60,11 +60,12 @@ def version() -> str | None:
         return None
 
 
-def require(why: str = "convert.variants lists aeq_int8") -> None:
+def require(why: str = "convert.variants lists aeq_int8",
+            variant: Variant = Variant.AEQ_INT8) -> None:
     """A one-line exit 2 when the peer was asked for and the package is missing."""
     if not available():
-        raise ConversionError(f"The {Variant.AEQ_INT8} variant needs {PACKAGE}, which is not "
-                              "installed", why, f"{INSTALL}, or remove {Variant.AEQ_INT8} "
+        raise ConversionError(f"The {variant} variant needs {PACKAGE}, which is not "
+                              "installed", why, f"{INSTALL}, or remove {variant} "
                               "from convert.variants")
 
 
@@ -74,7 +75,7 @@ def resolve(variants: tuple[Variant, ...], peers: str, zoo: bool, log) -> tuple[
     right after ptq_int8 (a missing one is skipped with a logged note)."""
     for v in variants:
         if v.is_peer:
-            require(f"convert.variants lists {v}")
+            require(f"convert.variants lists {v}", v)
     if peers != "auto" or not zoo or Variant.PTQ_INT8 not in variants:
         return variants
     out = list(variants)
@@ -91,7 +92,7 @@ def resolve(variants: tuple[Variant, ...], peers: str, zoo: bool, log) -> tuple[
     return tuple(out)
 
 
-def _samples(sig: dict, representative) -> list[dict]:
+def _samples(sig: dict, representative, variant: Variant) -> list[dict]:
     """One {signature input name: (1, ...) array} per sample. ``representative``: an array
     (a one-input model) or {input name: array} (the signature's names are the Keras input
     names)."""
@@ -103,14 +104,14 @@ def _samples(sig: dict, representative) -> list[dict]:
     if isinstance(representative, dict):
         missing = sorted(set(names) - set(representative))
         if missing:
-            raise ConversionError(f"{Variant.AEQ_INT8} calibration data lacks model inputs",
+            raise ConversionError(f"{variant} calibration data lacks model inputs",
                                   f"missing {missing}, have {sorted(representative)}",
                                   "Give one array per model input, keyed by its name")
         arrays = {n: typed(representative[n]) for n in names}
     elif len(names) == 1:
         arrays = {names[0]: typed(representative)}
     else:
-        raise ConversionError(f"{Variant.AEQ_INT8} needs one calibration array per input",
+        raise ConversionError(f"{variant} needs one calibration array per input",
                               f"one array for inputs {names}",
                               "Give {input name: array} for a model with several inputs")
     n = len(next(iter(arrays.values())))
@@ -133,22 +134,23 @@ def _recipe(variant: Variant):
     return rp.get_quantization_recipe()
 
 
-def quantize(float_tflite: bytes, representative, variant: Variant = Variant.AEQ_INT8) -> bytes:
-    """aeq_int8 from the float32 .tflite, calibrated on ``representative`` ((N, ...) array, or
+def quantize(float_tflite: bytes, representative,
+             variant: Variant = Variant.AEQ_INT8) -> bytes:
+    """The peer ``variant`` (aeq_int8, aeq_w4a8) from the float32 .tflite, calibrated on ``representative`` ((N, ...) array, or
     {input name: (N, ...) array} for a model with several inputs)."""
-    require(f"{Variant.AEQ_INT8} was asked for")
+    require(f"{variant} was asked for", variant)
     if representative is None or len(representative) == 0:
-        raise ConversionError(f"{Variant.AEQ_INT8} needs a representative dataset", "0 samples",
+        raise ConversionError(f"{variant} needs a representative dataset", "0 samples",
                               "Set convert.representative_samples >= 1")
     from ai_edge_litert import interpreter as tfl  # lazy: only with the zoo extra's peer
     from ai_edge_quantizer import quantizer  # lazy: the zoo extra, not in core/qat
 
     sigs = tfl.Interpreter(model_content=float_tflite).get_signature_list()
     if len(sigs) != 1:
-        raise ConversionError(f"{Variant.AEQ_INT8} needs a model with one signature",
-                              f"signatures {sigs}", "Drop aeq_int8 for this model")
+        raise ConversionError(f"{variant} needs a model with one signature",
+                              f"signatures {sigs}", f"Drop {variant} for this model")
     key, sig = next(iter(sigs.items()))
-    samples = _samples(sig, representative)
+    samples = _samples(sig, representative, variant)
     try:
         # its progress bars go to stderr, LiteRT's delegate lines to the C++ streams, and
         # "experimental_preserve_all_tensors is for debugging" is its calibrator's own choice
@@ -159,7 +161,7 @@ def quantize(float_tflite: bytes, representative, variant: Variant = Variant.AEQ
             result = q.quantize(q.calibrate({key: samples}), enable_progress_report=False)
     except Exception as exc:  # its internals raise ValueError, RuntimeError, KeyError, ...
         raise ConversionError(f"{PACKAGE} failed to quantize the float32 model",
-                              first_line(exc, 300), f"Drop {Variant.AEQ_INT8} for this model")
+                              first_line(exc, 300), f"Drop {variant} for this model")
     return bytes(result.quantized_model)
 
 

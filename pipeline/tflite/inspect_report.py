@@ -40,10 +40,10 @@ def _io(t: dict) -> str:
 
 def text(doc: dict) -> str:
     v = doc["verdict"]
+    kind = "full-int8" if v.get("activations", "int8") == "int8" else "full-integer 16x8"
     lines = [f"{doc['file']}  ({doc['size_bytes']:,} bytes, schema v{doc['schema_version_of_model']}, "
              f"{doc['subgraphs']} subgraph(s))",
-             f"{'full-int8' if v.get('activations', 'int8') == 'int8' else 'full-integer 16x8'}"
-             f": {'YES' if v['full_int8'] else 'NO'}"]
+             f"{kind}: {'YES' if v['full_int8'] else 'NO'}"]
     lines += [f"  - {r}" for r in v["reasons"]]
     lines += ["inputs:"] + [_io(t) for t in doc["inputs"]]
     lines += ["outputs:"] + [_io(t) for t in doc["outputs"]]
