@@ -63,8 +63,7 @@ def trained_h5(tmp_path_factory, trained_model) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def qat_model(env, trained_model, digits, tmp_path_factory):
+def _qat(trained_model, digits, tmp_path_factory, weight_bits: int):
     """The QAT model built the way `qat run` builds it: annotate, activation ranges from 256
     training samples, then fine-tuned (2 epochs of the product's recipe). An annotated model
     that is neither range-initialised nor trained has an input range of [0, 0] and outputs
@@ -76,27 +75,42 @@ def qat_model(env, trained_model, digits, tmp_path_factory):
     from pipeline.stages.config import QatConfig
 
     keras_env.set_seed(0)
-    model, _ = annotate.apply(trained_model)
+    model, _ = annotate.apply(trained_model, weight_bits=weight_bits)
     x, y = digits["x_train"], digits["y_train"]
     ranges.init_ranges(model, data.representative_sample(x[:1200], 256, 0))
     run = RunDir(tmp_path_factory.mktemp("qat_fixture") / "run", log=lambda *_: None)
+    # 4-bit weights need a larger step than 8-bit ones to settle on their coarser grid
     finetune.fit(model, x[:1200], y[:1200], x[1200:], y[1200:],
-                 QatConfig(epochs=2, early_stopping_patience=0, verbose=0), run,
+                 QatConfig(epochs=2, early_stopping_patience=0, verbose=0,
+                           learning_rate=3e-4 if weight_bits == 4 else 3e-5), run,
                  from_logits=True, log=lambda *_: None)
     run.abort(keep=False)
     return model
 
 
 @pytest.fixture(scope="session")
-def tflite_variants(trained_model, qat_model, digits):
-    """float32 / ptq_int8 / aeq_int8 / qat_int8 bytes of the same trained model (QAT
-    fine-tuned); aeq_int8 (the PTQ peer) when ai-edge-quantizer is installed."""
+def qat_model(env, trained_model, digits, tmp_path_factory):
+    """trained_model through 8-bit QAT (qat_int8's source)."""
+    return _qat(trained_model, digits, tmp_path_factory, 8)
+
+
+@pytest.fixture(scope="session")
+def qat_w4_model(env, trained_model, digits, tmp_path_factory):
+    """trained_model through QAT with 4-bit weights and 8-bit activations (qat_w4a8's)."""
+    return _qat(trained_model, digits, tmp_path_factory, 4)
+
+
+@pytest.fixture(scope="session")
+def tflite_variants(trained_model, qat_model, qat_w4_model, digits):
+    """Every variant's bytes of the same trained model (qat_int8 / qat_w4a8 from its 8-bit /
+    4-bit QAT fine-tune); the peers (aeq_int8, aeq_w4a8) when ai-edge-quantizer is
+    installed."""
     from pipeline.stages import convert, peers
     from pipeline.core.records import Variant
 
     rep = digits["x_train"][:100]
-    return {v: convert.convert(v, qat_model if v is Variant.QAT_INT8 else trained_model,
-                               representative=rep)
+    source = {Variant.QAT_INT8: qat_model, Variant.QAT_W4A8: qat_w4_model}
+    return {v: convert.convert(v, source.get(v, trained_model), representative=rep)
             for v in Variant if not v.is_peer or peers.available()}
 
 

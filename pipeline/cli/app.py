@@ -69,7 +69,8 @@ def _add_convert(sub) -> argparse.ArgumentParser:
     f, p, q = Variant.FLOAT32, Variant.PTQ_INT8, Variant.QAT_INT8
     c = sub.add_parser("convert", help="convert a Keras model file to .tflite variants",
                        description=f"Convert a float Keras model ({f}, {p}) or a saved "
-                       f"QAT model ({q}) and inspect each result.")
+                       f"QAT model ({q}, or {Variant.QAT_W4A8} for 4-bit weights) and "
+                       "inspect each result.")
     c.add_argument("model", help="Keras-2 model file (.h5/.keras/SavedModel directory)")
     c.add_argument("--data", required=True,
                    help="zoo dataset name or .npz; its train split calibrates int8 variants")

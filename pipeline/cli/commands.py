@@ -92,7 +92,9 @@ def cmd_convert(args, out) -> int:
     keras_env.load()
     keras_env.set_seed(args.seed)
     loaded = modelio.load_model(path=args.model, trust_model=args.trust_model)
-    variants = _variants(args, loaded.is_qat)
+    qat = None if not loaded.is_qat else \
+        Variant.QAT_W4A8 if annotate.weight_bits_of(loaded.model) == 4 else Variant.QAT_INT8
+    variants = _variants(args, qat)
     if args.representative_samples < 1:
         raise UsageError("--representative-samples must be at least 1",
                          args.representative_samples, "Use e.g. 200")
@@ -124,20 +126,23 @@ def cmd_convert(args, out) -> int:
     return EXIT_GATE_FAILED if bad and not args.allow_float else EXIT_OK
 
 
-def _variants(args, is_qat: bool) -> list[Variant]:
-    """--variants, checked against the kind of model (default: what the model converts to)."""
+def _variants(args, qat: Variant | None) -> list[Variant]:
+    """--variants, checked against the kind of model (default: what the model converts to).
+    ``qat``: the variant a QAT model converts to (qat_int8, or qat_w4a8 for 4-bit weights),
+    None for a float model."""
     if not args.variants:
-        return [Variant.QAT_INT8] if is_qat else [Variant.FLOAT32, Variant.PTQ_INT8]
+        return [qat] if qat else [Variant.FLOAT32, Variant.PTQ_INT8]
     try:
         variants = [Variant(s.strip()) for s in args.variants.split(",") if s.strip()]
     except ValueError:
         raise UsageError("Unknown variant", args.variants, f"Use {', '.join(Variant.names())}")
-    if is_qat and any(v is not Variant.QAT_INT8 for v in variants):
-        raise UsageError(f"A QAT model converts only to {Variant.QAT_INT8}", args.variants,
-                         f"Pass --variants {Variant.QAT_INT8}, or the float model for "
+    if qat and any(v is not qat for v in variants):
+        raise UsageError(f"This QAT model converts only to {qat}", args.variants,
+                         f"Pass --variants {qat}, or the float model for "
                          f"{Variant.FLOAT32}/{Variant.PTQ_INT8}/{Variant.AEQ_INT8}")
-    if not is_qat and Variant.QAT_INT8 in variants:
-        raise UsageError(f"{Variant.QAT_INT8} needs a QAT model (saved after quantize_apply)",
+    wrong = Variant.qat_of(variants)
+    if not qat and wrong:
+        raise UsageError(f"{wrong} needs a QAT model (saved after quantize_apply)",
                          args.model, "Run `qat run` first, or convert its keras/qat_model.h5")
     return variants
 

@@ -17,9 +17,10 @@ SCHEMA_VERSION = 1
 class Variant(str, enum.Enum):
     """The .tflite variants a run produces, in report order: the float baseline, the
     post-training quantizations (the TFLite converter's, then ai-edge-quantizer's, a peer made
-    from float32.tflite by another tool), the QAT model, and the converter's 16x8 PTQ (int16
-    activations, int8 weights: a higher precision, reported beside the int8 ones, not
-    compared with them as "best PTQ")."""
+    from float32.tflite by another tool), the QAT model, the converter's 16x8 PTQ (int16
+    activations, int8 weights), and the 4-bit-weight pair: ai-edge-quantizer's INT4-weight PTQ
+    and QAT with 4-bit weights. QAT is compared with the PTQ of its own precision
+    (``precision``): qat_int8 with ptq_int8 / aeq_int8, qat_w4a8 with aeq_w4a8."""
 
     FLOAT32 = "float32"
     PTQ_INT8 = "ptq_int8"
@@ -27,6 +28,7 @@ class Variant(str, enum.Enum):
     QAT_INT8 = "qat_int8"
     PTQ_16X8 = "ptq_16x8"
     AEQ_W4A8 = "aeq_w4a8"  # ai-edge-quantizer: INT4 weights, int8 activations (a peer)
+    QAT_W4A8 = "qat_w4a8"  # QAT with 4-bit weights: INT4 weight tensors, int8 activations
 
     @property
     def filename(self) -> str:
@@ -43,15 +45,42 @@ class Variant(str, enum.Enum):
         return {Variant.FLOAT32: "", Variant.PTQ_16X8: "int16"}.get(self, "int8")
 
     @property
+    def weight_bits(self) -> int:
+        """Bits of its conv / fully-connected weights: 32 (float), 8 or 4."""
+        return {Variant.FLOAT32: 32, Variant.AEQ_W4A8: 4, Variant.QAT_W4A8: 4}.get(self, 8)
+
+    @property
+    def precision(self) -> str:
+        """"float", "w8a8", "w8a16" or "w4a8": which variants are compared with each other."""
+        return "float" if self is Variant.FLOAT32 else \
+            f"w{self.weight_bits}a{self.activations.removeprefix('int')}"
+
+    @property
+    def is_qat(self) -> bool:
+        """Converted from the run's QAT model (one per run)."""
+        return self in (Variant.QAT_INT8, Variant.QAT_W4A8)
+
+    @property
     def is_ptq(self) -> bool:
-        """Post-training quantized to int8 from the float model (no training): the PTQ QAT is
-        compared with."""
-        return self in (Variant.PTQ_INT8, Variant.AEQ_INT8)
+        """Post-training quantized from the float model (no training): the PTQ that QAT of the
+        same ``precision`` is compared with."""
+        return self.is_int8 and not self.is_qat
 
     @property
     def is_peer(self) -> bool:
         """Made by another tool, for comparison: verified and reported, never gated on."""
         return self in (Variant.AEQ_INT8, Variant.AEQ_W4A8)
+
+    @staticmethod
+    def qat_of(variants) -> "Variant | None":
+        """The QAT variant among ``variants`` (a run converts at most one), or None."""
+        return next((v for v in variants if v.is_qat), None)
+
+    @staticmethod
+    def ptq_like(variants, qat: "Variant | None") -> list["Variant"]:
+        """The PTQ variants among ``variants`` at ``qat``'s precision (int8's without one)."""
+        want = (qat or Variant.QAT_INT8).precision
+        return [v for v in variants if v.is_ptq and v.precision == want]
 
     def __str__(self) -> str:  # f-strings and messages show the name as written in configs
         return self.value

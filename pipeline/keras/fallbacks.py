@@ -93,17 +93,20 @@ def config_class():
 
     @env.keras.utils.register_keras_serializable(package="qat_deploy")
     class FallbackQuantizeConfig(q.QuantizeConfig):
-        """Fake-quantize the named weights (per tensor) and, optionally, the output."""
+        """Fake-quantize the named weights (per tensor, ``weight_bits``: 8, or 4 for 4-bit
+        QAT) and, optionally, the output (always 8-bit)."""
 
-        def __init__(self, weight_attrs=(), quantize_output=True, output_range=None):
+        def __init__(self, weight_attrs=(), quantize_output=True, output_range=None,
+                     weight_bits=8):
             self.weight_attrs = list(weight_attrs)
+            self.weight_bits = int(weight_bits)
             self.quantize_output = bool(quantize_output)
             self.output_range = None if output_range is None else \
                 [float(v) for v in output_range]
 
         def get_weights_and_quantizers(self, layer):
             return [(getattr(layer, a), q.quantizers.LastValueQuantizer(
-                num_bits=8, per_axis=False, symmetric=True, narrow_range=True))
+                num_bits=self.weight_bits, per_axis=False, symmetric=True, narrow_range=True))
                 for a in self.weight_attrs]
 
         def get_activations_and_quantizers(self, layer):
@@ -128,7 +131,7 @@ def config_class():
 
         def get_config(self):
             return {"weight_attrs": self.weight_attrs, "quantize_output": self.quantize_output,
-                    "output_range": self.output_range}
+                    "output_range": self.output_range, "weight_bits": self.weight_bits}
 
     _CLASS = FallbackQuantizeConfig
     return _CLASS

@@ -9,7 +9,13 @@
    full-match regular expression on the layer name or class (a pattern naming a rewritten
    layer applies to all its parts).
 4. ``quantize_annotate_layer`` on each chosen layer (with the fallback config where needed)
-   and tfmot's ``quantize_apply`` with its default 8-bit scheme.
+   and tfmot's ``quantize_apply`` with its default 8-bit scheme, or, for 4-bit weights
+   (``weight_bits=4``, the qat_w4a8 variant), its ``DefaultNBitQuantizeScheme`` with 4-bit
+   weights and 8-bit activations: the same registry and transforms (Conv2D / Depthwise
+   per channel, Dense per tensor), and fallback weights at 4 bits too. TF 2.21's converter
+   turns those 4-bit fake-quantized weights into INT4 tensors (packed two a byte).
+   Dense stays per tensor: a per-channel Dense kernel makes the converter fail ("'tfl.transpose'
+   op has mismatched quantized axes", measured with TF 2.21).
 """
 
 from __future__ import annotations
@@ -139,12 +145,30 @@ def _with_routes(plans: list[LayerPlan], routes) -> list[LayerPlan]:
     return with_parents(out)
 
 
-def apply(model, policy=None):
-    """Return (qat_model, coverage). ``policy`` is an AnnotateConfig (or None: all layers)."""
+def scheme(weight_bits: int = 8):
+    """tfmot's quantize scheme: its default 8-bit one, or n-bit with 4-bit weights."""
+    q = keras_env.load().tfmot.quantization.keras
+    if weight_bits == 8:
+        return q.default_8bit.Default8BitQuantizeScheme()
+    if weight_bits != 4:
+        raise ConfigError("QAT weight bits must be 8 or 4", repr(weight_bits),
+                          "Use qat_int8 (8-bit) or qat_w4a8 (4-bit weights)")
+    return q.experimental.default_n_bit.DefaultNBitQuantizeScheme(
+        num_bits_weight=4, num_bits_activation=8)
+
+
+def apply(model, policy=None, *, weight_bits: int = 8):  # long: annotate, apply, blame
+    """Return (qat_model, coverage). ``policy`` is an AnnotateConfig (or None: all layers);
+    ``weight_bits``: 8, or 4 for 4-bit weights with 8-bit activations."""
     env = keras_env.load()
     q = env.tfmot.quantization.keras
     keras = env.keras
+    chosen = scheme(weight_bits)
     source, coverage = prepare(model, policy)
+    if weight_bits != 8:
+        coverage = replace(coverage, notes=coverage.notes + [
+            f"weights fake-quantized at {weight_bits} bits (tfmot's DefaultNBitQuantizeScheme; "
+            "activations 8-bit): the converter writes them as INT4 tensors"])
     status = {p.name: p for p in coverage.layers}
     cls = fallbacks.config_class()
 
@@ -154,7 +178,8 @@ def apply(model, policy=None):
             return layer
         if p.status is LayerStatus.FALLBACK or p.own_config:
             return q.quantize_annotate_layer(layer, cls(p.weight_attrs, p.quantize_output,
-                                                        fallbacks.FIXED_OUTPUT.get(p.cls)))
+                                                        fallbacks.FIXED_OUTPUT.get(p.cls),
+                                                        weight_bits))
         return q.quantize_annotate_layer(layer)
 
     plain = source is model and policy is None and not any(
@@ -169,7 +194,7 @@ def apply(model, policy=None):
         with q.quantize_scope({**own, **fallbacks.custom_objects()}):
             annotated = q.quantize_annotate_model(model) if plain else \
                 keras.models.clone_model(source, clone_function=annotate_layer)
-            qat_model = q.quantize_apply(annotated)
+            qat_model = q.quantize_apply(annotated, chosen)
     except (RuntimeError, ValueError, TypeError, AttributeError, KeyError,
             NotImplementedError) as exc:
         layer = failing_layer(exc, [model, source])
@@ -183,6 +208,14 @@ def apply(model, policy=None):
                               f"Exclude it with annotate.exclude = ['{layer.name}'] (the "
                               "converter then calibrates it) or replace it with built-in layers")
     return qat_model, coverage
+
+
+def weight_bits_of(qat_model) -> int:
+    """The fewest bits any weight of a QAT model is fake-quantized to (8 when none is):
+    4 for a model trained as qat_w4a8. Read from tfmot's wrappers' weight quantizers."""
+    bits = [getattr(quantizer, "num_bits", 8) for layer in graph.all_layers(qat_model)
+            for _, quantizer, _ in getattr(layer, "_weight_vars", None) or ()]
+    return min(bits, default=8)
 
 
 def failing_layer(exc: BaseException, models: list):

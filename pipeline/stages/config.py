@@ -148,8 +148,9 @@ class ConvertConfig:
     variants: tuple[Variant, ...] = DEFAULT_VARIANTS  # listing aeq_int8 requires its package
     representative_samples: int = 200  # drawn from the train split, for PTQ calibration (both)
     io: str = "int8"  # int8 input/output tensors (phone-friendly) or float (QUANTIZE at the edges)
-    # auto: zoo runs that convert ptq_int8 add the PTQ peer aeq_int8 when ai-edge-quantizer is
-    # installed (a logged note when not); off: only convert.variants (stages/peers.py)
+    # auto: zoo runs that convert ptq_int8 add the PTQ peer aeq_int8, and runs of qat_w4a8
+    # the 4-bit peer aeq_w4a8, when ai-edge-quantizer is installed (a logged note when not);
+    # off: only convert.variants (stages/peers.py)
     peers: str = "auto"
 
     def __post_init__(self):
@@ -158,6 +159,10 @@ class ConvertConfig:
                    f"Use some of {', '.join(Variant.names())}")
         object.__setattr__(self, "variants", tuple(Variant(v) for v in self.variants))
         _check(len(self.variants) > 0, "convert.variants is empty", [], "List at least one")
+        qat = [v.value for v in self.variants if v.is_qat]
+        _check(len(qat) <= 1, "convert.variants lists more than one QAT variant", qat,
+               "A run trains one QAT model: list qat_int8 (8-bit weights) or qat_w4a8 "
+               "(4-bit weights), and make a second run for the other")
         _check(self.representative_samples >= 1, "convert.representative_samples must be >= 1",
                self.representative_samples, "Use e.g. 200")
         _check(self.io in ("int8", "float"), "Unknown convert.io", self.io,

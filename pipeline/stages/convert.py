@@ -142,7 +142,8 @@ def _op_names(model, op_types: set[str]) -> list[str]:
 
 def convert(variant: Variant, model, *, representative: np.ndarray | None = None,
             io: str = "int8", float_tflite: bytes | None = None) -> Converted:
-    """One variant of ``model`` (the float model; the QAT model for qat_int8). The peer
+    """One variant of ``model`` (the float model; the QAT model for qat_int8 / qat_w4a8,
+    whose file must hold INT4 weights exactly when it is the 4-bit one). The peer
     aeq_int8 is made from ``float_tflite`` (the float32 variant's bytes; converted here when
     not given) by ai-edge-quantizer (stages/peers.py), which picks its own I/O types."""
     t0 = time.perf_counter()
@@ -154,6 +155,23 @@ def convert(variant: Variant, model, *, representative: np.ndarray | None = None
         content = to_tflite(model, variant, representative, io)
     seconds = time.perf_counter() - t0
     view = TFLiteModel.from_bytes(content, source=variant.filename)
+    if variant.is_qat:
+        check_weight_bits(variant, view)
     verdict = view.verdict(allow_float_io=(io == "float"), activations=variant.activations) \
         if variant.is_int8 else None
     return Converted(variant, content, view, verdict, seconds)
+
+
+def check_weight_bits(variant: Variant, view: TFLiteModel) -> None:
+    """A QAT model's weight bits are fixed by its fake-quantizers, not by the variant's name:
+    qat_w4a8 must hold INT4 weight tensors, qat_int8 none (then the user named the wrong one)."""
+    int4 = view.size_breakdown().get("int4_weights", 0)
+    if variant.weight_bits == 4 and not int4:
+        raise ConversionError(f"{variant} needs a QAT model with 4-bit weights",
+                              "the converted file has no INT4 weight tensor",
+                              "Train it as qat_w4a8 (convert.variants = [..., 'qat_w4a8']), or "
+                              "convert this 8-bit QAT model as qat_int8")
+    if variant.weight_bits == 8 and int4:
+        raise ConversionError(f"{variant} needs a QAT model with 8-bit weights",
+                              f"the converted file has {int4:,} bytes of INT4 weights",
+                              "Convert this 4-bit QAT model as qat_w4a8")

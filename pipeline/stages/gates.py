@@ -58,19 +58,19 @@ def float_gate(g: GatesConfig, float_acc: float) -> list[GateResult]:
 
 def qat_gates(g: GatesConfig, float_acc: float, qat: VariantResult,
               agreement: Agreement | None) -> list[GateResult]:
-    """``max_accuracy_drop_pp`` of qat_int8.tflite vs the Keras float model, and
-    ``min_agreement`` of qat_int8.tflite with the Keras QAT model."""
+    """``max_accuracy_drop_pp`` of the QAT .tflite (qat_int8 or qat_w4a8) vs the Keras float
+    model, and ``min_agreement`` of it with the Keras QAT model."""
     drop = 100 * (float_acc - qat.accuracy)
     gates = [GateResult("max_accuracy_drop_pp", drop <= g.max_accuracy_drop_pp + _EPS_PP,
                         round(drop, 3), g.max_accuracy_drop_pp,
-                        "qat_int8.tflite lost too much accuracy vs float")]
+                        f"{qat.variant}.tflite lost too much accuracy vs float")]
     if agreement is not None:
         value = agreement.top1_agreement if agreement.top1_agreement_ties is None \
             else agreement.top1_agreement_ties
         ties = "exact ties" if not agreement.tolerance_lsb else \
             f"ties within {agreement.tolerance_lsb:g} output LSB"
         gates.append(GateResult("min_agreement", value >= g.min_agreement, round(value, 5),
-                                g.min_agreement, f"Keras QAT and qat_int8.tflite disagree "
+                                g.min_agreement, f"Keras QAT and {qat.variant}.tflite disagree "
                                 f"(top-1, {ties} counted as agreeing; strict argmax "
                                 f"{100 * agreement.top1_agreement:.2f} %)"))
     return gates
@@ -94,12 +94,12 @@ def full_int8_gate(variant: Variant, res: VariantResult,
 
 def increase_gate(g: GatesConfig, task: str, increase_pct: float) -> GateResult:
     """``max_perplexity_increase_pct`` (sequence) or ``max_mse_increase_pct`` (regression)
-    of qat_int8.tflite vs the Keras float model."""
+    of the QAT .tflite vs the Keras float model."""
     key, what = (("max_perplexity_increase_pct", "perplexity") if task == "sequence" else
                  ("max_mse_increase_pct", "mean squared error"))
     bar = getattr(g, key)
     return GateResult(key, increase_pct <= bar + _EPS_PP, round(increase_pct, 3), bar,
-                      f"qat_int8.tflite's {what} rose too much vs float")
+                      f"the QAT .tflite's {what} rose too much vs float")
 
 
 def evaluate(g: GatesConfig, float_acc: float, variants: dict[Variant, VariantResult],
@@ -113,9 +113,10 @@ def evaluate(g: GatesConfig, float_acc: float, variants: dict[Variant, VariantRe
     never gated on)."""
     islands_only = islands_only or {}
     gates = float_gate(g, float_acc) if task != "regression" else []
-    qat = variants.get(Variant.QAT_INT8)
+    which = Variant.qat_of(variants)  # qat_int8 or qat_w4a8
+    qat = variants.get(which) if which is not None else None
     if qat is not None and task != "regression":
-        gates += qat_gates(g, float_acc, qat, agreement.get(Variant.QAT_INT8))
+        gates += qat_gates(g, float_acc, qat, agreement.get(which))
     if qat is not None and task != "classification" and qat_increase_pct is not None:
         gates.append(increase_gate(g, task, qat_increase_pct))
     if g.require_full_int8:  # peers (aeq_int8) are compared, not gated on

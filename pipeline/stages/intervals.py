@@ -60,7 +60,8 @@ def rows(report) -> list[dict]:
 
 def best_ptq(report) -> Variant | None:
     ver = report.verified
-    ptq = [v for v in (ver.scored if ver else {}) if v.is_ptq]
+    scored = ver.scored if ver else {}
+    ptq = Variant.ptq_like(scored, Variant.qat_of(scored))  # PTQ at QAT's own precision
     return max(ptq, key=lambda v: (ver.scored[v].accuracy, -list(Variant).index(v)),
                default=None)
 
@@ -69,18 +70,20 @@ def qat_vs_best_ptq(report) -> dict | None:
     """The QAT .tflite against the best PTQ .tflite on the same test samples."""
     best = best_ptq(report)
     ver = report.verified
-    if best is None or Variant.QAT_INT8 not in ver.scored:
+    qat = Variant.qat_of(ver.scored)
+    if best is None or qat is None:
         return None
     y = report.inputs.dataset.y_test
     fl = report.floats.accuracy
-    q_right = correct(ver.scored[Variant.QAT_INT8].outputs, y)
+    q_right = correct(ver.scored[qat].outputs, y)
     p_right = correct(ver.scored[best].outputs, y)
-    pair = stats.paired(Variant.QAT_INT8.value, q_right, best.value, p_right)
+    pair = stats.paired(qat.value, q_right, best.value, p_right)
     q_acc, p_acc = float(np.mean(q_right)), float(np.mean(p_right))
     p_lo, _ = stats.wilson(int(p_right.sum()), len(p_right))
     loss = 100 * (fl - p_acc)
-    return {"best_ptq": best.value,
-            "ptq_accuracies": {v.value: ver.scored[v].accuracy for v in ver.scored if v.is_ptq},
+    return {"qat": qat.value, "precision": qat.precision, "best_ptq": best.value,
+            "ptq_accuracies": {v.value: ver.scored[v].accuracy
+                               for v in Variant.ptq_like(ver.scored, qat)},
             "float_accuracy": fl, "qat_accuracy": q_acc, "best_ptq_accuracy": p_acc,
             "ptq_loss_pp": loss, "qat_loss_pp": 100 * (fl - q_acc),
             # share of the best PTQ's loss that QAT wins back (only when PTQ loses something)
@@ -102,7 +105,7 @@ def calibration(report) -> dict | None:
            "converted_from": conv.float_graph,
            "source": "the train split, a seeded random sample (data.representative_sample), "
                      "the same samples for every PTQ variant"}
-    for peer in peers.PEERS + (Variant.AEQ_W4A8,):
+    for peer in peers.PEERS:
         if peer in conv.by_variant:
             doc[peer.value] = peers.describe(conv.calibration_samples, peer)
     if conv.failed_peers:
@@ -163,12 +166,13 @@ def calibration_lines(report) -> list[str]:
 def _comparison_line(c: dict) -> str:
     p = c["paired"]
     lo, hi = p["ci95"]
-    text = (f"QAT vs the best PTQ (`{c['best_ptq']}`), paired on the same "
+    text = (f"QAT (`{c['qat']}`) vs the best PTQ at its precision, {c['precision']} "
+            f"(`{c['best_ptq']}`), paired on the same "
             f"{p['samples']} test samples: {100 * p['difference']:+.2f} pp "
             f"(95 % CI {100 * lo:+.2f} to {100 * hi:+.2f} pp, {stats.PAIRED_INTERVAL}; "
             f"McNemar exact p = {p['mcnemar_p']:.3g}; only QAT right on {p['only_a_right']}, "
             f"only {c['best_ptq']} right on {p['only_b_right']}). ")
-    if c["ptq_loss_pp"] > 0:
+    if c["ptq_loss_pp"] > 0 and c["qat_recovery_pct"] is not None:
         text += (f"PTQ loses {c['ptq_loss_pp']:.2f} pp vs float; QAT recovers "
                  f"{c['qat_recovery_pct']:.0f} % of it.")
     else:

@@ -45,7 +45,7 @@ RECIPE = "static_wi8_ai8"
 # weights, so the file stays full-int8.
 W4_INT8_OPS = ("DEPTHWISE_CONV_2D",)
 INSTALL = "pip install 'qat-deploy[zoo]' (in a checkout: make venv)"
-PEERS = (Variant.AEQ_INT8,)
+PEERS = (Variant.AEQ_INT8, Variant.AEQ_W4A8)
 
 
 def available() -> bool:
@@ -71,24 +71,26 @@ def require(why: str = "convert.variants lists aeq_int8",
 
 def resolve(variants: tuple[Variant, ...], peers: str, zoo: bool, log) -> tuple[Variant, ...]:
     """The variants a run converts: the configured ones (a listed peer must be installed),
-    plus, with ``peers == "auto"`` on a zoo model converting ptq_int8, the installed peers
-    right after ptq_int8 (a missing one is skipped with a logged note)."""
+    plus, with ``peers == "auto"`` on a zoo model, the installed peer of each precision it
+    converts: aeq_int8 right after ptq_int8, aeq_w4a8 right before qat_w4a8 (a missing one is
+    skipped with a logged note)."""
     for v in variants:
         if v.is_peer:
             require(f"convert.variants lists {v}", v)
-    if peers != "auto" or not zoo or Variant.PTQ_INT8 not in variants:
+    if peers != "auto" or not zoo:
         return variants
     out = list(variants)
-    at = out.index(Variant.PTQ_INT8) + 1
-    for peer in PEERS:
-        if peer in out:
+    # (the variant it is a peer of, the peer): the 4-bit peer is QAT w4a8's comparison
+    for after, peer in ((Variant.PTQ_INT8, Variant.AEQ_INT8),
+                        (Variant.QAT_W4A8, Variant.AEQ_W4A8)):
+        if after not in out or peer in out:
             continue
         if not available():
             log(f"convert: {peer} skipped: {PACKAGE} is not installed ({INSTALL} adds this "
                 "PTQ peer)")
             continue
-        out.insert(at, peer)
-        at += 1
+        at = out.index(after)
+        out.insert(at + 1 if after is Variant.PTQ_INT8 else at, peer)
     return tuple(out)
 
 

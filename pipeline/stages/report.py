@@ -231,7 +231,7 @@ def _variants(r: Report) -> list[str]:
             "regression": "none for regression (see the output errors in LSB below); top-1 "
                           "agreement"}[task]
     return lines + ["", f"Agreement: {what} of each `.tflite` with its Keras source on "
-                    "the test split (float32 and the PTQ variants vs Keras float, qat_int8 vs "
+                    "the test split (float32 and the PTQ variants vs Keras float, the QAT one vs "
                     "Keras QAT).", ""]
 
 
@@ -280,7 +280,7 @@ def _layer_parity(r: Report) -> list[str]:
     lp = r.parity
     if lp is None:
         return []
-    return ["## Layer parity: Keras QAT vs qat_int8.tflite", "",
+    return [f"## Layer parity: Keras QAT vs {r.conv.deliverable}.tflite", "",
             f"Each quantized layer's output in Keras vs the matching tensor of the .tflite on "
             f"the {lp.samples} test images, in LSB of that tensor's scale.", "",
             lp.markdown(), ""]

@@ -102,9 +102,9 @@ class Conversions:
 
     @property
     def deliverable(self) -> Variant:
-        """The variant an app ships: qat_int8 when converted, else the first."""
-        return Variant.QAT_INT8 if Variant.QAT_INT8 in self.by_variant \
-            else next(iter(self.by_variant))
+        """The variant an app ships: the QAT one (qat_int8, qat_w4a8) when converted, else
+        the first."""
+        return Variant.qat_of(self.by_variant) or next(iter(self.by_variant))
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,9 @@ def stop_at_float_gate(ctx: _Run, inputs: Inputs, floats: FloatStage) -> RunResu
 
 def annotate_model(ctx: _Run, floats: FloatStage) -> Annotated:
     with ctx.timer.stage("annotate"):
-        qat_model, coverage = annotate.apply(floats.model, ctx.cfg.annotate)
+        qat = Variant.qat_of(ctx.variants)  # qat_w4a8: 4-bit weights
+        qat_model, coverage = annotate.apply(floats.model, ctx.cfg.annotate,
+                                             weight_bits=qat.weight_bits if qat else 8)
         ctx.run_dir.write_json("coverage.json", coverage.to_dict())
     return Annotated(qat_model, coverage)
 
@@ -234,7 +236,7 @@ def convert_variants(ctx: _Run, inputs: Inputs, floats: FloatStage,
     float_model, float_graph = _float_graph(ctx, floats, qat)
     with ctx.timer.stage("convert"):
         for variant in ctx.variants:
-            source = qat.model if variant is Variant.QAT_INT8 else float_model
+            source = qat.model if variant.is_qat else float_model
             f32 = done.get(Variant.FLOAT32)
             try:
                 c = convert.convert(variant, source, representative=rep, io=cfg.convert.io,
@@ -283,7 +285,7 @@ def verify_variants(ctx: _Run, inputs: Inputs, floats: FloatStage, qat: QatStage
                                     num_threads=v.num_threads, workers=v.workers,
                                     task=inputs.task)
             scored[variant] = s
-            ref = keras_qat if variant is Variant.QAT_INT8 else floats.score
+            ref = keras_qat if variant.is_qat else floats.score
             agreement[variant] = verify.compare(ref, s, ctx.cfg.gates.agreement_tolerance_lsb)
             others += verify.compare_others(ref, s)
             if inputs.task.kind == "sequence":
@@ -300,8 +302,8 @@ def verify_variants(ctx: _Run, inputs: Inputs, floats: FloatStage, qat: QatStage
                     f"agreement {100 * a.top1_agreement:.2f} %{ties}")
         # the other pairs users ask about: what QAT changed in Keras, and QAT .tflite vs float
         comparisons = [verify.compare(floats.score, keras_qat)]
-        if Variant.QAT_INT8 in scored:
-            comparisons.append(verify.compare(floats.score, scored[Variant.QAT_INT8]))
+        if Variant.qat_of(scored) is not None:
+            comparisons.append(verify.compare(floats.score, scored[Variant.qat_of(scored)]))
     return Verified(keras_qat, scored, variants, agreement, comparisons, tokens, others)
 
 
@@ -317,9 +319,9 @@ def _headline(s: verify.Scored) -> str:
 
 
 def qat_increase(inputs: Inputs, floats: FloatStage, verified: Verified) -> float | None:
-    """qat_int8.tflite's perplexity (sequence) or MSE (regression) increase vs Keras float,
-    in %, or None (classification, or no qat_int8)."""
-    qat = verified.scored.get(Variant.QAT_INT8)
+    """The QAT .tflite's perplexity (sequence) or MSE (regression) increase vs Keras float,
+    in %, or None (classification, or no QAT variant)."""
+    qat = verified.scored.get(Variant.qat_of(verified.scored))
     if qat is None or inputs.task.kind == "classification":
         return None
     key = "perplexity" if inputs.task.kind == "sequence" else "mse"
@@ -331,12 +333,13 @@ def qat_increase(inputs: Inputs, floats: FloatStage, verified: Verified) -> floa
 
 def check_layer_parity(ctx: _Run, inputs: Inputs, qat: QatStage,
                        conv: Conversions) -> parity.LayerParity | None:
-    """Keras QAT vs qat_int8.tflite layer by layer (when qat_int8 was converted)."""
-    if Variant.QAT_INT8 not in conv.by_variant:
+    """Keras QAT vs the QAT .tflite layer by layer (when qat_int8 / qat_w4a8 was converted)."""
+    which = Variant.qat_of(conv.by_variant)
+    if which is None:
         return None
     with ctx.timer.stage("layer_parity"):
         lp = parity.compare_layers(
-            qat.model, conv.by_variant[Variant.QAT_INT8].content, inputs.dataset.x_test,
+            qat.model, conv.by_variant[which].content, inputs.dataset.x_test,
             batch_size=ctx.cfg.verify.batch_size, runtime=ctx.cfg.verify.runtime)
         n = data_mod.count(inputs.dataset.x_test)
         where = (f"on the first {lp.samples:,} of {n:,} test samples (memory budget), "

@@ -18,7 +18,7 @@ from pipeline.tflite import generate
 PROMPT_TOKENS = 24     # characters of the first test window used as the prompt
 STEPS = 120            # characters generated per sample
 TEMPERATURE, TOP_K = 0.8, 20
-VARIANTS = (Variant.FLOAT32, Variant.QAT_INT8, Variant.PTQ_INT8)
+VARIANTS = (Variant.FLOAT32, Variant.QAT_INT8, Variant.QAT_W4A8, Variant.PTQ_INT8)
 
 
 def prompt_of(dataset) -> str | None:

@@ -55,7 +55,8 @@ def rows(report) -> list[dict]:
 def best_ptq(report) -> Variant | None:
     key = _KEY[report.inputs.task.kind]
     ver = report.verified
-    ptq = [v for v in (ver.scored if ver else {}) if v.is_ptq]
+    scored = ver.scored if ver else {}
+    ptq = Variant.ptq_like(scored, Variant.qat_of(scored))  # PTQ at QAT's own precision
     return min(ptq, key=lambda v: (ver.scored[v].metrics[key], list(Variant).index(v)),
                default=None)
 
@@ -64,19 +65,21 @@ def qat_vs_best_ptq(report) -> dict | None:
     """qat_int8 vs the best PTQ .tflite and both vs Keras float, paired, in the task's
     metric (% increase of perplexity or MSE)."""
     best, ver = best_ptq(report), report.verified
-    if best is None or Variant.QAT_INT8 not in ver.scored:
+    qat = Variant.qat_of(ver.scored)
+    if best is None or qat is None:
         return None
     task = report.inputs.task
     y = report.inputs.dataset.y_test
-    q, p, f = ver.scored[Variant.QAT_INT8], ver.scored[best], report.floats.score
+    q, p, f = ver.scored[qat], ver.scored[best], report.floats.score
 
     def inc(a, b):
         return metrics.paired_increase(task.kind, a.outputs, b.outputs, y, task.from_logits)
     q_vs_f, p_vs_f, q_vs_p = inc(q, f), inc(p, f), inc(q, p)
     ptq_inc, qat_inc = p_vs_f["increase_pct"], q_vs_f["increase_pct"]
     key = _KEY[task.kind]
-    return {"metric": key, "best_ptq": best.value,
-            "ptq_values": {v.value: ver.scored[v].metrics[key] for v in ver.scored if v.is_ptq},
+    return {"metric": key, "qat": qat.value, "precision": qat.precision, "best_ptq": best.value,
+            "ptq_values": {v.value: ver.scored[v].metrics[key]
+                           for v in Variant.ptq_like(ver.scored, qat)},
             "float_value": f.metrics[key], "qat_value": q.metrics[key],
             "best_ptq_value": p.metrics[key],
             "qat_increase_vs_float": q_vs_f, "best_ptq_increase_vs_float": p_vs_f,

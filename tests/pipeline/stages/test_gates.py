@@ -88,7 +88,8 @@ def test_full_int8_gate_accepts_requested_float_islands_and_nothing_else():
 
 
 def test_evaluate_orders_the_gates_and_skips_float32():
-    variants = {v: variant(v, 0.98) for v in Variant}
+    # a run's variants: one QAT variant (config.ConvertConfig refuses two)
+    variants = {v: variant(v, 0.98) for v in Variant if v is not Variant.QAT_W4A8}
     results = gates.evaluate(G, 0.985, variants, {Variant.QAT_INT8: agreement(1.0)})
     assert [g.name for g in results] == ["min_float_accuracy", "max_accuracy_drop_pp",
                                          "min_agreement", "full_int8[ptq_int8]",
@@ -115,8 +116,20 @@ def test_evaluate_without_require_full_int8_and_with_islands():
         [GateResult("x", True, 1, 1), GateResult("y", False, 0, 1)])
 
 
+def test_a_4bit_run_gates_qat_w4a8_and_skips_its_peer():
+    variants = {v: variant(v, 0.98) for v in (Variant.FLOAT32, Variant.AEQ_W4A8,
+                                              Variant.QAT_W4A8)}
+    variants[Variant.QAT_W4A8] = variant(Variant.QAT_W4A8, 0.97)
+    results = by_name(gates.evaluate(G, 0.985, variants, {Variant.QAT_W4A8: agreement(0.9)}))
+    assert set(results) == {"min_float_accuracy", "max_accuracy_drop_pp", "min_agreement",
+                            "full_int8[qat_w4a8]"}
+    assert not results["max_accuracy_drop_pp"].passed  # 1.5 pp, the 4-bit file's own
+    assert "qat_w4a8.tflite" in results["max_accuracy_drop_pp"].detail
+    assert results["min_agreement"].value == 0.9 and not results["min_agreement"].passed
+
+
 def test_a_ptq_peer_is_reported_not_gated_on():
-    variants = {v: variant(v, 0.98) for v in Variant}
+    variants = {v: variant(v, 0.98) for v in Variant if v is not Variant.QAT_W4A8}
     variants[Variant.AEQ_INT8] = variant(Variant.AEQ_INT8, 0.5, False, ("float input",))
     results = gates.evaluate(G, 0.985, variants, {Variant.QAT_INT8: agreement(1.0)})
     assert "full_int8[aeq_int8]" not in by_name(results) and gates.passed(results)

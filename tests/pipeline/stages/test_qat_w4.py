@@ -1,0 +1,132 @@
+"""QAT with 4-bit weights (qat_w4a8): trained by tfmot's n-bit scheme, written by the TFLite
+converter as INT4 tensors. The integers in the file are compared with the QAT model's own grid
+exactly: both are round(w / s) of weights that QAT already put on that grid (w_fq / s is an
+integer up to float32 rounding, far from a .5 tie), so no tolerance is needed."""
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.core.errors import ConfigError, ConversionError
+from pipeline.core.records import Variant
+from pipeline.stages import annotate, config, convert, verify
+from tests import tflite_craft
+
+
+def _int4_tensors(content: bytes) -> dict[str, tuple[np.ndarray, int]]:
+    """name -> (signed integers in the tensor's shape, packed buffer length) of every INT4
+    tensor, unpacked two a byte, low nibble first (LiteRT's layout), read with LiteRT's own
+    generated schema rather than our reader."""
+    from ai_edge_litert import schema_py_generated as s
+
+    m = tflite_craft.unpack(content)
+    out = {}
+    for t in m.subgraphs[0].tensors:
+        if t.type != s.TensorType.INT4:
+            continue
+        raw = np.frombuffer(bytes(m.buffers[t.buffer].data), np.uint8)
+        nibbles = np.stack([raw & 0xF, raw >> 4], 1).reshape(-1).astype(np.int8)
+        n = int(np.prod(t.shape))
+        v = np.where(nibbles > 7, nibbles - 16, nibbles)[:n]
+        out[t.name.decode()] = (v.reshape(t.shape), len(raw))
+    return out
+
+
+def _qat_integers(env, layer) -> np.ndarray:
+    """The QAT model's integer weights of one wrapped layer, in TFLite's layout: the kernel
+    fake-quantized with the quantizer's stored range (what inference and the converter see),
+    divided by its step. Symmetric narrow range at 4 bits: step = max / 7."""
+    tf = env.tf
+    (w, quantizer, qvars), = [v for v in layer._weight_vars if "kernel" in v[0].name]
+    assert quantizer.num_bits == 4
+    lo, hi = qvars["min_var"].numpy(), qvars["max_var"].numpy()
+    fq = (tf.quantization.fake_quant_with_min_max_vars_per_channel if np.ndim(hi) else
+          tf.quantization.fake_quant_with_min_max_vars)(
+        w, lo, hi, num_bits=4, narrow_range=True).numpy()
+    q = np.round(fq / (hi / 7.0)).astype(np.int8)
+    kind = type(layer.layer).__name__
+    if kind == "Conv2D":  # (kh, kw, in, out) -> (out, kh, kw, in)
+        return q.transpose(3, 0, 1, 2)
+    if kind == "DepthwiseConv2D":  # (kh, kw, in, 1) -> (1, kh, kw, in)
+        return q.transpose(3, 0, 1, 2)
+    assert kind == "Dense", kind  # (in, out) -> (out, in)
+    return q.T
+
+
+def _bn_sign(model, layer) -> np.ndarray | float:
+    """The converter folds a BatchNormalization after the conv into the weights' per-channel
+    scale; a negative gamma flips that channel's integers."""
+    after = [n.outbound_layer for n in layer._outbound_nodes
+             if n.outbound_layer in model.layers]
+    bn = [getattr(l, "layer", l) for l in after
+          if type(getattr(l, "layer", l)).__name__ == "BatchNormalization"]
+    return np.sign(bn[0].gamma.numpy()) if bn else 1.0
+
+
+def test_qat_w4a8_file_holds_the_qat_grid_as_int4(env, qat_w4_model, tflite_variants):
+    tensors = _int4_tensors(tflite_variants[Variant.QAT_W4A8].content)
+    wrapped = [l for l in qat_w4_model.layers if getattr(l, "_weight_vars", None)]
+    assert {type(l.layer).__name__ for l in wrapped} == {"Conv2D", "DepthwiseConv2D", "Dense"}
+    assert len(tensors) == len(wrapped)  # every conv / depthwise / dense kernel, nothing else
+    for layer in wrapped:
+        (name,) = [n for n in tensors if f"/{layer.name}/" in n]
+        got, packed = tensors[name]
+        want = _qat_integers(env, layer)
+        sign = _bn_sign(qat_w4_model, layer)
+        if np.ndim(sign):  # per output channel: TFLite's axis 0 (conv), -1 (depthwise)
+            shape = [1] * want.ndim
+            shape[0 if type(layer.layer).__name__ == "Conv2D" else -1] = -1
+            want = want * sign.reshape(shape).astype(np.int8)
+        assert got.shape == want.shape, layer.name
+        np.testing.assert_array_equal(got, want, err_msg=layer.name)
+        assert packed == math.ceil(got.size / 2), layer.name  # two values a byte
+        assert np.abs(got).max() <= 7  # narrow range: -7..7, 15 levels
+
+
+def test_qat_w4a8_is_smaller_full_int8_and_follows_keras_qat(qat_w4_model, tflite_variants,
+                                                           digits):
+    w4, w8 = tflite_variants[Variant.QAT_W4A8], tflite_variants[Variant.QAT_INT8]
+    assert w4.verdict.full_int8, w4.verdict.reasons
+    sizes, sizes8 = w4.model.size_breakdown(), w8.model.size_breakdown()
+    assert sizes.get("int8_weights", 0) == 0
+    # the same weights in half the bytes (packed nibbles), the rest of the file unchanged
+    assert sizes["int4_weights"] <= math.ceil(sizes8["int8_weights"] / 2) + 8
+    assert w4.size < w8.size
+    x, y = digits["x_test"], digits["y_test"]
+    ref = verify.score_keras("keras_qat", qat_w4_model, x, y)
+    cand = verify.score_tflite("qat_w4a8", w4.content, x, y)
+    a = verify.compare(ref, cand)
+    # the int4 weights are the QAT model's own (test above): only the int8 activation
+    # rounding differs, as for qat_int8 (test_convert: >= 0.99, <= 1 LSB mean)
+    assert a.top1_agreement >= 0.99
+    assert a.mean_error_lsb <= 1.0
+
+
+def test_weight_bits_name_the_qat_variant(qat_model, qat_w4_model):
+    assert annotate.weight_bits_of(qat_w4_model) == 4
+    assert annotate.weight_bits_of(qat_model) == 8
+
+
+def test_a_qat_model_converts_only_under_its_own_weight_bits(qat_model, qat_w4_model, digits):
+    rep = digits["x_train"][:20]
+    with pytest.raises(ConversionError, match="Convert this 4-bit QAT model as qat_w4a8"):
+        convert.convert(Variant.QAT_INT8, qat_w4_model, representative=rep)
+    with pytest.raises(ConversionError, match="no INT4 weight tensor"):
+        convert.convert(Variant.QAT_W4A8, qat_model, representative=rep)
+
+
+def test_one_qat_variant_per_run():
+    with pytest.raises(ConfigError, match="more than one QAT variant"):
+        config.ConvertConfig(variants=("float32", "qat_int8", "qat_w4a8"))
+    with pytest.raises(ConfigError, match="must be 8 or 4"):
+        annotate.scheme(2)
+
+
+def test_variant_precisions_pair_qat_with_its_own_ptq():
+    assert Variant.QAT_W4A8.precision == Variant.AEQ_W4A8.precision == "w4a8"
+    assert Variant.ptq_like(list(Variant), Variant.QAT_W4A8) == [Variant.AEQ_W4A8]
+    assert Variant.ptq_like(list(Variant), Variant.QAT_INT8) == [Variant.PTQ_INT8,
+                                                                 Variant.AEQ_INT8]
+    assert Variant.PTQ_16X8.precision == "w8a16"  # compared with no QAT variant
+    assert Variant.qat_of([Variant.FLOAT32, Variant.QAT_W4A8]) is Variant.QAT_W4A8
