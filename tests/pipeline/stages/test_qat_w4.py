@@ -130,3 +130,50 @@ def test_variant_precisions_pair_qat_with_its_own_ptq():
                                                                  Variant.AEQ_INT8]
     assert Variant.PTQ_16X8.precision == "w8a16"  # compared with no QAT variant
     assert Variant.qat_of([Variant.FLOAT32, Variant.QAT_W4A8]) is Variant.QAT_W4A8
+
+
+def test_qat_convert_names_a_4bit_qat_model_qat_w4a8(qat_w4_model, digits_npz, tmp_path):
+    from pipeline.cli.app import main, parse_args
+    from pipeline.stages.run import _save_h5
+
+    path = tmp_path / "qat_w4.h5"
+    q = __import__("pipeline.core.keras_env", fromlist=["load"]).load().tfmot
+    with q.quantization.keras.quantize_scope():
+        _save_h5(qat_w4_model, path)
+    out = tmp_path / "out"
+    assert main(parse_args(["convert", str(path), "--data", str(digits_npz), "--output",
+                            str(out), "--representative-samples", "20"])) == 0
+    assert [p.name for p in out.iterdir()] == ["qat_w4a8.tflite"]
+    assert main(parse_args(["convert", str(path), "--data", str(digits_npz), "--output",
+                            str(tmp_path / "o2"), "--variants", "qat_int8"])) == 2
+
+
+def test_qat_run_at_4_bits_compares_with_the_4bit_ptq(env, tmp_path):
+    """`qat run` with qat_w4a8: one 4-bit QAT model, gated and layer-checked, and compared
+    with the best PTQ of its precision (aeq_w4a8 when ai-edge-quantizer is installed)."""
+    import json
+
+    from pipeline.cli.app import main, parse_args
+    from pipeline.stages import peers
+
+    code = main(parse_args(["run", "digits_cnn", "--output", str(tmp_path), "--quiet",
+                            "--set", "convert.variants=float32,ptq_int8,qat_w4a8",
+                            "--set", "qat.epochs=2", "--set", "gates.max_accuracy_drop_pp=100",
+                            "--set", "gates.min_agreement=0"]))
+    assert code == 0
+    run = tmp_path / "digits_cnn"
+    rep = json.loads((run / "report.json").read_text())
+    assert sorted(p.name for p in run.glob("*.tflite")) == sorted(
+        ["float32.tflite", "ptq_int8.tflite", "qat_w4a8.tflite"] +
+        (["aeq_int8.tflite", "aeq_w4a8.tflite"] if peers.available() else []))
+    gates_ = {g["name"] for g in rep["gates"]}
+    assert {"max_accuracy_drop_pp", "min_agreement", "full_int8[qat_w4a8]"} <= gates_
+    assert "full_int8[aeq_w4a8]" not in gates_  # a peer: compared, not gated on
+    cmp = rep["qat_vs_best_ptq"]
+    if peers.available():
+        assert cmp["qat"] == "qat_w4a8" and cmp["precision"] == "w4a8"
+        assert cmp["best_ptq"] == "aeq_w4a8" and set(cmp["ptq_accuracies"]) == {"aeq_w4a8"}
+    else:  # no PTQ at 4 bits to compare with
+        assert cmp is None
+    assert rep["layer_parity"]["first_divergent"] is None
+    assert "Keras QAT vs qat_w4a8.tflite" in (run / "report.md").read_text()
