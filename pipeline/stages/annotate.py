@@ -11,8 +11,9 @@
 4. ``quantize_annotate_layer`` on each chosen layer (with the fallback config where needed)
    and tfmot's ``quantize_apply`` with its default 8-bit scheme, or, for 4-bit weights
    (``weight_bits=4``, the qat_w4a8 variant), its ``DefaultNBitQuantizeScheme`` with 4-bit
-   weights and 8-bit activations: the same registry and transforms (Conv2D / Depthwise
-   per channel, Dense per tensor), and fallback weights at 4 bits too. TF 2.21's converter
+   weights and 8-bit activations: the same registry and transforms (Conv2D per channel,
+   Dense per tensor; DepthwiseConv2D keeps 8-bit weights, as the aeq_w4a8 peer does), and
+   fallback weights at 4 bits too. TF 2.21's converter
    turns those 4-bit fake-quantized weights into INT4 tensors (packed two a byte).
    Dense stays per tensor: a per-channel Dense kernel makes the converter fail ("'tfl.transpose'
    op has mismatched quantized axes", measured with TF 2.21).
@@ -145,16 +146,37 @@ def _with_routes(plans: list[LayerPlan], routes) -> list[LayerPlan]:
     return with_parents(out)
 
 
+# Layers whose weights stay 8-bit in a 4-bit-weight model, as in ai-edge-quantizer's
+# aeq_w4a8 peer (stages/peers.py W4_INT8_OPS): both files then hold the same precision per op.
+# A depthwise kernel is a few hundred bytes; its channels see only one input channel each.
+W4_INT8_LAYERS = ("DepthwiseConv2D",)
+
+
 def scheme(weight_bits: int = 8):
-    """tfmot's quantize scheme: its default 8-bit one, or n-bit with 4-bit weights."""
-    q = keras_env.load().tfmot.quantization.keras
+    """tfmot's quantize scheme: its default 8-bit one, or n-bit with 4-bit weights and 8-bit
+    activations (W4_INT8_LAYERS keep 8-bit weights)."""
+    env = keras_env.load()
+    q = env.tfmot.quantization.keras
     if weight_bits == 8:
         return q.default_8bit.Default8BitQuantizeScheme()
     if weight_bits != 4:
         raise ConfigError("QAT weight bits must be 8 or 4", repr(weight_bits),
                           "Use qat_int8 (8-bit) or qat_w4a8 (4-bit weights)")
-    return q.experimental.default_n_bit.DefaultNBitQuantizeScheme(
-        num_bits_weight=4, num_bits_activation=8)
+    layers = env.keras.layers
+
+    class W4A8Scheme(q.experimental.default_n_bit.DefaultNBitQuantizeScheme):
+        def get_quantize_registry(self):
+            registry = super().get_quantize_registry()
+            table = registry._layer_quantize_map  # tfmot 0.8: layer class -> config
+            for name in W4_INT8_LAYERS:
+                cls = getattr(layers, name)
+                four = table[cls]  # the same config class and attributes, 8-bit weights
+                table[cls] = type(four)(four.weight_attrs, four.activation_attrs,
+                                        four.quantize_output, num_bits_weight=8,
+                                        num_bits_activation=8)
+            return registry
+
+    return W4A8Scheme(num_bits_weight=4, num_bits_activation=8)
 
 
 def apply(model, policy=None, *, weight_bits: int = 8):  # long: annotate, apply, blame
@@ -177,9 +199,9 @@ def apply(model, policy=None, *, weight_bits: int = 8):  # long: annotate, apply
         if p is None or not p.status.annotated:
             return layer
         if p.status is LayerStatus.FALLBACK or p.own_config:
+            bits = 8 if p.cls in W4_INT8_LAYERS else weight_bits
             return q.quantize_annotate_layer(layer, cls(p.weight_attrs, p.quantize_output,
-                                                        fallbacks.FIXED_OUTPUT.get(p.cls),
-                                                        weight_bits))
+                                                        fallbacks.FIXED_OUTPUT.get(p.cls), bits))
         return q.quantize_annotate_layer(layer)
 
     plain = source is model and policy is None and not any(

@@ -14,44 +14,47 @@ from pipeline.stages import annotate, config, convert, verify
 from tests import tflite_craft
 
 
-def _int4_tensors(content: bytes) -> dict[str, tuple[np.ndarray, int]]:
-    """name -> (signed integers in the tensor's shape, packed buffer length) of every INT4
-    tensor, unpacked two a byte, low nibble first (LiteRT's layout), read with LiteRT's own
-    generated schema rather than our reader."""
+def _weight_tensors(content: bytes) -> dict[str, tuple[np.ndarray, int, int]]:
+    """name -> (signed integers in the tensor's shape, stored bytes, bits) of every INT4 and
+    constant INT8 tensor; INT4 unpacked two a byte, low nibble first (LiteRT's layout). Read
+    with LiteRT's own generated schema rather than our reader."""
     from ai_edge_litert import schema_py_generated as s
 
     m = tflite_craft.unpack(content)
     out = {}
     for t in m.subgraphs[0].tensors:
-        if t.type != s.TensorType.INT4:
+        data = m.buffers[t.buffer].data
+        if t.type not in (s.TensorType.INT4, s.TensorType.INT8) or data is None or \
+                not len(data):
             continue
-        raw = np.frombuffer(bytes(m.buffers[t.buffer].data), np.uint8)
-        nibbles = np.stack([raw & 0xF, raw >> 4], 1).reshape(-1).astype(np.int8)
+        raw = np.frombuffer(bytes(data), np.uint8)
         n = int(np.prod(t.shape))
+        if t.type == s.TensorType.INT8:
+            out[t.name.decode()] = (raw.view(np.int8).reshape(t.shape), len(raw), 8)
+            continue
+        nibbles = np.stack([raw & 0xF, raw >> 4], 1).reshape(-1).astype(np.int8)
         v = np.where(nibbles > 7, nibbles - 16, nibbles)[:n]
-        out[t.name.decode()] = (v.reshape(t.shape), len(raw))
+        out[t.name.decode()] = (v.reshape(t.shape), len(raw), 4)
     return out
 
 
-def _qat_integers(env, layer) -> np.ndarray:
-    """The QAT model's integer weights of one wrapped layer, in TFLite's layout: the kernel
-    fake-quantized with the quantizer's stored range (what inference and the converter see),
-    divided by its step. Symmetric narrow range at 4 bits: step = max / 7."""
+def _qat_integers(env, layer) -> tuple[np.ndarray, int]:
+    """(the QAT model's integer weights of one wrapped layer in TFLite's layout, their bits):
+    the kernel fake-quantized with the quantizer's stored range (what inference and the
+    converter see), divided by its step. Symmetric narrow range: step = max / (2^(b-1) - 1)."""
     tf = env.tf
     (w, quantizer, qvars), = [v for v in layer._weight_vars if "kernel" in v[0].name]
-    assert quantizer.num_bits == 4
+    bits = quantizer.num_bits
     lo, hi = qvars["min_var"].numpy(), qvars["max_var"].numpy()
     fq = (tf.quantization.fake_quant_with_min_max_vars_per_channel if np.ndim(hi) else
           tf.quantization.fake_quant_with_min_max_vars)(
-        w, lo, hi, num_bits=4, narrow_range=True).numpy()
-    q = np.round(fq / (hi / 7.0)).astype(np.int8)
+        w, lo, hi, num_bits=bits, narrow_range=True).numpy()
+    q = np.round(fq / (hi / (2 ** (bits - 1) - 1))).astype(np.int8)
     kind = type(layer.layer).__name__
-    if kind == "Conv2D":  # (kh, kw, in, out) -> (out, kh, kw, in)
-        return q.transpose(3, 0, 1, 2)
-    if kind == "DepthwiseConv2D":  # (kh, kw, in, 1) -> (1, kh, kw, in)
-        return q.transpose(3, 0, 1, 2)
+    if kind in ("Conv2D", "DepthwiseConv2D"):  # (kh, kw, in, out|1) -> (out|1, kh, kw, in)
+        return q.transpose(3, 0, 1, 2), bits
     assert kind == "Dense", kind  # (in, out) -> (out, in)
-    return q.T
+    return q.T, bits
 
 
 def _bn_sign(model, layer) -> np.ndarray | float:
@@ -65,23 +68,26 @@ def _bn_sign(model, layer) -> np.ndarray | float:
 
 
 def test_qat_w4a8_file_holds_the_qat_grid_as_int4(env, qat_w4_model, tflite_variants):
-    tensors = _int4_tensors(tflite_variants[Variant.QAT_W4A8].content)
+    tensors = _weight_tensors(tflite_variants[Variant.QAT_W4A8].content)
     wrapped = [l for l in qat_w4_model.layers if getattr(l, "_weight_vars", None)]
     assert {type(l.layer).__name__ for l in wrapped} == {"Conv2D", "DepthwiseConv2D", "Dense"}
     assert len(tensors) == len(wrapped)  # every conv / depthwise / dense kernel, nothing else
     for layer in wrapped:
         (name,) = [n for n in tensors if f"/{layer.name}/" in n]
-        got, packed = tensors[name]
-        want = _qat_integers(env, layer)
+        got, stored, bits = tensors[name]
+        want, qat_bits = _qat_integers(env, layer)
+        kind = type(layer.layer).__name__
+        # 4-bit conv / dense; depthwise keeps 8 bits (annotate.W4_INT8_LAYERS, as aeq_w4a8)
+        assert qat_bits == bits == (8 if kind == "DepthwiseConv2D" else 4), layer.name
         sign = _bn_sign(qat_w4_model, layer)
         if np.ndim(sign):  # per output channel: TFLite's axis 0 (conv), -1 (depthwise)
             shape = [1] * want.ndim
-            shape[0 if type(layer.layer).__name__ == "Conv2D" else -1] = -1
+            shape[0 if kind == "Conv2D" else -1] = -1
             want = want * sign.reshape(shape).astype(np.int8)
         assert got.shape == want.shape, layer.name
         np.testing.assert_array_equal(got, want, err_msg=layer.name)
-        assert packed == math.ceil(got.size / 2), layer.name  # two values a byte
-        assert np.abs(got).max() <= 7  # narrow range: -7..7, 15 levels
+        assert stored == (math.ceil(got.size / 2) if bits == 4 else got.size), layer.name
+        assert np.abs(got).max() <= 2 ** (bits - 1) - 1  # narrow range: -7..7 at 4 bits
 
 
 def test_qat_w4a8_is_smaller_full_int8_and_follows_keras_qat(qat_w4_model, tflite_variants,
@@ -89,9 +95,11 @@ def test_qat_w4a8_is_smaller_full_int8_and_follows_keras_qat(qat_w4_model, tflit
     w4, w8 = tflite_variants[Variant.QAT_W4A8], tflite_variants[Variant.QAT_INT8]
     assert w4.verdict.full_int8, w4.verdict.reasons
     sizes, sizes8 = w4.model.size_breakdown(), w8.model.size_breakdown()
-    assert sizes.get("int8_weights", 0) == 0
-    # the same weights in half the bytes (packed nibbles), the rest of the file unchanged
-    assert sizes["int4_weights"] <= math.ceil(sizes8["int8_weights"] / 2) + 8
+    # conv / dense weights in half their int8 bytes (packed nibbles); depthwise stays int8
+    depthwise = sum(t.size for n, t in ((n, v[0]) for n, v in _weight_tensors(
+        w4.content).items()) if "dwconv" in n)
+    assert sizes["int8_weights"] == depthwise
+    assert sizes["int4_weights"] <= math.ceil((sizes8["int8_weights"] - depthwise) / 2) + 8
     assert w4.size < w8.size
     x, y = digits["x_test"], digits["y_test"]
     ref = verify.score_keras("keras_qat", qat_w4_model, x, y)
