@@ -65,14 +65,14 @@ def _child_env() -> dict:
     return env
 
 
-def run_pipeline(name: str, root: Path, log_dir: Path) -> dict:
-    """``qat run NAME --output ROOT``; its output goes to log_dir/NAME.run.log."""
+def run_pipeline(name: str, root: Path, log_dir: Path, extra: list[str] = ()) -> dict:
+    """``qat run NAME --output ROOT [extra]``; its output goes to log_dir/NAME.run.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.run.log"
     t0 = time.perf_counter()
     with open(log, "w") as f:
         code = subprocess.call([sys.executable, "-m", "pipeline", "run", name, "--output",
-                                str(root), "--quiet"], cwd=REPO, env=_child_env(),
+                                str(root), "--quiet", *extra], cwd=REPO, env=_child_env(),
                                stdout=f, stderr=subprocess.STDOUT)
     return {"exit_code": code, "seconds": round(time.perf_counter() - t0, 1),
             "log": os.fspath(log)}

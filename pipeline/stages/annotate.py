@@ -40,8 +40,8 @@ def apply_policy(plans: list[LayerPlan], policy) -> list[LayerPlan]:
     if policy is None:
         return plans
     layers = [p for p in plans if p.status is not LayerStatus.INPUT]
-    for key in ("include", "exclude", "keep_float"):
-        for pattern in getattr(policy, key):
+    for key in ("include", "exclude", "keep_float", "int8_weights"):
+        for pattern in getattr(policy, key, ()):
             if not any(_matches(pattern, p) for p in layers):
                 names = ", ".join([p.name for p in layers][:8])
                 raise ConfigError(f"annotate.{key} pattern matches no layer", repr(pattern),
@@ -152,9 +152,10 @@ def _with_routes(plans: list[LayerPlan], routes) -> list[LayerPlan]:
 W4_INT8_LAYERS = ("DepthwiseConv2D",)
 
 
-def scheme(weight_bits: int = 8):
+def scheme(weight_bits: int = 8, int8_names: frozenset[str] = frozenset()):
     """tfmot's quantize scheme: its default 8-bit one, or n-bit with 4-bit weights and 8-bit
-    activations (W4_INT8_LAYERS keep 8-bit weights)."""
+    activations (W4_INT8_LAYERS' classes and the layers named in ``int8_names`` keep 8-bit
+    weights)."""
     env = keras_env.load()
     q = env.tfmot.quantization.keras
     if weight_bits == 8:
@@ -170,13 +171,34 @@ def scheme(weight_bits: int = 8):
             table = registry._layer_quantize_map  # tfmot 0.8: layer class -> config
             for name in W4_INT8_LAYERS:
                 cls = getattr(layers, name)
-                four = table[cls]  # the same config class and attributes, 8-bit weights
-                table[cls] = type(four)(four.weight_attrs, four.activation_attrs,
-                                        four.quantize_output, num_bits_weight=8,
-                                        num_bits_activation=8)
+                table[cls] = _eight_bit(table[cls])
+            by_class = registry.get_quantize_config
+
+            def get_quantize_config(layer):
+                config = by_class(layer)
+                return _eight_bit(config) if layer.name in int8_names else config
+            registry.get_quantize_config = get_quantize_config
             return registry
 
     return W4A8Scheme(num_bits_weight=4, num_bits_activation=8)
+
+
+def _eight_bit(config):
+    """The same tfmot n-bit config (class and attributes) with 8-bit weights."""
+    if not getattr(config, "weight_attrs", None):
+        return config
+    return type(config)(config.weight_attrs, config.activation_attrs, config.quantize_output,
+                        num_bits_weight=8, num_bits_activation=8)
+
+
+def int8_weight_layers(coverage, policy) -> frozenset[str]:
+    """The annotated layers ``policy.int8_weights`` names (a rewritten layer's pattern covers
+    its parts): they keep 8-bit weights in a 4-bit-weight model."""
+    patterns = getattr(policy, "int8_weights", ()) if policy is not None else ()
+    parents = {p.name: p for p in coverage.layers if p.parts}
+    return frozenset(p.name for p in coverage.layers if not p.parts and p.params and
+                     p.status in (LayerStatus.QUANTIZED, LayerStatus.FALLBACK) and any(_matches(x, p) or (p.part_of in parents and
+                                            _matches(x, parents[p.part_of])) for x in patterns))
 
 
 def apply(model, policy=None, *, weight_bits: int = 8):  # long: annotate, apply, blame
@@ -185,12 +207,16 @@ def apply(model, policy=None, *, weight_bits: int = 8):  # long: annotate, apply
     env = keras_env.load()
     q = env.tfmot.quantization.keras
     keras = env.keras
-    chosen = scheme(weight_bits)
     source, coverage = prepare(model, policy)
+    int8_names = int8_weight_layers(coverage, policy) if weight_bits != 8 else frozenset()
+    chosen = scheme(weight_bits, int8_names)
     if weight_bits != 8:
+        kept = f"; 8-bit weights kept by annotate.int8_weights: {', '.join(sorted(int8_names))}" \
+            if int8_names else ""
         coverage = replace(coverage, notes=coverage.notes + [
             f"weights fake-quantized at {weight_bits} bits (tfmot's DefaultNBitQuantizeScheme; "
-            "activations 8-bit): the converter writes them as INT4 tensors"])
+            "activations 8-bit; DepthwiseConv2D 8-bit): the converter writes them as INT4 "
+            f"tensors{kept}"])
     status = {p.name: p for p in coverage.layers}
     cls = fallbacks.config_class()
 
@@ -199,7 +225,7 @@ def apply(model, policy=None, *, weight_bits: int = 8):  # long: annotate, apply
         if p is None or not p.status.annotated:
             return layer
         if p.status is LayerStatus.FALLBACK or p.own_config:
-            bits = 8 if p.cls in W4_INT8_LAYERS else weight_bits
+            bits = 8 if p.cls in W4_INT8_LAYERS or p.name in int8_names else weight_bits
             return q.quantize_annotate_layer(layer, cls(p.weight_attrs, p.quantize_output,
                                                         fallbacks.FIXED_OUTPUT.get(p.cls), bits))
         return q.quantize_annotate_layer(layer)

@@ -126,9 +126,12 @@ class AnnotateConfig:
     exclude: tuple[str, ...] = ()     # never annotated (the converter still makes them int8)
     keep_float: tuple[str, ...] = ()  # not annotated and left float32 in the int8 .tflite
     fallbacks: bool = True            # QuantizeConfigs for layers tfmot refuses
+    # qat_w4a8 only: these layers keep 8-bit weights, the others get 4 (a mixed-precision
+    # plan; `qat plan` writes one from measured per-layer sensitivity)
+    int8_weights: tuple[str, ...] = ()
 
     def __post_init__(self):
-        for key in ("include", "exclude", "keep_float"):
+        for key in ("include", "exclude", "keep_float", "int8_weights"):
             for pattern in getattr(self, key):
                 try:
                     re.compile(pattern)
@@ -276,6 +279,13 @@ class Config:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        _check(not self.annotate.int8_weights or Variant.QAT_W4A8 in self.convert.variants,
+               "annotate.int8_weights needs qat_w4a8 in convert.variants",
+               list(self.annotate.int8_weights),
+               "It lists the layers that keep 8-bit weights in a 4-bit-weight QAT model: add "
+               "qat_w4a8 (instead of qat_int8) or empty the list")
 
     @property
     def run_name(self) -> str:

@@ -185,3 +185,21 @@ def test_qat_run_at_4_bits_compares_with_the_4bit_ptq(env, tmp_path):
         assert cmp is None
     assert rep["layer_parity"]["first_divergent"] is None
     assert "Keras QAT vs qat_w4a8.tflite" in (run / "report.md").read_text()
+
+
+def test_int8_weights_keeps_the_named_layers_8bit_in_a_4bit_model(env, trained_model, digits):
+    from pipeline.keras import ranges
+
+    policy = config.AnnotateConfig(int8_weights=("logits", "block1_.*"))
+    model, coverage = annotate.apply(trained_model, policy, weight_bits=4)
+    assert any("block1_conv, logits" in n for n in coverage.notes)
+    ranges.init_ranges(model, digits["x_train"][:64])
+    c = convert.convert(Variant.QAT_W4A8, model, representative=digits["x_train"][:20])
+    bits = {next(k for k in ("block1_conv", "block2_pw", "block3_pw", "dwconv", "logits")
+                 if k in n): b for n, (_, _, b) in _weight_tensors(c.content).items()}
+    assert bits == {"block1_conv": 8, "logits": 8, "dwconv": 8, "block2_pw": 4, "block3_pw": 4}
+    with pytest.raises(ConfigError, match="matches no layer"):
+        annotate.apply(trained_model, config.AnnotateConfig(int8_weights=("nope",)),
+                       weight_bits=4)
+    with pytest.raises(ConfigError, match="needs qat_w4a8"):
+        config.from_dict({"annotate": {"int8_weights": ["logits"]}})
