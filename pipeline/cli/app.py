@@ -17,10 +17,12 @@ import threading
 import traceback
 
 from pipeline import __version__
-from pipeline.cli.commands import COMMANDS
+from pipeline.cli import commands, plan_cmd
 from pipeline.core.errors import (EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_INTERNAL,
                                   EXIT_INTERRUPTED, QatError, first_line)
 from pipeline.core.records import RUNTIME_AUTO, Runtime, Variant
+
+COMMANDS = {**commands.COMMANDS, "plan": plan_cmd.cmd_plan}
 
 
 def _log(msg: str) -> None:
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_run, _add_convert, _add_verify, _add_inspect):
+    for add in (_add_run, _add_plan, _add_convert, _add_verify, _add_inspect):
         _common(add(sub))
     return parser
 
@@ -48,6 +50,29 @@ def _add_run(sub) -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the main job: annotate, fine-tune, convert, verify, report",
                        description="Run the whole pipeline. RECIPE is a TOML file or a bundled "
                        "model name (e.g. digits_cnn); flags override it.")
+    _config_args(r)
+    r.add_argument("--resume", action="store_true",
+                   help="continue the unfinished (or finished) run from its last checkpoint")
+    return r
+
+
+def _add_plan(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("plan", help="mixed precision under an accuracy budget: a recipe",
+                       description="Measure each layer's accuracy cost at 4-bit weights on the "
+                       "validation split, pick 4-bit / 8-bit / float per layer within "
+                       "--max-accuracy-drop, and write the plan as a recipe for `qat run`.")
+    _config_args(p)
+    p.add_argument("--max-accuracy-drop", type=float, required=True, metavar="PP",
+                   help="accuracy the plan may lose vs the float model, in percentage points "
+                   "(validation split; the recipe's gate holds the run to it on the test split)")
+    p.add_argument("--recipe-out", metavar="FILE",
+                   help="where to write the plan's recipe (default: <run name>_plan.toml); a "
+                   "JSON of the measurements goes beside it")
+    return p
+
+
+def _config_args(r: argparse.ArgumentParser) -> None:
+    """The arguments that make a run's Config (run, plan)."""
     r.add_argument("recipe", nargs="?", help="TOML recipe or zoo model name")
     r.add_argument("--model", help="zoo model name or a Keras-2 model file (.h5/.keras/SavedModel)")
     r.add_argument("--data", help="zoo dataset name or an .npz (x_train, y_train, x_test, y_test)")
@@ -57,12 +82,9 @@ def _add_run(sub) -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="seed for everything random (seed)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set qat.learning_rate=5e-5 (repeatable)")
-    r.add_argument("--resume", action="store_true",
-                   help="continue the unfinished (or finished) run from its last checkpoint")
     r.add_argument("--trust-model", action="store_true",
                    help="allow Lambda layers (their stored Python code runs on load)")
     r.add_argument("-q", "--quiet", action="store_true", help="no Keras progress bars")
-    return r
 
 
 def _add_convert(sub) -> argparse.ArgumentParser:

@@ -50,7 +50,8 @@ def _source(value: str, what: str, zoo: list[str]) -> tuple[str, str]:
                      f"Pass a file path or one of the bundled names: {', '.join(zoo)}")
 
 
-def cmd_run(args, out) -> int:
+def run_config(args):
+    """The Config of `qat run` / `qat plan`: the recipe with the flags over it."""
     overrides: dict = _split_set(args.set)
     if args.model:
         kind, val = _source(args.model, "model", zoo_names())
@@ -77,7 +78,11 @@ def cmd_run(args, out) -> int:
     if not args.recipe and not args.model:
         raise UsageError("Nothing to run", "no RECIPE and no --model",
                          "Pass a recipe (qat run digits_cnn) or --model FILE --data FILE.npz")
-    cfg = config.load(args.recipe, overrides)
+    return config.load(args.recipe, overrides)
+
+
+def cmd_run(args, out) -> int:
+    cfg = run_config(args)
     result = run(cfg, resume=args.resume, log=_log)
     if args.json:
         print(dumps_json({"exit_code": result.exit_code, "run_dir": result.run_dir,

@@ -1,0 +1,82 @@
+"""`qat plan`: mixed precision under an accuracy budget (pipeline/stages/mixed.py), written as
+a recipe the user can read, edit and rerun with `qat run`."""
+
+from __future__ import annotations
+
+import os
+
+from pipeline.cli.commands import _log, run_config
+from pipeline.core.artifacts import atomic_write_bytes, dumps_json
+from pipeline.core.errors import EXIT_GATE_FAILED, EXIT_OK, UsageError
+from pipeline.stages import data as data_mod
+from pipeline.stages import finetune, load, mixed, modelio, verify
+
+
+def _float_model(cfg, inputs):
+    """The trained float model: the user's, or a zoo model trained as `qat run` trains it
+    (same recipe and seed, so the run that follows starts from the same model)."""
+    if not inputs.loaded.needs_training:
+        return inputs.loaded.model
+    s, model = inputs.splits, inputs.loaded.model
+    _log(f"plan: training the float {cfg.model.name} ({cfg.model.float_epochs} epochs max)")
+    finetune.train_float(modelio.scored_view(model, cfg.data.output), s.x_train, s.y_train,
+                         s.x_val, s.y_val, epochs=cfg.model.float_epochs,
+                         learning_rate=cfg.model.float_learning_rate,
+                         batch_size=cfg.model.float_batch_size,
+                         from_logits=None if inputs.task.kind == "regression"
+                         else inputs.from_logits, verbose=cfg.qat.verbose)
+    return model
+
+
+def _header(plan: mixed.Plan) -> str:
+    """The recipe's comment block: what was measured and chosen, one line per layer."""
+    lines = [f"# qat plan: mixed precision within {plan.budget_pp:g} pp of the float model",
+             f"# measured on the validation split ({plan.samples} samples, {plan.evaluations} evaluations, "
+             f"{plan.seconds:.0f} s): float {100 * plan.float_accuracy:.2f} %, all-int8 "
+             f"{100 * plan.int8_accuracy:.2f} %, this plan {100 * plan.accuracy:.2f} %",
+             f"# weights at 4 bits: {len(plan.int4)} layer(s), about "
+             f"{plan.bytes_saved:,} bytes saved vs all-int8; float islands: "
+             f"{', '.join(plan.float_layers) or 'none'}",
+             "# edit annotate.int8_weights (layers kept 8-bit) / annotate.keep_float and rerun:",
+             "#   qat run THIS_FILE", "#", "# layer | class | weights | alone at 4 bits (pp) "
+             "| choice"]
+    lines += [f"#   {l.name} | {l.cls} | {l.weights:,} | "
+              f"{'—' if l.cost_pp is None else f'{0.0 - l.cost_pp:+.2f}'} | {l.choice}"
+              for l in plan.layers]
+    return "\n".join(lines) + "\n\n"
+
+
+def cmd_plan(args, out) -> int:
+    if not 0 <= args.max_accuracy_drop <= 100:
+        raise UsageError("--max-accuracy-drop is in percentage points (0 to 100)",
+                         args.max_accuracy_drop, "Pass e.g. --max-accuracy-drop 0.5")
+    cfg = run_config(args)
+    path = args.recipe_out or f"{cfg.run_name}_plan.toml"
+    if not path.endswith(".toml") or os.path.isdir(path):
+        raise UsageError("--recipe-out must name a .toml file", path, "Pass e.g. plan.toml")
+    inputs = load.load_inputs(cfg, _log)
+    model = _float_model(cfg, inputs)
+    s = inputs.splits
+    bs = cfg.verify.batch_size
+    float_acc = verify.score_keras("float", model, s.x_val, s.y_val, bs, inputs.task).accuracy
+    rep = data_mod.representative_sample(s.x_train, cfg.qat.range_init_samples or 256,
+                                         cfg.seed)
+    plan = mixed.search(model, cfg.annotate, s, rep, inputs.task,
+                        budget_pp=args.max_accuracy_drop, float_accuracy=float_acc,
+                        batch_size=bs, log=_log)
+    planned = mixed.recipe(cfg, plan)
+    atomic_write_bytes(path, (_header(plan) + planned.to_toml()).encode())
+    doc = {"recipe": path, **plan.to_dict()}
+    atomic_write_bytes(path[:-len(".toml")] + ".json", (dumps_json(doc) + "\n").encode())
+    ok = doc["within_budget"]
+    if args.json:
+        print(dumps_json(doc), file=out)
+    else:
+        print(f"{path}: {len(plan.int4)} layer(s) at 4 bits, {len(plan.float_layers)} float, "
+              f"validation accuracy {100 * plan.accuracy:.2f} % ({plan.drop_pp:+.2f} pp vs "
+              f"float {100 * float_acc:.2f} %, budget {plan.budget_pp:g} pp); about "
+              f"{plan.bytes_saved:,} weight bytes saved vs all-int8", file=out)
+    if not ok:
+        _log(f"plan: no plan fits {plan.budget_pp:g} pp (even float islands everywhere); "
+             "the recipe holds the closest one")
+    return EXIT_OK if ok else EXIT_GATE_FAILED

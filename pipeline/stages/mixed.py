@@ -1,0 +1,182 @@
+"""Mixed precision under an accuracy budget (`qat plan`): which layers take 4-bit weights,
+which keep 8, which stay float, measured on held-out data.
+
+The measure is the model QAT would start from (annotate, activation ranges from range_init,
+no fine-tuning): round-to-nearest 4-bit / 8-bit weights and int8 activations simulated by
+tfmot's fake-quant, scored on the validation split (never the test split, which the run
+then judges). No Hessian or gradient proxy: each number is an accuracy.
+
+1. Candidates: every annotated layer with weights that qat_w4a8 would make 4-bit
+   (annotate.W4_INT8_LAYERS, depthwise, stay 8-bit).
+2. Sensitivity: each candidate alone at 4 bits, every other layer 8-bit; its cost is the
+   all-8-bit accuracy minus that, in pp.
+3. Search (greedy, each step measured): candidates in order of cost per byte saved; one joins
+   the 4-bit set when the whole set's accuracy stays within the budget of the float model.
+4. Float islands: when even all-8-bit misses the budget, the layer whose float island
+   (annotate.keep_float) gains most is kept float, one at a time, measured, until it fits.
+
+16x8 (int16 activations) is not chosen per layer: the TFLite converter applies it to a whole
+model (variant ptq_16x8), not to some layers of an int8 one.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+from pipeline.core.records import Variant
+from pipeline.keras import ranges
+from pipeline.keras.plan import LayerStatus
+from pipeline.stages import annotate, data, verify
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    name: str
+    cls: str
+    weights: int            # kernel values (4 bits each instead of 8 when chosen)
+    cost_pp: float | None   # accuracy lost with this layer alone at 4 bits (validation)
+    float_gain_pp: float | None = None  # accuracy won by keeping it float (when searched)
+    choice: str = "int8"    # int4 | int8 | float
+
+
+@dataclass
+class Plan:
+    budget_pp: float
+    float_accuracy: float
+    int8_accuracy: float    # every layer 8-bit (the all-int8 plan)
+    accuracy: float         # the chosen plan
+    layers: list[LayerChoice]
+    samples: int
+    evaluations: int = 0
+    seconds: float = 0.0
+    trail: list[dict] = field(default_factory=list)  # each search step and its accuracy
+
+    @property
+    def int4(self) -> list[str]:
+        return [l.name for l in self.layers if l.choice == "int4"]
+
+    @property
+    def float_layers(self) -> list[str]:
+        return [l.name for l in self.layers if l.choice == "float"]
+
+    @property
+    def bytes_saved(self) -> int:
+        """Weight bytes saved vs all-int8: half a byte per 4-bit weight (packed)."""
+        return sum(l.weights // 2 for l in self.layers if l.choice == "int4")
+
+    @property
+    def drop_pp(self) -> float:
+        return 100 * (self.float_accuracy - self.accuracy)
+
+    def to_dict(self) -> dict:
+        return {"budget_pp": self.budget_pp, "float_accuracy": self.float_accuracy,
+                "int8_accuracy": self.int8_accuracy, "accuracy": self.accuracy,
+                "drop_pp": round(self.drop_pp, 3), "within_budget": self.drop_pp <=
+                self.budget_pp + 1e-9, "int4": self.int4, "float": self.float_layers,
+                "weight_bytes_saved_vs_int8": self.bytes_saved,
+                "measured_on": f"validation split, {self.samples} samples",
+                "evaluations": self.evaluations, "seconds": round(self.seconds, 1),
+                "layers": [asdict(l) for l in self.layers], "trail": self.trail}
+
+
+class _Scorer:
+    """Accuracy on the validation split of the QAT start model under one precision plan."""
+
+    def __init__(self, model, policy, x_val, y_val, x_rep, task, batch_size: int, log):
+        self.model, self.policy, self.task = model, policy, task
+        self.x_val, self.y_val, self.x_rep = x_val, y_val, x_rep
+        self.batch_size, self.log, self.count = batch_size, log, 0
+
+    def __call__(self, int4: set[str], candidates: list[str], keep_float: set[str] = frozenset()
+                 ) -> float:
+        eight = [re.escape(n) for n in candidates if n not in int4 and n not in keep_float]
+        policy = replace(self.policy, int8_weights=tuple(eight),
+                         keep_float=tuple(self.policy.keep_float) +
+                         tuple(re.escape(n) for n in sorted(keep_float)))
+        qat, _ = annotate.apply(self.model, policy, weight_bits=4)
+        ranges.init_ranges(qat, self.x_rep)
+        self.count += 1
+        return verify.score_keras("plan", qat, self.x_val, self.y_val, self.batch_size,
+                                  self.task).accuracy
+
+
+def candidates(model, policy) -> list[LayerChoice]:
+    """The layers a 4-bit plan may choose: annotated, with a kernel, not kept 8-bit by class."""
+    _, coverage = annotate.prepare(model, policy)
+    layers = {l.name: l for l in model.layers}
+    out = []
+    for p in coverage.layers:
+        if p.parts or p.status not in (LayerStatus.QUANTIZED, LayerStatus.FALLBACK) or \
+                p.cls in annotate.W4_INT8_LAYERS or p.name not in layers:
+            continue
+        kernel = getattr(layers[p.name], "kernel", None)
+        if kernel is not None:
+            out.append(LayerChoice(p.name, p.cls, int(kernel.shape.num_elements()), None))
+    return out
+
+
+# long: the method's four steps, each logged
+def search(model, policy, splits, x_rep, task, *, budget_pp: float, float_accuracy: float,
+           batch_size: int = 256, log=print) -> Plan:
+    """The plan for ``model`` (trained float) under ``budget_pp`` (accuracy drop vs float on
+    the validation split, in pp); ``policy``: the recipe's AnnotateConfig."""
+    t0 = time.perf_counter()
+    score = _Scorer(model, policy, splits.x_val, splits.y_val, x_rep, task, batch_size, log)
+    layers = candidates(model, policy)
+    names = [l.name for l in layers]
+    fits = (lambda acc: 100 * (float_accuracy - acc) <= budget_pp + 1e-9)
+    base = score(set(), names)
+    log(f"plan: float {100 * float_accuracy:.2f} %, all-int8 {100 * base:.2f} % on "
+        f"{data.count(splits.x_val)} validation samples; {len(layers)} candidate layers")
+    costs = {}
+    for l in layers:
+        costs[l.name] = round(100 * (base - score({l.name}, names)), 6) + 0.0
+        log(f"plan: {l.name} ({l.cls}, {l.weights:,} weights) alone at 4 bits: "
+            f"{0.0 - costs[l.name]:+.2f} pp")
+    keep_float, trail, acc = _islands(score, model, policy, names, base, fits, log)
+    chosen: set[str] = set()
+    for l in sorted(layers, key=lambda l: (costs[l.name] / max(l.weights, 1), l.name)):
+        trial = score(chosen | {l.name}, names, keep_float)
+        ok = fits(trial)
+        trail.append({"step": f"+{l.name} at 4 bits", "accuracy": trial, "kept": ok})
+        if ok:
+            chosen.add(l.name)
+            acc = trial
+    out = [replace(l, cost_pp=round(costs[l.name], 3),
+                   choice="int4" if l.name in chosen else "int8") for l in layers]
+    out += [LayerChoice(n, "", 0, None, choice="float") for n in sorted(keep_float)]
+    return Plan(budget_pp, float_accuracy, base, acc, out, data.count(splits.x_val),
+                score.count, time.perf_counter() - t0, trail)
+
+
+def _islands(score, model, policy, names, base: float, fits, log):
+    """(keep_float set, trail, accuracy): float islands until all-8-bit fits the budget."""
+    keep, trail, acc = set(), [], base
+    if fits(base):
+        return keep, trail, acc
+    _, coverage = annotate.prepare(model, policy)
+    pool = [p.name for p in coverage.layers if not p.parts and p.status.trains_quantized]
+    while not fits(acc) and len(keep) < len(pool):
+        gains = {n: score(set(), names, keep | {n}) for n in pool if n not in keep}
+        best = max(gains, key=lambda n: (gains[n], n))
+        keep.add(best)
+        acc = gains[best]
+        trail.append({"step": f"float island {best}", "accuracy": acc, "kept": True})
+        log(f"plan: all-int8 misses the budget; {best} kept float: {100 * acc:.2f} %")
+    return keep, trail, acc
+
+
+def recipe(cfg, plan: Plan):
+    """The run's Config with the plan written into it: qat_w4a8 with annotate.int8_weights
+    (the layers that stay 8-bit) when some layer takes 4 bits, else qat_int8; keep_float for
+    the islands; gates.max_accuracy_drop_pp = the budget."""
+    qat = Variant.QAT_W4A8 if plan.int4 else Variant.QAT_INT8
+    variants = tuple(v for v in cfg.convert.variants if not v.is_qat) + (qat,)
+    eight = tuple(re.escape(l.name) for l in plan.layers if l.choice == "int8") \
+        if plan.int4 else ()
+    annotate_cfg = replace(cfg.annotate, int8_weights=eight, keep_float=tuple(
+        cfg.annotate.keep_float) + tuple(re.escape(n) for n in plan.float_layers))
+    return replace(cfg, annotate=annotate_cfg, convert=replace(cfg.convert, variants=variants),
+                   gates=replace(cfg.gates, max_accuracy_drop_pp=plan.budget_pp))
