@@ -18,9 +18,10 @@ class Variant(str, enum.Enum):
     """The .tflite variants a run produces, in report order: the float baseline, the
     post-training quantizations (the TFLite converter's, then ai-edge-quantizer's, a peer made
     from float32.tflite by another tool), the QAT model, the converter's 16x8 PTQ (int16
-    activations, int8 weights), and the 4-bit-weight pair: ai-edge-quantizer's INT4-weight PTQ
-    and QAT with 4-bit weights. QAT is compared with the PTQ of its own precision
-    (``precision``): qat_int8 with ptq_int8 / aeq_int8, qat_w4a8 with aeq_w4a8."""
+    activations, int8 weights), and the 4-bit-weight ones: ai-edge-quantizer's INT4-weight PTQ
+    (min/max scales, and MSE-optimal scales) and QAT with 4-bit weights. QAT is compared with
+    the PTQ of its own precision (``precision``): qat_int8 with ptq_int8 / aeq_int8, qat_w4a8
+    with aeq_w4a8 / aeq_w4a8_mse."""
 
     FLOAT32 = "float32"
     PTQ_INT8 = "ptq_int8"
@@ -29,6 +30,7 @@ class Variant(str, enum.Enum):
     PTQ_16X8 = "ptq_16x8"
     AEQ_W4A8 = "aeq_w4a8"  # ai-edge-quantizer: INT4 weights, int8 activations (a peer)
     QAT_W4A8 = "qat_w4a8"  # QAT with 4-bit weights: INT4 weight tensors, int8 activations
+    AEQ_W4A8_MSE = "aeq_w4a8_mse"  # aeq_w4a8 with each weight scale chosen for least MSE
 
     @property
     def filename(self) -> str:
@@ -47,7 +49,8 @@ class Variant(str, enum.Enum):
     @property
     def weight_bits(self) -> int:
         """Bits of its conv / fully-connected weights: 32 (float), 8 or 4."""
-        return {Variant.FLOAT32: 32, Variant.AEQ_W4A8: 4, Variant.QAT_W4A8: 4}.get(self, 8)
+        return 4 if self in (Variant.AEQ_W4A8, Variant.QAT_W4A8, Variant.AEQ_W4A8_MSE) else \
+            32 if self is Variant.FLOAT32 else 8
 
     @property
     def precision(self) -> str:
@@ -69,7 +72,7 @@ class Variant(str, enum.Enum):
     @property
     def is_peer(self) -> bool:
         """Made by another tool, for comparison: verified and reported, never gated on."""
-        return self in (Variant.AEQ_INT8, Variant.AEQ_W4A8)
+        return self in (Variant.AEQ_INT8, Variant.AEQ_W4A8, Variant.AEQ_W4A8_MSE)
 
     @staticmethod
     def qat_of(variants) -> "Variant | None":

@@ -155,7 +155,7 @@ def calibration_lines(report) -> list[str]:
     if cal and cal["variants"]:
         lines.append(f"PTQ calibration: {', '.join(cal['variants'])} on the same "
                      f"{cal['samples']} training samples.")
-        for a in (cal[p.value] for p in (Variant.AEQ_INT8, Variant.AEQ_W4A8) if p.value in cal):
+        for a in (cal[p.value] for p in peers.PEERS if p.value in cal):
             lines.append(f"`{a['variant']}`: {a['tool']} {a['version']} `{a['recipe']}` on "
                          f"float32.tflite ({a['calibration']}); compared, not gated on.")
     for name, why in (cal or {}).get("failed_peers", {}).items():

@@ -90,15 +90,20 @@ def test_aeq_int8_is_full_int8_accurate_and_deterministic(tflite_variants, digit
 
 
 @needs_aeq
-def test_aeq_w4a8_stores_int4_weights_and_stays_full_int8(tflite_variants, digits):
-    """The 4-bit peer: CONV_2D and FULLY_CONNECTED weights are INT4 tensors packed two to a
-    byte; DEPTHWISE_CONV_2D (which ai-edge-quantizer's static 4-bit recipe leaves float) keeps
-    int8 weights, so no op is left float."""
-    from pipeline.stages import convert
-
-    f32, aeq8 = tflite_variants[F], tflite_variants[A]
-    rep = digits["x_train"][:100]
-    c = convert.convert(Variant.AEQ_W4A8, None, representative=rep, float_tflite=f32.content)
+@pytest.mark.parametrize("variant", [Variant.AEQ_W4A8, Variant.AEQ_W4A8_MSE])
+def test_aeq_4bit_peers_store_int4_weights(tflite_variants, digits, variant):
+    """The 4-bit peers (min/max or MSE-optimal scales): CONV_2D and FULLY_CONNECTED weights are
+    INT4 tensors packed two to a byte; DEPTHWISE_CONV_2D (which ai-edge-quantizer's static
+    4-bit recipe leaves float) keeps int8 weights, so no op is left float. With MSE scales
+    ai-edge-quantizer 0.10 leaves some ops float on this model (measured: float I/O and a
+    DEQUANTIZE after a conv): the verdict says so and the report shows it."""
+    f32, aeq8, c = tflite_variants[F], tflite_variants[A], tflite_variants[variant]
+    if variant is Variant.AEQ_W4A8_MSE:
+        assert c.model.size_breakdown()["int4_weights"] > 0 and c.size < aeq8.size
+        assert c.verdict.full_int8 or c.verdict.reasons  # a "no" always says why
+        assert c.content != tflite_variants[Variant.AEQ_W4A8].content  # other scales
+        assert peers.describe(100, variant)["algorithm"] == "mse"
+        return _accurate(variant, c, f32, digits)
     assert c.verdict.full_int8, c.verdict.reasons
     sg = c.model.main
     weight = {op.opcode: sg.tensors[op.inputs[1]] for op in sg.operators
@@ -109,13 +114,17 @@ def test_aeq_w4a8_stores_int4_weights_and_stays_full_int8(tflite_variants, digit
         assert t.data_size == -(-int(np.prod(t.shape)) // 2)  # two 4-bit values a byte
     int4 = c.model.size_breakdown()["int4_weights"]
     assert 0 < int4 and c.size < aeq8.size
+    _accurate(variant, c, f32, digits)
+
+
+def _accurate(variant, c, f32, digits):
     x, y = digits["x_test"], digits["y_test"]
     ref = verify.score_tflite("float32", f32.content, x, y)
-    got = verify.score_tflite("aeq_w4a8", c.content, x, y)
+    got = verify.score_tflite(variant.value, c.content, x, y)
     # it runs and classifies (measured 93.3 % vs float 98.9 %: 4-bit PTQ loses points here,
     # what 4-bit QAT has to win back); far above chance (10 %)
     assert got.accuracy >= 0.8
-    print(f"aeq_w4a8: {c.size} B (aeq_int8 {aeq8.size} B), accuracy {got.accuracy:.4f} "
+    print(f"{variant}: {c.size} B, accuracy {got.accuracy:.4f} "
           f"(float32 {ref.accuracy:.4f})")
 
 

@@ -133,7 +133,8 @@ def test_one_qat_variant_per_run():
 
 def test_variant_precisions_pair_qat_with_its_own_ptq():
     assert Variant.QAT_W4A8.precision == Variant.AEQ_W4A8.precision == "w4a8"
-    assert Variant.ptq_like(list(Variant), Variant.QAT_W4A8) == [Variant.AEQ_W4A8]
+    assert Variant.ptq_like(list(Variant), Variant.QAT_W4A8) == [Variant.AEQ_W4A8,
+                                                                 Variant.AEQ_W4A8_MSE]
     assert Variant.ptq_like(list(Variant), Variant.QAT_INT8) == [Variant.PTQ_INT8,
                                                                  Variant.AEQ_INT8]
     assert Variant.PTQ_16X8.precision == "w8a16"  # compared with no QAT variant
@@ -173,14 +174,16 @@ def test_qat_run_at_4_bits_compares_with_the_4bit_ptq(env, tmp_path):
     rep = json.loads((run / "report.json").read_text())
     assert sorted(p.name for p in run.glob("*.tflite")) == sorted(
         ["float32.tflite", "ptq_int8.tflite", "qat_w4a8.tflite"] +
-        (["aeq_int8.tflite", "aeq_w4a8.tflite"] if peers.available() else []))
+        (["aeq_int8.tflite", "aeq_w4a8.tflite", "aeq_w4a8_mse.tflite"]
+         if peers.available() else []))
     gates_ = {g["name"] for g in rep["gates"]}
     assert {"max_accuracy_drop_pp", "min_agreement", "full_int8[qat_w4a8]"} <= gates_
     assert "full_int8[aeq_w4a8]" not in gates_  # a peer: compared, not gated on
     cmp = rep["qat_vs_best_ptq"]
     if peers.available():
         assert cmp["qat"] == "qat_w4a8" and cmp["precision"] == "w4a8"
-        assert cmp["best_ptq"] == "aeq_w4a8" and set(cmp["ptq_accuracies"]) == {"aeq_w4a8"}
+        assert set(cmp["ptq_accuracies"]) == {"aeq_w4a8", "aeq_w4a8_mse"}
+        assert cmp["best_ptq"] == max(cmp["ptq_accuracies"], key=cmp["ptq_accuracies"].get)
     else:  # no PTQ at 4 bits to compare with
         assert cmp is None
     assert rep["layer_parity"]["first_divergent"] is None
