@@ -125,6 +125,22 @@ def demo_run(tmp_path_factory, env):
 
 
 @pytest.fixture(scope="session")
+def w4_run(tmp_path_factory, env):
+    """`qat run digits_cnn` at 4-bit weights (convert.variants float32, ptq_int8, qat_w4a8;
+    the peers join when installed), 2 QAT epochs at the 4-bit step, gates opened (the
+    tests judge the run's contents), run once: (exit code, run directory)."""
+    from pipeline.cli.app import main, parse_args
+
+    out = tmp_path_factory.mktemp("w4")
+    code = main(parse_args([
+        "run", "digits_cnn", "--output", str(out), "--quiet",
+        "--set", "convert.variants=float32,ptq_int8,qat_w4a8", "--set", "qat.epochs=2",
+        "--set", "qat.learning_rate=0.001", "--set", "gates.max_accuracy_drop_pp=100",
+        "--set", "gates.min_agreement=0"]))
+    return code, out / "digits_cnn"
+
+
+@pytest.fixture(scope="session")
 def lm_run(tmp_path_factory, env):
     """`qat run char_lm` on a slice (300 train / 40 test windows, one float and one QAT
     epoch, no peer, gates opened: quality is not the point on a slice), run once:
@@ -164,7 +180,7 @@ def next_auto_name(keras, cls: str = "Conv2D") -> str:
 # test that uses one, directly or through another fixture (trained_h5, tflite_variants, ...),
 # is marked slow, so `make test-quick` (-m "not slow") never starts them.
 SLOW_FIXTURES = frozenset({"trained_model", "qat_model", "demo_run", "keras3_model_file",
-                           "lm_run"})
+                           "lm_run", "w4_run"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the slow marks must be there by then
@@ -181,7 +197,7 @@ def pytest_collection_modifyitems(config, items):
         items.reverse()
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        shared = [name for name in ("demo_run", "lm_run") if name in fixtures]
+        shared = [name for name in ("demo_run", "lm_run", "w4_run") if name in fixtures]
         item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.module.__name__))
         if fixtures & SLOW_FIXTURES:
             item.add_marker(pytest.mark.slow)

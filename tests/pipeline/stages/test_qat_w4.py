@@ -157,20 +157,16 @@ def test_qat_convert_names_a_4bit_qat_model_qat_w4a8(qat_w4_model, digits_npz, t
                             str(tmp_path / "o2"), "--variants", "qat_int8"])) == 2
 
 
-def test_qat_run_at_4_bits_compares_with_the_4bit_ptq(env, tmp_path):
+def test_qat_run_at_4_bits_compares_with_the_4bit_ptq(w4_run):
     """`qat run` with qat_w4a8: one 4-bit QAT model, gated and layer-checked, and compared
-    with the best PTQ of its precision (aeq_w4a8 when ai-edge-quantizer is installed)."""
+    with the best PTQ of its precision (aeq_w4a8 / aeq_w4a8_mse when ai-edge-quantizer is
+    installed)."""
     import json
 
-    from pipeline.cli.app import main, parse_args
     from pipeline.stages import peers
 
-    code = main(parse_args(["run", "digits_cnn", "--output", str(tmp_path), "--quiet",
-                            "--set", "convert.variants=float32,ptq_int8,qat_w4a8",
-                            "--set", "qat.epochs=2", "--set", "gates.max_accuracy_drop_pp=100",
-                            "--set", "gates.min_agreement=0"]))
+    code, run = w4_run
     assert code == 0
-    run = tmp_path / "digits_cnn"
     rep = json.loads((run / "report.json").read_text())
     assert sorted(p.name for p in run.glob("*.tflite")) == sorted(
         ["float32.tflite", "ptq_int8.tflite", "qat_w4a8.tflite"] +
