@@ -171,24 +171,28 @@ def scheme(weight_bits: int = 8, int8_names: frozenset[str] = frozenset()):
             table = registry._layer_quantize_map  # tfmot 0.8: layer class -> config
             for name in W4_INT8_LAYERS:
                 cls = getattr(layers, name)
-                table[cls] = _eight_bit(table[cls])
+                table[cls] = _with_bits(table[cls], 8)
             by_class = registry.get_quantize_config
 
             def get_quantize_config(layer):
+                # tfmot hands every Conv2D the same config object (one quantizer for all):
+                # each layer gets its own, so one layer's quantizer is that layer's alone
                 config = by_class(layer)
-                return _eight_bit(config) if layer.name in int8_names else config
+                return _with_bits(config, 8 if layer.name in int8_names else None)
             registry.get_quantize_config = get_quantize_config
             return registry
 
     return W4A8Scheme(num_bits_weight=4, num_bits_activation=8)
 
 
-def _eight_bit(config):
-    """The same tfmot n-bit config (class and attributes) with 8-bit weights."""
+def _with_bits(config, bits: int | None):
+    """A new tfmot n-bit config of the same class and attributes, with ``bits``-bit weights
+    (None: its own)."""
     if not getattr(config, "weight_attrs", None):
         return config
     return type(config)(config.weight_attrs, config.activation_attrs, config.quantize_output,
-                        num_bits_weight=8, num_bits_activation=8)
+                        num_bits_weight=bits or config._num_bits_weight,
+                        num_bits_activation=config._num_bits_activation)
 
 
 def int8_weight_layers(coverage, policy) -> frozenset[str]:

@@ -11,7 +11,9 @@ then judges). No Hessian or gradient proxy: each number is an accuracy.
 2. Sensitivity: each candidate alone at 4 bits, every other layer 8-bit; its cost is the
    all-8-bit accuracy minus that, in pp.
 3. Search (greedy, each step measured): candidates in order of cost per byte saved; one joins
-   the 4-bit set when the whole set's accuracy stays within the budget of the float model.
+   the 4-bit set when the whole set's accuracy stays within the budget of the float model
+   (a candidate whose cost alone exceeds the budget left is skipped unmeasured, and the
+   trail says so).
 4. Float islands: when even all-8-bit misses the budget, the layer whose float island
    (annotate.keep_float) gains most is kept float, one at a time, measured, until it fits.
 
@@ -26,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from pipeline.core.records import Variant
-from pipeline.keras import ranges
+from pipeline.keras import graph, ranges
 from pipeline.keras.plan import LayerStatus
 from pipeline.stages import annotate, data, verify
 
@@ -82,22 +84,45 @@ class Plan:
 
 
 class _Scorer:
-    """Accuracy on the validation split of the QAT start model under one precision plan."""
+    """Accuracy on the validation split of the QAT start model under one precision plan.
 
-    def __init__(self, model, policy, x_val, y_val, x_rep, task, batch_size: int, log):
-        self.model, self.policy, self.task = model, policy, task
-        self.x_val, self.y_val, self.x_rep = x_val, y_val, x_rep
-        self.batch_size, self.log, self.count = batch_size, log, 0
+    One model is annotated at 4 bits; a plan sets each candidate's weight quantizers to 4 or
+    8 bits (their ``num_bits``, read when the model is traced), re-runs range_init (the
+    activation ranges depend on the weights' rounding) and predicts. That is the model
+    annotate.apply(int8_weights=...) builds for the plan (test_mixed checks they score the
+    same). A plan with float islands changes the graph: it is annotated afresh."""
 
-    def __call__(self, int4: set[str], candidates: list[str], keep_float: set[str] = frozenset()
-                 ) -> float:
-        eight = [re.escape(n) for n in candidates if n not in int4 and n not in keep_float]
+    def __init__(self, model, policy, names, x_val, y_val, x_rep, task, batch_size: int):
+        self.model, self.names, self.task = model, names, task
+        self.policy = replace(policy, int8_weights=())
+        self.x_val, self.y_val, self.x_rep, self.batch_size = x_val, y_val, x_rep, batch_size
+        self.qat, _ = annotate.apply(model, self.policy, weight_bits=4)
+        self.quantizers = {}
+        for layer in graph.all_layers(self.qat):
+            inner = getattr(getattr(layer, "layer", None), "name", None)
+            if inner in names:
+                self.quantizers[inner] = [q for _, q, _ in layer._weight_vars]
+        self.count = 0
+
+    def __call__(self, int4: set[str], keep_float: set[str] = frozenset()) -> float:
+        self.count += 1
+        if keep_float:
+            return self._fresh(int4, keep_float)
+        for name, quantizers in self.quantizers.items():
+            for q in quantizers:
+                q.num_bits = 4 if name in int4 else 8
+        self.qat.predict_function = None  # retrace with the new bits
+        return self._score(self.qat)
+
+    def _fresh(self, int4: set[str], keep_float: set[str]) -> float:
+        eight = [re.escape(n) for n in self.names if n not in int4 and n not in keep_float]
         policy = replace(self.policy, int8_weights=tuple(eight),
                          keep_float=tuple(self.policy.keep_float) +
                          tuple(re.escape(n) for n in sorted(keep_float)))
-        qat, _ = annotate.apply(self.model, policy, weight_bits=4)
+        return self._score(annotate.apply(self.model, policy, weight_bits=4)[0])
+
+    def _score(self, qat) -> float:
         ranges.init_ranges(qat, self.x_rep)
-        self.count += 1
         return verify.score_keras("plan", qat, self.x_val, self.y_val, self.batch_size,
                                   self.task).accuracy
 
@@ -123,22 +148,26 @@ def search(model, policy, splits, x_rep, task, *, budget_pp: float, float_accura
     """The plan for ``model`` (trained float) under ``budget_pp`` (accuracy drop vs float on
     the validation split, in pp); ``policy``: the recipe's AnnotateConfig."""
     t0 = time.perf_counter()
-    score = _Scorer(model, policy, splits.x_val, splits.y_val, x_rep, task, batch_size, log)
     layers = candidates(model, policy)
     names = [l.name for l in layers]
+    score = _Scorer(model, policy, names, splits.x_val, splits.y_val, x_rep, task, batch_size)
     fits = (lambda acc: 100 * (float_accuracy - acc) <= budget_pp + 1e-9)
-    base = score(set(), names)
+    base = score(set())
     log(f"plan: float {100 * float_accuracy:.2f} %, all-int8 {100 * base:.2f} % on "
         f"{data.count(splits.x_val)} validation samples; {len(layers)} candidate layers")
     costs = {}
     for l in layers:
-        costs[l.name] = round(100 * (base - score({l.name}, names)), 6) + 0.0
+        costs[l.name] = round(100 * (base - score({l.name})), 6) + 0.0
         log(f"plan: {l.name} ({l.cls}, {l.weights:,} weights) alone at 4 bits: "
             f"{0.0 - costs[l.name]:+.2f} pp")
-    keep_float, trail, acc = _islands(score, model, policy, names, base, fits, log)
+    keep_float, trail, acc = _islands(score, model, policy, base, fits, log)
     chosen: set[str] = set()
     for l in sorted(layers, key=lambda l: (costs[l.name] / max(l.weights, 1), l.name)):
-        trial = score(chosen | {l.name}, names, keep_float)
+        if costs[l.name] > budget_pp - 100 * (float_accuracy - acc) + 1e-9:
+            trail.append({"step": f"+{l.name} at 4 bits", "accuracy": None, "kept": False,
+                          "why": "its cost alone exceeds the budget left"})
+            continue
+        trial = score(chosen | {l.name}, keep_float)
         ok = fits(trial)
         trail.append({"step": f"+{l.name} at 4 bits", "accuracy": trial, "kept": ok})
         if ok:
@@ -151,7 +180,7 @@ def search(model, policy, splits, x_rep, task, *, budget_pp: float, float_accura
                 score.count, time.perf_counter() - t0, trail)
 
 
-def _islands(score, model, policy, names, base: float, fits, log):
+def _islands(score, model, policy, base: float, fits, log):
     """(keep_float set, trail, accuracy): float islands until all-8-bit fits the budget."""
     keep, trail, acc = set(), [], base
     if fits(base):
@@ -159,7 +188,7 @@ def _islands(score, model, policy, names, base: float, fits, log):
     _, coverage = annotate.prepare(model, policy)
     pool = [p.name for p in coverage.layers if not p.parts and p.status.trains_quantized]
     while not fits(acc) and len(keep) < len(pool):
-        gains = {n: score(set(), names, keep | {n}) for n in pool if n not in keep}
+        gains = {n: score(set(), keep | {n}) for n in pool if n not in keep}
         best = max(gains, key=lambda n: (gains[n], n))
         keep.add(best)
         acc = gains[best]
