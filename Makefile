@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-serial test-quick test-parallel check-core bench bench-harness zoo venv clean
+.PHONY: demo test test-serial test-quick test-parallel check-core bench bench-harness zoo zoo-w4 venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ bench-harness: $(STAMP)
 # `make zoo MODELS=digits_cnn` for some of them (README "Reference zoo")
 zoo: $(STAMP)
 	$(PY) benchmarks/zoo.py --output artifacts $(if $(MODELS),--models $(MODELS))
+
+# the CNN zoo at 4-bit weights (qat_w4a8 vs the best 4-bit PTQ) and, with MIXED=0.5, mixed
+# precision under that budget: artifacts/w4/zoo_w4.md (README "4-bit weights")
+zoo-w4: $(STAMP)
+	$(PY) benchmarks/zoo_w4.py --output artifacts $(if $(MODELS),--models $(MODELS)) $(if $(MIXED),--mixed $(MIXED))
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -62,7 +62,7 @@ VARIANTS = "float32,ptq_int8,qat_w4a8"
 W4_QAT = {
     "digits_cnn": ["qat.learning_rate=0.001", "qat.epochs=10", "qat.early_stopping_patience=10"],
     "kws_dscnn": ["qat.learning_rate=0.0001", "qat.epochs=12", "qat.early_stopping_patience=4"],
-    "glyphs_mnv3": ["qat.learning_rate=0.0003", "qat.epochs=4", "qat.early_stopping_patience=2"],
+    "glyphs_mnv3": ["qat.learning_rate=0.0001", "qat.epochs=3", "qat.early_stopping_patience=2"],
 }
 MIN_RECOVERY_PCT = 80.0
 MAX_SIZE_RATIO = 0.6
@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", help=f"comma list (default: {', '.join(MODELS)})")
     ap.add_argument("--output", default="artifacts", help="artifacts root (default artifacts)")
-    ap.add_argument("--skip-run", action="store_true", help="reuse ROOT/w4's run directories")
+    ap.add_argument("--skip-run", action="store_true",
+                    help="reuse the run directories under ROOT/w4 that have a report.json")
     ap.add_argument("--no-latency", action="store_true", help="skip android-harness host")
     ap.add_argument("--mixed", type=float, metavar="PP",
                     help="also plan mixed precision under this budget and run the plan")
@@ -261,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"zoo_w4: {name}: mixed plan and run in {mixed[-1]['seconds']} s", flush=True)
         if args.mixed_only:
             continue
-        run = {} if args.skip_run else zoo.run_pipeline(name, root, root / "logs",
-                                                         overrides(name))
+        reuse = args.skip_run and (root / name / "report.json").is_file()
+        run = {} if reuse else zoo.run_pipeline(name, root, root / "logs", overrides(name))
         print(f"zoo_w4: {name}: qat run exit {run.get('exit_code', 'skipped')}", flush=True)
         harness = None if args.no_latency else \
             zoo.measure_host(root / name, root / "harness" / name)
