@@ -219,16 +219,18 @@ def markdown(doc: dict) -> str:
     for s in doc["models"]:
         v, r = s["variants"], s["recovery"] or {}
         best = s["best_ptq"]
+        loss = best and 100 * (s["float_accuracy"] - v[best]["accuracy"])
         rec = "—" if r.get("recovery_pct") is None else \
             f"{r['recovery_pct']:.0f} % [{_num(r['ci95'][0], '.0f')}, {_num(r['ci95'][1], '.0f')}]"
         lines.append(f"| {s['model']} | {s['test_samples']} | {100 * s['float_accuracy']:.2f} | "
                      f"{best or '—'} | "
-                     f"{_num(best and 100 * (s['float_accuracy'] - v[best]['accuracy']), '+.2f')} | "
+                     f"{_num(loss, '+.2f')} | "
                      f"{100 * (s['float_accuracy'] - v['qat_w4a8']['accuracy']):+.2f} | {rec} |")
     if doc.get("mixed"):
         lines += ["", "## Mixed precision (`qat plan`, then `qat run` of its recipe)", "",
                   "| model | budget (pp) | 4-bit layers | float layers | validation drop (pp) | "
-                  "test drop (pp) | meets | bytes vs ptq_int8 |", "|---|---:|---:|---:|---:|---:|---|---|"]
+                  "test drop (pp) | meets | bytes vs ptq_int8 |",
+                  "|---|---:|---:|---:|---:|---:|---|---|"]
         for m in doc["mixed"]:
             lines.append(f"| {m['model']} | {m['budget_pp']:g} | {len(m['int4_layers'])} | "
                          f"{len(m['float_layers'])} | {m['plan_validation_drop_pp']:+.2f} | "

@@ -31,9 +31,10 @@ def _float_model(cfg, inputs):
 def _header(plan: mixed.Plan) -> str:
     """The recipe's comment block: what was measured and chosen, one line per layer."""
     lines = [f"# qat plan: mixed precision within {plan.budget_pp:g} pp of the float model",
-             f"# measured on the validation split ({plan.samples} samples, {plan.evaluations} evaluations, "
-             f"{plan.seconds:.0f} s): float {100 * plan.float_accuracy:.2f} %, all-int8 "
-             f"{100 * plan.int8_accuracy:.2f} %, this plan {100 * plan.accuracy:.2f} %",
+             f"# measured on the validation split ({plan.samples} samples, "
+             f"{plan.evaluations} evaluations, {plan.seconds:.0f} s): float "
+             f"{100 * plan.float_accuracy:.2f} %, all-int8 {100 * plan.int8_accuracy:.2f} %, "
+             f"this plan {100 * plan.accuracy:.2f} %",
              f"# weights at 4 bits: {len(plan.int4)} layer(s), about "
              f"{plan.bytes_saved:,} bytes saved vs all-int8; float islands: "
              f"{', '.join(plan.float_layers) or 'none'}",

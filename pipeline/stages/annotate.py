@@ -200,9 +200,11 @@ def int8_weight_layers(coverage, policy) -> frozenset[str]:
     its parts): they keep 8-bit weights in a 4-bit-weight model."""
     patterns = getattr(policy, "int8_weights", ()) if policy is not None else ()
     parents = {p.name: p for p in coverage.layers if p.parts}
-    return frozenset(p.name for p in coverage.layers if not p.parts and p.params and
-                     p.status in (LayerStatus.QUANTIZED, LayerStatus.FALLBACK) and any(_matches(x, p) or (p.part_of in parents and
-                                            _matches(x, parents[p.part_of])) for x in patterns))
+    def named(p) -> bool:
+        return any(_matches(x, p) or (p.part_of in parents and _matches(x, parents[p.part_of]))
+                   for x in patterns)
+    return frozenset(p.name for p in coverage.layers if not p.parts and p.params and named(p)
+                     and p.status in (LayerStatus.QUANTIZED, LayerStatus.FALLBACK))
 
 
 def apply(model, policy=None, *, weight_bits: int = 8):  # long: annotate, apply, blame

@@ -147,7 +147,8 @@ def _recipe(variant: Variant):
 
 def quantize(float_tflite: bytes, representative,
              variant: Variant = Variant.AEQ_INT8) -> bytes:
-    """The peer ``variant`` (aeq_int8, aeq_w4a8) from the float32 .tflite, calibrated on ``representative`` ((N, ...) array, or
+    """The peer ``variant`` (aeq_int8, aeq_w4a8, aeq_w4a8_mse) from the float32 .tflite,
+    calibrated on ``representative`` ((N, ...) array, or
     {input name: (N, ...) array} for a model with several inputs)."""
     require(f"{variant} was asked for", variant)
     if representative is None or len(representative) == 0:

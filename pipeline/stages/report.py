@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import metadata as md
 
 from pipeline.core import machine
-from pipeline.core.records import SCHEMA_VERSION, Agreement, GateResult, VariantResult
+from pipeline.core.records import SCHEMA_VERSION, Agreement, GateResult, Variant, VariantResult
 from pipeline.stages import gates as gates_mod
 from pipeline.stages import intervals, modelio, samples, task_report
 from pipeline.stages.config import Config
@@ -277,10 +277,10 @@ def _differences(r: Report) -> list[str]:
 
 
 def _layer_parity(r: Report) -> list[str]:
-    lp = r.parity
+    lp, qat = r.parity, Variant.qat_of(r.conv.by_variant if r.conv else {}) or Variant.QAT_INT8
     if lp is None:
         return []
-    return [f"## Layer parity: Keras QAT vs {r.conv.deliverable}.tflite", "",
+    return [f"## Layer parity: Keras QAT vs {qat}.tflite", "",
             f"Each quantized layer's output in Keras vs the matching tensor of the .tflite on "
             f"the {lp.samples} test images, in LSB of that tensor's scale.", "",
             lp.markdown(), ""]

@@ -68,7 +68,8 @@ def _cancelling_mlp(env, splits):
     model = keras.Model(inp, keras.layers.Dense(10, name="head")(h))
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(splits.x_train, splits.y_train, epochs=30, batch_size=64, verbose=0)
-    (k, b), (hk, hb) = model.get_layer("hidden").get_weights(), model.get_layer("head").get_weights()
+    (k, b) = model.get_layer("hidden").get_weights()
+    (hk, hb) = model.get_layer("head").get_weights()
     k[:, 31], b[31] = k[:, 30], b[30]
     hk[30] += 1e4
     hk[31] = hk[30] - 2e4
