@@ -26,7 +26,8 @@ Targets (issue 14), PASS/FAIL:
 - LiteRT runs the INT4 file (its test accuracy is measured, so a file it cannot run fails).
 
 With ``--mixed PP``, each model also goes through mixed precision under that budget:
-``qat plan NAME --max-accuracy-drop PP`` (per-layer 4-bit cost on the validation split, the
+``qat plan NAME --max-accuracy-drop PP`` (from the float model the 4-bit run trained, when
+there is one: the same seeded training; per-layer 4-bit cost on the validation split, the
 greedy measured search; stages/mixed.py), then ``qat run`` of the recipe it wrote, whose gate
 holds the test split to the budget. Target: the run meets the budget; reported: the size it
 saved vs all-int8 (its qat file vs ptq_int8 of the same run).
@@ -167,6 +168,9 @@ def run_mixed(name: str, root: Path, budget: float) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     recipe = out / f"{name}_plan.toml"
     sets = [a for s in W4_QAT.get(name, []) for a in ("--set", s)]
+    trained = root / name / "keras" / "float_model.h5"  # the 4-bit run's: not trained again
+    if trained.is_file():
+        sets += ["--model", str(trained), "--name", name]
     t0, codes = time.perf_counter(), []
     for cmd in (["plan", name, "--max-accuracy-drop", str(budget), "--recipe-out", str(recipe),
                  "--output", str(out), "--quiet", *sets], ["run", str(recipe), "--quiet"]):
