@@ -55,7 +55,10 @@ def cmd_plan(args, out) -> int:
     path = args.recipe_out or f"{cfg.run_name}_plan.toml"
     if not path.endswith(".toml") or os.path.isdir(path):
         raise UsageError("--recipe-out must name a .toml file", path, "Pass e.g. plan.toml")
-    inputs = load.load_inputs(cfg, _log)
+    inputs = load.load_inputs(cfg, _log)  # a QAT model file is refused here, named
+    if inputs.task.kind == "regression":
+        raise UsageError("qat plan budgets accuracy, which a regression model has none of",
+                         "data.task = regression", "Choose int8_weights by hand for it")
     model = _float_model(cfg, inputs)
     s = inputs.splits
     bs = cfg.verify.batch_size

@@ -38,3 +38,17 @@ def test_plan_then_run_the_recipe(tmp_path, capsys):
     notes = " ".join(rep["model"]["coverage"]["notes"])
     if doc["int4"] and eight:
         assert f"8-bit weights kept by annotate.int8_weights: {', '.join(sorted(eight))}" in notes
+
+
+def test_plan_refuses_a_qat_model(qat_model, digits_npz, tmp_path, capsys):
+    from pipeline.stages.run import _save_h5
+    from pipeline.core import keras_env
+
+    path = tmp_path / "qat.h5"
+    with keras_env.load().tfmot.quantization.keras.quantize_scope():
+        _save_h5(qat_model, path)
+    assert main(parse_args(["plan", "--model", str(path), "--data", str(digits_npz),
+                            "--max-accuracy-drop", "1",
+                            "--recipe-out", str(tmp_path / "p.toml")])) == 2
+    assert "The model is already quantization-aware" in capsys.readouterr().err
+    assert not (tmp_path / "p.toml").exists()
