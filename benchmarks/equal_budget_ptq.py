@@ -6,7 +6,8 @@ training, which PTQ never got. This benchmark gives PTQ the same budget: it fine
 float model (keras/float_model.h5) in float with the run's own QAT settings (epochs, batch
 size, learning rate and schedule, the same train/validation split and seed), converts it with
 the converter's full-int8 PTQ (same calibration samples as the run), and scores both on the
-run's test split, paired against the run's qat_int8.tflite.
+run's test split, paired against the run's qat_int8.tflite. A 4-bit run (qat_w4a8.tflite) is
+paired with the better of the 4-bit PTQs of the fine-tuned model (aeq_w4a8, aeq_w4a8_mse).
 
     .venv/bin/python benchmarks/equal_budget_ptq.py artifacts/glyphs_mnv3
 
@@ -30,7 +31,7 @@ from pipeline.core import keras_env  # noqa: E402
 from pipeline.core.records import Variant  # noqa: E402
 from pipeline.keras import graph  # noqa: E402
 from pipeline.stages import (config, convert, data, finetune, load, metrics,  # noqa: E402
-                             modelio, stats)
+                             modelio, peers, stats)
 from pipeline.tflite.runtime import ModelRunner  # noqa: E402
 
 
@@ -87,22 +88,32 @@ def main(argv: list[str] | None = None) -> int:
     rep = data.representative_sample(ds.x_train, cfg.convert.representative_samples, cfg.seed)
     # the graph the run's PTQ was made from (attention rewritten: stages/run.py _float_graph)
     source = graph.rebuild(model).model
-    ptq, ppl_ptq = _tflite_scores(convert.to_tflite(source, Variant.PTQ_INT8, rep,
-                                                    cfg.convert.io), ds.x_test, y, logits)
-    qat, ppl_qat = _tflite_scores((run / "qat_int8.tflite").read_bytes(), ds.x_test, y, logits)
-    pair = stats.paired("qat_int8", qat, "ptq_int8_after_finetune", ptq)
+    qat_v = Variant.qat_of(Variant(p.stem) for p in run.glob("*.tflite")
+                           if p.stem in Variant.names())
+    ptqs = {}
+    if qat_v is Variant.QAT_W4A8:  # the 4-bit PTQs of the fine-tuned float model (the peers)
+        f32 = convert.to_tflite(source, Variant.FLOAT32)
+        for v in Variant.ptq_like(list(Variant), qat_v):
+            ptqs[v] = _tflite_scores(peers.quantize(f32, rep, v), ds.x_test, y, logits)
+    else:
+        ptqs[Variant.PTQ_INT8] = _tflite_scores(convert.to_tflite(
+            source, Variant.PTQ_INT8, rep, cfg.convert.io), ds.x_test, y, logits)
+    best = max(ptqs, key=lambda v: ptqs[v][0].mean())  # on the test split: flatters PTQ
+    ptq, ppl_ptq = ptqs[best]
+    qat, ppl_qat = _tflite_scores((run / qat_v.filename).read_bytes(), ds.x_test, y, logits)
+    pair = stats.paired(qat_v.value, qat, f"{best}_after_finetune", ptq)
     print(f"run: {run}  ({len(y)} test samples; fine-tune: {cfg.qat.epochs} epoch(s), "
           f"lr {cfg.qat.learning_rate}, {cfg.qat.lr_schedule}, batch {cfg.qat.batch_size}, "
           f"{seconds:.0f} s)")
     for label, right, ppl in (("float before fine-tune", before, ppl_before),
                               ("float after fine-tune", after, ppl_after),
-                              ("ptq_int8 after fine-tune", ptq, ppl_ptq),
-                              ("qat_int8 (the run's)", qat, ppl_qat)):
+                              *((f"{v} after fine-tune", *ptqs[v]) for v in ptqs),
+                              (f"{qat_v} (the run's)", qat, ppl_qat)):
         extra = "" if ppl is None else f"  perplexity {ppl:.3f}"
         print(f"{label:24s} {100 * right.mean():6.2f} %{extra}")
     # per token for a sequence model: tokens of one window are not independent, so the
     # interval is narrower than the data supports there (the run's report has the bootstrap)
-    print(f"QAT - equal-budget PTQ = {100 * pair.difference:+.2f} pp, paired 95 % CI "
+    print(f"QAT - equal-budget PTQ ({best}) = {100 * pair.difference:+.2f} pp, paired 95 % CI "
           f"{100 * pair.ci95[0]:+.2f} to {100 * pair.ci95[1]:+.2f} pp, McNemar p = "
           f"{pair.mcnemar_p:.3g}")
     return 0
