@@ -12,8 +12,9 @@ For each model (digits_cnn, kws_dscnn, glyphs_mnv3, or --models a,b):
    XNNPACK, interleaved repeats; p50 and the ratio to float32).
 3. From the run's reference bundle (each .tflite's raw outputs on the whole test split):
    per-sample correctness of float32 (within 1e-5 of Keras float, test_convert), the best
-   4-bit PTQ (aeq_w4a8 or aeq_w4a8_mse, chosen on the test split as the run's report does,
-   which flatters PTQ) and qat_w4a8, and QAT's recovery of the PTQ loss,
+   4-bit PTQ (aeq_w4a8 or aeq_w4a8_mse, the full-integer ones first, chosen on the test split
+   as the run's report does, which flatters PTQ) and qat_w4a8, and QAT's recovery of the
+   PTQ loss,
    ``(acc(qat_w4a8) - acc(ptq)) / (acc(float32) - acc(ptq))``, with a 95 % percentile
    interval from a paired bootstrap over test samples (2,000 resamples, seed 0).
 
@@ -54,6 +55,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks import zoo  # noqa: E402  (after the path set-up)
 from pipeline.core import machine  # noqa: E402
 from pipeline.core.artifacts import atomic_write_bytes  # noqa: E402
+from pipeline.stages import stats  # noqa: E402
 
 MODELS = ("digits_cnn", "kws_dscnn", "glyphs_mnv3")
 VARIANTS = "float32,ptq_int8,qat_w4a8"
@@ -113,8 +115,11 @@ def summary(name: str, run_dir: Path, run: dict, harness: dict | None) -> dict:
     by = {v["variant"]: v for v in report["variants"]}
     rows = {r["model"]: r for r in report["accuracy_ci95"]["rows"]}
     lat = zoo._latency(harness)
-    cmp = report.get("qat_vs_best_ptq") or {}
-    best = cmp.get("best_ptq")  # the better of aeq_w4a8 / aeq_w4a8_mse on the test split
+    # the better of aeq_w4a8 / aeq_w4a8_mse on the test split, full-integer ones first (the
+    # rule of intervals.ptq_candidates, applied here to runs made before it too)
+    peers4 = [v for v in ("aeq_w4a8", "aeq_w4a8_mse") if v in by and v in rows]
+    full = [v for v in peers4 if by[v].get("full_int8")] or peers4
+    best = max(full, key=lambda v: rows[v]["accuracy"], default=None)
     f, q = correct(run_dir, "float32"), correct(run_dir, "qat_w4a8")
     p = correct(run_dir, best) if best else None
     rec = recovery(f, p, q) if f is not None and p is not None and q is not None else None
@@ -127,10 +132,16 @@ def summary(name: str, run_dir: Path, run: dict, harness: dict | None) -> dict:
             "params": report["model"]["coverage"]["params"],
             "test_samples": report["data"]["test"],
             "float_accuracy": report["keras"]["float_accuracy"], "variants": variants,
-            "best_ptq": cmp.get("best_ptq"), "paired": cmp.get("paired"),
-            "best_ptq_vs_float": cmp.get("best_ptq_vs_float"), "recovery": rec,
+            "best_ptq": best, "recovery": rec, "best_ptq_vs_float": _vs_float(f, p, best),
             "pipeline_seconds": run.get("seconds"),
             "cpu": machine.summary(report["machine"]) if report.get("machine") else None}
+
+
+def _vs_float(f, p, best) -> dict | None:
+    """The best PTQ vs float32, paired (is its loss beyond noise?)."""
+    if f is None or p is None:
+        return None
+    return stats.paired(best, p, "float32", f).to_dict()
 
 
 def targets(s: dict) -> list[dict]:
@@ -271,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         reuse = args.skip_run and (root / name / "report.json").is_file()
         run = {} if reuse else zoo.run_pipeline(name, root, root / "logs", overrides(name))
         print(f"zoo_w4: {name}: qat run exit {run.get('exit_code', 'skipped')}", flush=True)
-        harness = None if args.no_latency else \
+        measured = root / "harness" / name / "results.json"
+        harness = None if args.no_latency else json.loads(measured.read_text()) \
+            if reuse and measured.is_file() else \
             zoo.measure_host(root / name, root / "harness" / name)
         summaries.append(summary(name, root / name, run, harness))
     cpu = next((s["cpu"] for s in summaries if s["cpu"]), machine.summary())

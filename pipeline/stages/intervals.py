@@ -58,10 +58,19 @@ def rows(report) -> list[dict]:
     return out
 
 
+def ptq_candidates(ver) -> list[Variant]:
+    """The PTQ variants QAT is compared with: those at QAT's own precision, and of those the
+    full-integer ones when there are any (a peer that leaves ops float, e.g. aeq_w4a8_mse's
+    float pooling, is not a model at that precision; it is reported, not compared)."""
+    scored = ver.scored if ver else {}
+    ptq = Variant.ptq_like(scored, Variant.qat_of(scored))
+    full = [v for v in ptq if v in ver.variants and ver.variants[v].full_int8]
+    return full or ptq
+
+
 def best_ptq(report) -> Variant | None:
     ver = report.verified
-    scored = ver.scored if ver else {}
-    ptq = Variant.ptq_like(scored, Variant.qat_of(scored))  # PTQ at QAT's own precision
+    ptq = ptq_candidates(ver)
     return max(ptq, key=lambda v: (ver.scored[v].accuracy, -list(Variant).index(v)),
                default=None)
 
@@ -84,6 +93,7 @@ def qat_vs_best_ptq(report) -> dict | None:
     return {"qat": qat.value, "precision": qat.precision, "best_ptq": best.value,
             "ptq_accuracies": {v.value: ver.scored[v].accuracy
                                for v in Variant.ptq_like(ver.scored, qat)},
+            "ptq_compared": [v.value for v in ptq_candidates(ver)],
             "float_accuracy": fl, "qat_accuracy": q_acc, "best_ptq_accuracy": p_acc,
             "ptq_loss_pp": loss, "qat_loss_pp": 100 * (fl - q_acc),
             # share of the best PTQ's loss that QAT wins back (only when PTQ loses something)
@@ -177,5 +187,9 @@ def _comparison_line(c: dict) -> str:
                  f"{c['qat_recovery_pct']:.0f} % of it.")
     else:
         text += "PTQ loses nothing vs float here."
+    left = [f"`{v}`" for v in c["ptq_accuracies"] if v not in c["ptq_compared"]]
+    if left:
+        text += (f" Not compared: {', '.join(left)} (not full-integer: it keeps float ops; "
+                 "its row above).")
     return text + (" QAT is not worse beyond the interval." if c["qat_not_worse_beyond_ci"]
                    else " **QAT is worse beyond the interval.**")

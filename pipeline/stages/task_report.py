@@ -55,8 +55,7 @@ def rows(report) -> list[dict]:
 def best_ptq(report) -> Variant | None:
     key = _KEY[report.inputs.task.kind]
     ver = report.verified
-    scored = ver.scored if ver else {}
-    ptq = Variant.ptq_like(scored, Variant.qat_of(scored))  # PTQ at QAT's own precision
+    ptq = intervals.ptq_candidates(ver)  # at QAT's precision, full-integer when any is
     return min(ptq, key=lambda v: (ver.scored[v].metrics[key], list(Variant).index(v)),
                default=None)
 

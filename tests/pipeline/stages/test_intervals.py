@@ -26,7 +26,9 @@ def report_with(**wrong) -> SimpleNamespace:
     return SimpleNamespace(
         inputs=SimpleNamespace(dataset=SimpleNamespace(y_test=Y)),
         floats=SimpleNamespace(accuracy=0.9, score=scored("keras_float", [0, 1])),
-        verified=SimpleNamespace(scored=scores), conv=None)
+        verified=SimpleNamespace(scored=scores, variants={  # every file full-integer
+            v: SimpleNamespace(full_int8=v is not Variant.FLOAT32) for v in scores}),
+        conv=None)
 
 
 def test_best_ptq_is_the_most_accurate_and_qat_is_compared_with_it_paired():

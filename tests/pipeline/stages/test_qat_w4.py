@@ -202,3 +202,22 @@ def test_int8_weights_keeps_the_named_layers_8bit_in_a_4bit_model(env, trained_m
                        weight_bits=4)
     with pytest.raises(ConfigError, match="needs qat_w4a8"):
         config.from_dict({"annotate": {"int8_weights": ["logits"]}})
+
+
+def test_a_peer_that_keeps_float_ops_is_reported_not_compared():
+    """QAT is compared with the full-integer PTQs of its precision; a peer whose verdict is
+    "no" (aeq_w4a8_mse leaves pooling float) only when no full-integer one exists."""
+    from types import SimpleNamespace
+
+    from pipeline.stages import intervals
+
+    def result(full):
+        return SimpleNamespace(full_int8=full)
+    scored = {v: None for v in (Variant.FLOAT32, Variant.AEQ_W4A8, Variant.AEQ_W4A8_MSE,
+                                Variant.QAT_W4A8)}
+    ver = SimpleNamespace(scored=scored, variants={
+        Variant.AEQ_W4A8: result(True), Variant.AEQ_W4A8_MSE: result(False),
+        Variant.QAT_W4A8: result(True)})
+    assert intervals.ptq_candidates(ver) == [Variant.AEQ_W4A8]
+    ver.variants[Variant.AEQ_W4A8] = result(False)
+    assert intervals.ptq_candidates(ver) == [Variant.AEQ_W4A8, Variant.AEQ_W4A8_MSE]
