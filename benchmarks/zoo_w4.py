@@ -195,6 +195,8 @@ def run_mixed(name: str, root: Path, budget: float) -> dict:
     qat = "qat_w4a8" if "qat_w4a8" in sizes else "qat_int8"
     gate = next(g for g in report["gates"] if g["name"] == "max_accuracy_drop_pp")
     return {"model": name, "budget_pp": budget, "plan_exit": codes[0], "run_exit": codes[1],
+            "rule": plan["rule"], "plan_judged_drop_pp": plan["judged_drop_pp"],
+            "cpu": machine.summary(report["machine"]) if report.get("machine") else None,
             "int4_layers": plan["int4"], "float_layers": plan["float"],
             "plan_validation_drop_pp": plan["drop_pp"], "test_drop_pp": gate["value"],
             "meets_budget": gate["passed"], "qat_variant": qat, "qat_bytes": sizes[qat],
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             if reuse and measured.is_file() else \
             zoo.measure_host(root / name, root / "harness" / name)
         summaries.append(summary(name, root / name, run, harness))
-    cpu = next((s["cpu"] for s in summaries if s["cpu"]), machine.summary())
+    cpu = next((s["cpu"] for s in summaries + mixed if s["cpu"]), machine.summary())
     doc = {"schema_version": 1, "kind": "qat-deploy.zoo_w4", "cpu": cpu, "models": summaries,
            "w4_qat": {n: W4_QAT.get(n, []) for n in names}, "mixed": mixed,
            "targets": [t for s in summaries for t in targets(s)] +

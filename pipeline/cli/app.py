@@ -65,6 +65,9 @@ def _add_plan(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-accuracy-drop", type=float, required=True, metavar="PP",
                    help="accuracy the plan may lose vs the float model, in percentage points "
                    "(validation split; the recipe's gate holds the run to it on the test split)")
+    p.add_argument("--rule", choices=["ci95", "point"], default="ci95",
+                   help="how a plan's drop is judged: the upper end of its paired 95 %% "
+                   "interval (default; safe on small validation splits) or the measured drop")
     p.add_argument("--recipe-out", metavar="FILE",
                    help="where to write the plan's recipe (default: <run name>_plan.toml); a "
                    "JSON of the measurements goes beside it")

@@ -34,7 +34,8 @@ def _header(plan: mixed.Plan) -> str:
              f"# measured on the validation split ({plan.samples} samples, "
              f"{plan.evaluations} evaluations, {plan.seconds:.0f} s): float "
              f"{100 * plan.float_accuracy:.2f} %, all-int8 {100 * plan.int8_accuracy:.2f} %, "
-             f"this plan {100 * plan.accuracy:.2f} %",
+             f"this plan {100 * plan.accuracy:.2f} % (judged drop {plan.judged_drop_pp:+.2f} pp, "
+             f"rule {plan.rule})",
              f"# weights at 4 bits: {len(plan.int4)} layer(s), about "
              f"{plan.bytes_saved:,} bytes saved vs all-int8; float islands: "
              f"{', '.join(plan.float_layers) or 'none'}",
@@ -62,12 +63,14 @@ def cmd_plan(args, out) -> int:
     model = _float_model(cfg, inputs)
     s = inputs.splits
     bs = cfg.verify.batch_size
-    float_acc = verify.score_keras("float", model, s.x_val, s.y_val, bs, inputs.task).accuracy
+    scored = verify.score_keras("float", model, s.x_val, s.y_val, bs, inputs.task)
+    float_acc = scored.accuracy
     rep = data_mod.representative_sample(s.x_train, cfg.qat.range_init_samples or 256,
                                          cfg.seed)
     plan = mixed.search(model, cfg.annotate, s, rep, inputs.task,
-                        budget_pp=args.max_accuracy_drop, float_accuracy=float_acc,
-                        batch_size=bs, log=_log)
+                        budget_pp=args.max_accuracy_drop, rule=args.rule,
+                        float_right=mixed.right(scored.outputs, s.y_val), batch_size=bs,
+                        log=_log)
     planned = mixed.recipe(cfg, plan)
     atomic_write_bytes(path, (_header(plan) + planned.to_toml()).encode())
     doc = {"recipe": path, **plan.to_dict()}

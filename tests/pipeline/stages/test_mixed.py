@@ -5,6 +5,7 @@ same data, the same deterministic fake-quant: no tolerance)."""
 import numpy as np
 import pytest
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.records import Variant
 from pipeline.keras import ranges
 from pipeline.stages import annotate, config, mixed, verify
@@ -17,18 +18,28 @@ def splits(digits):
     return Splits(x[:1200], y[:1200], x[1200:], y[1200:])
 
 
-def _accuracy(model, policy, splits, rep) -> float:
+def _right(model, policy, splits, rep) -> np.ndarray:
     qat, _ = annotate.apply(model, policy, weight_bits=4)
     ranges.init_ranges(qat, rep)
-    return verify.score_keras("check", qat, splits.x_val, splits.y_val).accuracy
+    s = verify.score_keras("check", qat, splits.x_val, splits.y_val)
+    return np.argmax(s.outputs, axis=-1) == splits.y_val
+
+
+def _accuracy(model, policy, splits, rep) -> float:
+    return float(_right(model, policy, splits, rep).mean())
+
+
+def _float_right(model, splits) -> np.ndarray:
+    s = verify.score_keras("f", model, splits.x_val, splits.y_val)
+    return np.argmax(s.outputs, axis=-1) == splits.y_val
 
 
 def test_the_plan_fits_its_budget_and_its_numbers_are_measured(trained_model, splits):
     rep = splits.x_train[:128]
-    f_acc = verify.score_keras("f", trained_model, splits.x_val, splits.y_val).accuracy
+    f_right = _float_right(trained_model, splits)
     plan = mixed.search(trained_model, config.AnnotateConfig(), splits, rep,
-                        verify.CLASSIFICATION, budget_pp=1.0, float_accuracy=f_acc,
-                        log=lambda *_: None)
+                        verify.CLASSIFICATION, budget_pp=1.0, float_right=f_right,
+                        rule="point", log=lambda *_: None)
     names = [l.name for l in plan.layers]
     # candidates: the convs and the dense; depthwise stays 8-bit (annotate.W4_INT8_LAYERS)
     assert names == ["block1_conv", "block2_pw_conv", "block3_pw_conv", "logits"]
@@ -81,12 +92,41 @@ def _cancelling_mlp(env, splits):
 def test_float_islands_when_all_int8_misses_the_budget(env, splits):
     model = _cancelling_mlp(env, splits)
     rep = splits.x_train[:128]
-    f_acc = verify.score_keras("f", model, splits.x_val, splits.y_val).accuracy
+    f_right = _float_right(model, splits)
+    f_acc = f_right.mean()
     assert f_acc > 0.85
     plan = mixed.search(model, config.AnnotateConfig(), splits, rep, verify.CLASSIFICATION,
-                        budget_pp=2.0, float_accuracy=f_acc, log=lambda *_: None)
+                        budget_pp=2.0, float_right=f_right, rule="point", log=lambda *_: None)
     assert plan.int8_accuracy < f_acc - 0.5  # all-int8 is ruined by the head's range
     assert plan.float_layers == ["head"] and plan.to_dict()["within_budget"]
     cfg = mixed.recipe(config.Config(), plan)
     assert cfg.annotate.keep_float == ("head",)
     assert _accuracy(model, cfg.annotate, splits, rep) == plan.accuracy
+
+
+def test_the_default_rule_judges_the_upper_end_of_the_paired_interval(trained_model, splits):
+    """ci95: a plan fits when the paired 95 % interval's upper end of its drop vs float is
+    within the budget, re-computed here from a fresh annotate of the chosen plan."""
+    from pipeline.stages import stats
+
+    rep = splits.x_train[:128]
+    f_right = _float_right(trained_model, splits)
+    plan = mixed.search(trained_model, config.AnnotateConfig(), splits, rep,
+                        verify.CLASSIFICATION, budget_pp=3.0, float_right=f_right,
+                        log=lambda *_: None)
+    assert plan.rule == "ci95" and plan.fits
+    cfg = mixed.recipe(config.Config(), plan)
+    got = _right(trained_model, cfg.annotate, splits, rep)
+    upper = -100 * stats.paired("plan", got, "float", f_right).ci95[0]
+    assert plan.judged_drop_pp == pytest.approx(upper, abs=5e-4) and upper <= 3.0
+    assert plan.judged_drop_pp >= plan.drop_pp  # the interval's end, not the point
+    # a budget below what this validation split can resolve at 95 %: no search, all 8-bit
+    floor = -100 * stats.paired("f", f_right, "f", f_right).ci95[0]
+    tight = mixed.search(trained_model, config.AnnotateConfig(), splits, rep,
+                         verify.CLASSIFICATION, budget_pp=floor / 2, float_right=f_right,
+                         log=lambda *_: None)
+    assert not tight.int4 and not tight.float_layers and tight.evaluations == 1
+    assert f"cannot show a drop below {floor:.2f} pp" in tight.note
+    with pytest.raises(ConfigError, match="Unknown plan rule"):
+        mixed.search(trained_model, config.AnnotateConfig(), splits, rep,
+                     verify.CLASSIFICATION, budget_pp=1.0, float_right=f_right, rule="x")
