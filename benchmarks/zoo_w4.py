@@ -29,8 +29,9 @@ Targets (issue 14), PASS/FAIL:
 With ``--mixed PP``, each model also goes through mixed precision under that budget:
 ``qat plan NAME --max-accuracy-drop PP`` (from the float model the 4-bit run trained, when
 there is one: the same seeded training; per-layer 4-bit cost on the validation split, the
-greedy measured search; stages/mixed.py), then ``qat run`` of the recipe it wrote, whose gate
-holds the test split to the budget. Target: the run meets the budget; reported: the size it
+greedy measured search; stages/mixed.py), then ``qat run`` of the recipe it wrote (with the
+model's W4_QAT settings when the plan has 4-bit layers), whose gate holds the test split to
+the budget. Target: the run meets the budget; reported: the size it
 saved vs all-int8 (its qat file vs ptq_int8 of the same run).
 
 Writes ROOT/w4/zoo_w4.json and zoo_w4.md.
@@ -178,18 +179,21 @@ def run_mixed(name: str, root: Path, budget: float) -> dict:
     out = root / "mixed"
     out.mkdir(parents=True, exist_ok=True)
     recipe = out / f"{name}_plan.toml"
-    sets = [a for s in W4_QAT.get(name, []) for a in ("--set", s)]
     trained = root / name / "keras" / "float_model.h5"  # the 4-bit run's: not trained again
-    if trained.is_file():
-        sets += ["--model", str(trained), "--name", name]
+    model = ["--model", str(trained), "--name", name] if trained.is_file() else []
     t0, codes = time.perf_counter(), []
-    for cmd in (["plan", name, "--max-accuracy-drop", str(budget), "--recipe-out", str(recipe),
-                 "--output", str(out), "--quiet", *sets], ["run", str(recipe), "--quiet"]):
+
+    def call(cmd: list[str]) -> None:
         with open(out / f"{name}.{cmd[0]}.log", "w") as log:
             codes.append(subprocess.call([sys.executable, "-m", "pipeline", *cmd], cwd=REPO,
                                          env=zoo._child_env(), stdout=log,
                                          stderr=subprocess.STDOUT))
+    call(["plan", name, "--max-accuracy-drop", str(budget), "--recipe-out", str(recipe),
+          "--output", str(out), "--quiet", *model])
     plan = json.loads((out / f"{name}_plan.json").read_text())
+    # the model's 4-bit QAT settings when the plan has 4-bit layers; its own recipe's if not
+    sets = [a for s in W4_QAT.get(name, []) for a in ("--set", s)] if plan["int4"] else []
+    call(["run", str(recipe), "--quiet", *sets])
     report = json.loads((out / name / "report.json").read_text())
     sizes = {v["variant"]: v["size_bytes"] for v in report["variants"]}
     qat = "qat_w4a8" if "qat_w4a8" in sizes else "qat_int8"
