@@ -18,7 +18,8 @@ def test_plan_refuses_a_bad_budget_or_recipe_path(tmp_path, capsys):
 
 def test_plan_then_run_the_recipe(tmp_path, capsys):
     recipe = tmp_path / "plan.toml"
-    common = ["--output", str(tmp_path / "art"), "--quiet", "--set", "model.float_epochs=20"]
+    common = ["--output", str(tmp_path / "art"), "--quiet", "--set", "model.float_epochs=20",
+              "--set", "qat.epochs=1"]
     assert main(parse_args(["plan", "digits_cnn", "--max-accuracy-drop", "1",
                             "--recipe-out", str(recipe), *common])) == 0
     assert "weight bytes saved vs all-int8" in capsys.readouterr().out
