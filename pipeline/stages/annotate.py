@@ -13,10 +13,10 @@
    (``weight_bits=4``, the qat_w4a8 variant), its ``DefaultNBitQuantizeScheme`` with 4-bit
    weights and 8-bit activations: the same registry and transforms (Conv2D per channel,
    Dense per tensor; DepthwiseConv2D keeps 8-bit weights, as the aeq_w4a8 peer does), and
-   fallback weights at 4 bits too. TF 2.21's converter
-   turns those 4-bit fake-quantized weights into INT4 tensors (packed two a byte).
-   Dense stays per tensor: a per-channel Dense kernel makes the converter fail ("'tfl.transpose'
-   op has mismatched quantized axes", measured with TF 2.21).
+   fallback weights at 4 bits too. TF 2.21's converter turns those 4-bit fake-quantized
+   weights into INT4 tensors (packed two a byte). Dense stays per tensor: a per-channel
+   Dense kernel makes the converter fail ("'tfl.transpose' op has mismatched quantized
+   axes", measured with TF 2.21).
 """
 
 from __future__ import annotations
@@ -264,12 +264,22 @@ def apply(model, policy=None, *, weight_bits: int = 8):  # long: annotate, apply
     return qat_model, coverage
 
 
+def weight_quantizers(qat_model) -> dict[str, list]:
+    """Wrapped layer name -> the tfmot weight quantizers of its QuantizeWrapper (each has a
+    ``num_bits``)."""
+    out = {}
+    for layer in graph.all_layers(qat_model):
+        quantizers = [q for _, q, _ in getattr(layer, "_weight_vars", None) or ()]
+        if quantizers:
+            out[getattr(layer.layer, "name", layer.name)] = quantizers
+    return out
+
+
 def weight_bits_of(qat_model) -> int:
     """The fewest bits any weight of a QAT model is fake-quantized to (8 when none is):
-    4 for a model trained as qat_w4a8. Read from tfmot's wrappers' weight quantizers."""
-    bits = [getattr(quantizer, "num_bits", 8) for layer in graph.all_layers(qat_model)
-            for _, quantizer, _ in getattr(layer, "_weight_vars", None) or ()]
-    return min(bits, default=8)
+    4 for a model trained as qat_w4a8."""
+    return min((getattr(q, "num_bits", 8) for qs in weight_quantizers(qat_model).values()
+                for q in qs), default=8)
 
 
 def failing_layer(exc: BaseException, models: list):

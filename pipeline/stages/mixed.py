@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.records import Variant
-from pipeline.keras import graph, ranges
+from pipeline.keras import ranges
 from pipeline.keras.plan import LayerStatus
 from pipeline.stages import annotate, metrics, stats, verify
 
@@ -113,11 +113,8 @@ class _Scorer:
         self.policy = replace(policy, int8_weights=())
         self.x_val, self.y_val, self.x_rep, self.batch_size = x_val, y_val, x_rep, batch_size
         self.qat, _ = annotate.apply(model, self.policy, weight_bits=4)
-        self.quantizers = {}
-        for layer in graph.all_layers(self.qat):
-            inner = getattr(getattr(layer, "layer", None), "name", None)
-            if inner in names:
-                self.quantizers[inner] = [q for _, q, _ in layer._weight_vars]
+        self.quantizers = {n: qs for n, qs in annotate.weight_quantizers(self.qat).items()
+                           if n in names}
         self.count = 0
 
     def __call__(self, int4: set[str], keep_float: set[str] = frozenset()) -> np.ndarray:
