@@ -55,6 +55,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import zoo  # noqa: E402  (after the path set-up)
 from pipeline.core import machine  # noqa: E402
+from pipeline.core.records import Variant  # noqa: E402
 from pipeline.core.artifacts import atomic_write_bytes  # noqa: E402
 from pipeline.stages import stats  # noqa: E402
 
@@ -218,6 +219,11 @@ def mixed_targets(m: dict) -> list[dict]:
                         f"ptq_int8 {m['ptq_int8_bytes']:,} B (saved {m['bytes_saved_vs_int8']:,})")]
 
 
+def _fi8(variant: str, full: bool | None) -> str:
+    return "—" if full is None else f"{full} (weight-only)" \
+        if Variant(variant).is_weight_only else str(full)
+
+
 def _num(v, fmt: str) -> str:
     return "—" if v is None else format(v, fmt)
 
@@ -234,7 +240,7 @@ def markdown(doc: dict) -> str:
                          f"{r['size_bytes']:,} | {r['size_bytes'] / base:.2f} | "
                          f"{_num(r['host_p50_us'], '.1f')} | "
                          f"{_num(r['host_ratio_to_float32'], '.2f')} | "
-                         f"{'—' if r['full_int8'] is None else r['full_int8']} |")
+                         f"{_fi8(name, r['full_int8'])} |")
     lines += ["", "| model | test n | float % | best 4-bit PTQ | its loss (pp) | QAT w4a8 loss "
               "(pp) | QAT recovery [95 % CI] |", "|---|---:|---:|---|---:|---:|---|"]
     for s in doc["models"]:

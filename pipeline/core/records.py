@@ -19,9 +19,11 @@ class Variant(str, enum.Enum):
     post-training quantizations (the TFLite converter's, then ai-edge-quantizer's, a peer made
     from float32.tflite by another tool), the QAT model, the converter's 16x8 PTQ (int16
     activations, int8 weights), and the 4-bit-weight ones: ai-edge-quantizer's INT4-weight PTQ
-    (min/max scales, and MSE-optimal scales) and QAT with 4-bit weights. QAT is compared with
-    the PTQ of its own precision (``precision``): qat_int8 with ptq_int8 / aeq_int8, qat_w4a8
-    with aeq_w4a8 / aeq_w4a8_mse."""
+    (min/max scales, and MSE-optimal scales) and QAT with 4-bit weights, then
+    ai-edge-quantizer's weight-only INT4 (float activations: the weights are dequantized and
+    the ops compute in float). QAT is compared with the PTQ of its own precision
+    (``precision``): qat_int8 with ptq_int8 / aeq_int8, qat_w4a8 with aeq_w4a8 / aeq_w4a8_mse;
+    the weight-only ones (w4afp32) are reported beside them, not compared."""
 
     FLOAT32 = "float32"
     PTQ_INT8 = "ptq_int8"
@@ -31,6 +33,8 @@ class Variant(str, enum.Enum):
     AEQ_W4A8 = "aeq_w4a8"  # ai-edge-quantizer: INT4 weights, int8 activations (a peer)
     QAT_W4A8 = "qat_w4a8"  # QAT with 4-bit weights: INT4 weight tensors, int8 activations
     AEQ_W4A8_MSE = "aeq_w4a8_mse"  # aeq_w4a8 with each weight scale chosen for least MSE
+    AEQ_W4AFP32 = "aeq_w4afp32"  # ai-edge-quantizer weight-only: INT4 weights, float compute
+    AEQ_W4AFP32_MSE = "aeq_w4afp32_mse"  # aeq_w4afp32 with MSE-optimal weight scales
 
     @property
     def filename(self) -> str:
@@ -38,25 +42,35 @@ class Variant(str, enum.Enum):
 
     @property
     def is_int8(self) -> bool:
-        """Quantized (int8, or int16 activations for 16x8): has a full-integer verdict."""
+        """Quantized (int8 or int4 weights; int8, int16 or float activations): has a
+        full-integer verdict (always "no" for a weight-only one, whose activations are float)."""
         return self is not Variant.FLOAT32
 
     @property
     def activations(self) -> str:
-        """The integer type its activations should have: "int8", "int16" (16x8) or ""."""
-        return {Variant.FLOAT32: "", Variant.PTQ_16X8: "int16"}.get(self, "int8")
+        """The type its activations should have: "int8", "int16" (16x8), "fp32" (a weight-only
+        quantization) or "" (the float model)."""
+        return {Variant.FLOAT32: "", Variant.PTQ_16X8: "int16", Variant.AEQ_W4AFP32: "fp32",
+                Variant.AEQ_W4AFP32_MSE: "fp32"}.get(self, "int8")
 
     @property
     def weight_bits(self) -> int:
         """Bits of its conv / fully-connected weights: 32 (float), 8 or 4."""
-        return 4 if self in (Variant.AEQ_W4A8, Variant.QAT_W4A8, Variant.AEQ_W4A8_MSE) else \
+        return 4 if self in (Variant.AEQ_W4A8, Variant.QAT_W4A8, Variant.AEQ_W4A8_MSE,
+                             Variant.AEQ_W4AFP32, Variant.AEQ_W4AFP32_MSE) else \
             32 if self is Variant.FLOAT32 else 8
 
     @property
     def precision(self) -> str:
-        """"float", "w8a8", "w8a16" or "w4a8": which variants are compared with each other."""
+        """"float", "w8a8", "w8a16", "w4a8" or "w4afp32" (weight-only): which variants are
+        compared with each other."""
         return "float" if self is Variant.FLOAT32 else \
             f"w{self.weight_bits}a{self.activations.removeprefix('int')}"
+
+    @property
+    def is_weight_only(self) -> bool:
+        """Integer weights, float activations and compute (dequantized before each op)."""
+        return self.activations == "fp32"
 
     @property
     def is_qat(self) -> bool:
@@ -72,7 +86,7 @@ class Variant(str, enum.Enum):
     @property
     def is_peer(self) -> bool:
         """Made by another tool, for comparison: verified and reported, never gated on."""
-        return self in (Variant.AEQ_INT8, Variant.AEQ_W4A8, Variant.AEQ_W4A8_MSE)
+        return self.value.startswith("aeq_")  # ai-edge-quantizer's
 
     @staticmethod
     def qat_of(variants) -> "Variant | None":

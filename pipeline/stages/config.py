@@ -152,8 +152,8 @@ class ConvertConfig:
     representative_samples: int = 200  # drawn from the train split, for PTQ calibration (both)
     io: str = "int8"  # int8 input/output tensors (phone-friendly) or float (QUANTIZE at the edges)
     # auto: zoo runs that convert ptq_int8 add the PTQ peer aeq_int8, and runs of qat_w4a8
-    # the 4-bit peers aeq_w4a8 / aeq_w4a8_mse, when ai-edge-quantizer is installed (a note
-    # when not);
+    # the 4-bit peers aeq_w4a8 / aeq_w4a8_mse and the weight-only aeq_w4afp32 /
+    # aeq_w4afp32_mse, when ai-edge-quantizer is installed (a note when not);
     # off: only convert.variants (stages/peers.py)
     peers: str = "auto"
 

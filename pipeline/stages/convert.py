@@ -157,7 +157,13 @@ def convert(variant: Variant, model, *, representative: np.ndarray | None = None
     view = TFLiteModel.from_bytes(content, source=variant.filename)
     if variant.is_qat:
         check_weight_bits(variant, view)
-    verdict = view.verdict(allow_float_io=(io == "float"), activations=variant.activations) \
+    elif variant.weight_bits == 4 and not view.size_breakdown().get("int4_weights", 0):
+        raise ConversionError(f"{variant}: {peers.PACKAGE} wrote no INT4 weight tensor",
+                              f"{view.file_size:,} bytes, no INT4 tensor",
+                              f"Drop {variant} for this model")
+    # a weight-only file is judged as int8 too: "no", its activations are float by design
+    judged = "int16" if variant.activations == "int16" else "int8"
+    verdict = view.verdict(allow_float_io=(io == "float"), activations=judged) \
         if variant.is_int8 else None
     return Converted(variant, content, view, verdict, seconds)
 

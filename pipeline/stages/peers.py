@@ -11,6 +11,13 @@ are its own default: each sample's min/max, combined by a moving average (smooth
 ai-edge-quantizer chooses the input/output types itself (int8 with this recipe); the report
 shows them, and the full-int8 verdict judges the file like any other.
 
+The 4-bit peers (``W4_PEERS``) use the same tool at 4-bit weights: ``aeq_w4a8`` /
+``aeq_w4a8_mse`` (static: int8 activations, the precision of qat_w4a8, compared with it) and
+``aeq_w4afp32`` / ``aeq_w4afp32_mse`` (its weight-only recipe ``weight_only_wi4_afp32``: INT4
+weights, each dequantized by a DEQUANTIZE op before its op, which computes in float; no
+calibration). A weight-only file is not full-integer by design; it is reported beside QAT
+as the other way to a 4-bit file, not compared as its PTQ.
+
 The peer is compared, never gated on (gates.evaluate skips peers). Importing
 ai_edge_quantizer 0.10 does not import TensorFlow (it runs models with ai-edge-litert;
 tests/pipeline/stages/test_peers.py checks it), so no keras_env.load() is needed before it.
@@ -45,13 +52,18 @@ RECIPE = "static_wi8_ai8"
 # weights, so the file stays full-int8.
 W4_INT8_OPS = ("DEPTHWISE_CONV_2D",)
 INSTALL = "pip install 'qat-deploy[zoo]' (in a checkout: make venv)"
-PEERS = (Variant.AEQ_INT8, Variant.AEQ_W4A8, Variant.AEQ_W4A8_MSE)
+PEERS = tuple(v for v in Variant if v.is_peer)
 # ai-edge-quantizer's algorithm for each peer's weights. MSE: each weight scale chosen for
 # the least squared error (measured with 0.10 on kws_dscnn: +1.7 pp over min/max at 4 bits).
 # Its GPTQ and Hadamard-rotation algorithms were measured too and left out: in 0.10 they
 # quantize FULLY_CONNECTED only, so a CNN's convs stay float (files near float32's size).
 ALGORITHMS = {Variant.AEQ_INT8: "MIN_MAX_UNIFORM_QUANT", Variant.AEQ_W4A8: "MIN_MAX_UNIFORM_QUANT",
-              Variant.AEQ_W4A8_MSE: "MSE"}  # its AlgorithmName members
+              Variant.AEQ_W4A8_MSE: "MSE", Variant.AEQ_W4AFP32: "MIN_MAX_UNIFORM_QUANT",
+              Variant.AEQ_W4AFP32_MSE: "MSE"}  # its AlgorithmName members
+# the peers auto-added before qat_w4a8: the static ones (its precision, compared) and the
+# weight-only ones (float activations: reported beside it, a smaller-file alternative)
+W4_PEERS = (Variant.AEQ_W4A8, Variant.AEQ_W4A8_MSE, Variant.AEQ_W4AFP32,
+            Variant.AEQ_W4AFP32_MSE)
 
 
 def available() -> bool:
@@ -78,8 +90,8 @@ def require(why: str = "convert.variants lists aeq_int8",
 def resolve(variants: tuple[Variant, ...], peers: str, zoo: bool, log) -> tuple[Variant, ...]:
     """The variants a run converts: the configured ones (a listed peer must be installed),
     plus, with ``peers == "auto"`` on a zoo model, the installed peer of each precision it
-    converts: aeq_int8 right after ptq_int8, aeq_w4a8 right before qat_w4a8 (a missing one is
-    skipped with a logged note)."""
+    converts: aeq_int8 right after ptq_int8, the 4-bit ones (W4_PEERS) right before qat_w4a8
+    (a missing one is skipped with a logged note)."""
     for v in variants:
         if v.is_peer:
             require(f"convert.variants lists {v}", v)
@@ -88,8 +100,7 @@ def resolve(variants: tuple[Variant, ...], peers: str, zoo: bool, log) -> tuple[
     out = list(variants)
     # (the variant it is a peer of, the peer): the 4-bit peer is QAT w4a8's comparison
     for after, peer in ((Variant.PTQ_INT8, Variant.AEQ_INT8),
-                        (Variant.QAT_W4A8, Variant.AEQ_W4A8),
-                        (Variant.QAT_W4A8, Variant.AEQ_W4A8_MSE)):
+                        *((Variant.QAT_W4A8, p) for p in W4_PEERS)):
         if after not in out or peer in out:
             continue
         if not available():
@@ -136,10 +147,18 @@ def _recipe(variant: Variant):
     rp = recipe_manager.RecipeManager()
     names = algorithm_manager.AlgorithmName
     algo = getattr(names, ALGORITHMS[variant])
-    rp.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+    ops = qtyping.TFLOperationName
+    if variant.is_weight_only:  # its weight_only_wi4_afp32() recipe, depthwise at 8 bits
+        rp.add_weight_only_config(regex=".*", operation_name=ops.ALL_SUPPORTED, num_bits=4,
+                                  algorithm_key=algo)
+        for op in W4_INT8_OPS:
+            rp.add_weight_only_config(regex=".*", operation_name=getattr(ops, op), num_bits=8,
+                                      algorithm_key=names.MIN_MAX_UNIFORM_QUANT)
+        return rp.get_quantization_recipe()
+    rp.add_static_config(regex=".*", operation_name=ops.ALL_SUPPORTED,
                          activation_num_bits=8, weight_num_bits=4, algorithm_key=algo)
     for op in W4_INT8_OPS:
-        rp.add_static_config(regex=".*", operation_name=getattr(qtyping.TFLOperationName, op),
+        rp.add_static_config(regex=".*", operation_name=getattr(ops, op),
                              activation_num_bits=8, weight_num_bits=8,
                              algorithm_key=names.MIN_MAX_UNIFORM_QUANT)
     return rp.get_quantization_recipe()
@@ -147,11 +166,12 @@ def _recipe(variant: Variant):
 
 def quantize(float_tflite: bytes, representative,
              variant: Variant = Variant.AEQ_INT8) -> bytes:
-    """The peer ``variant`` (aeq_int8, aeq_w4a8, aeq_w4a8_mse) from the float32 .tflite,
-    calibrated on ``representative`` ((N, ...) array, or
-    {input name: (N, ...) array} for a model with several inputs)."""
+    """The peer ``variant`` (one of PEERS) from the float32 .tflite, calibrated on
+    ``representative`` ((N, ...) array, or {input name: (N, ...) array} for a model with
+    several inputs; a weight-only peer has no activation to calibrate and ignores it)."""
     require(f"{variant} was asked for", variant)
-    if representative is None or len(representative) == 0:
+    calibrated = not variant.is_weight_only
+    if calibrated and (representative is None or len(representative) == 0):
         raise ConversionError(f"{variant} needs a representative dataset", "0 samples",
                               "Set convert.representative_samples >= 1")
     from ai_edge_litert import interpreter as tfl  # lazy: only with the zoo extra's peer
@@ -162,7 +182,7 @@ def quantize(float_tflite: bytes, representative,
         raise ConversionError(f"{variant} needs a model with one signature",
                               f"signatures {sigs}", f"Drop {variant} for this model")
     key, sig = next(iter(sigs.items()))
-    samples = _samples(sig, representative, variant)
+    samples = _samples(sig, representative, variant) if calibrated else None
     try:
         # its progress bars go to stderr, LiteRT's delegate lines to the C++ streams, and
         # "experimental_preserve_all_tensors is for debugging" is its calibrator's own choice
@@ -170,7 +190,8 @@ def quantize(float_tflite: bytes, representative,
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore", UserWarning)
             q = quantizer.Quantizer(bytearray(float_tflite), _recipe(variant))
-            result = q.quantize(q.calibrate({key: samples}), enable_progress_report=False)
+            ranges = q.calibrate({key: samples}) if calibrated else None
+            result = q.quantize(ranges, enable_progress_report=False)
     except Exception as exc:  # its internals raise ValueError, RuntimeError, KeyError, ...
         raise ConversionError(f"{PACKAGE} failed to quantize the float32 model",
                               first_line(exc, 300), f"Drop {variant} for this model")
@@ -179,10 +200,14 @@ def quantize(float_tflite: bytes, representative,
 
 def describe(samples: int, variant: Variant = Variant.AEQ_INT8) -> dict:
     """What report.json says about how the peer was made."""
+    int8_ops = f"{', '.join(W4_INT8_OPS)}: 8-bit weights"
     recipe = RECIPE if variant is Variant.AEQ_INT8 else \
-        f"static weight_num_bits=4 activation_num_bits=8 ({', '.join(W4_INT8_OPS)}: 8-bit weights)"
+        f"weight_only num_bits=4, float activations and compute ({int8_ops})" \
+        if variant.is_weight_only else \
+        f"static weight_num_bits=4 activation_num_bits=8 ({int8_ops})"
+    calibration = "none: weight-only, activations stay float" if variant.is_weight_only \
+        else (f"{samples} samples, one per step, the same as ptq_int8's; ranges: per-sample "
+              "min/max, moving average (smoothing 0.95)")
     return {"variant": variant.value, "tool": PACKAGE, "version": version(),
             "recipe": recipe, "algorithm": ALGORITHMS[variant].lower(),
-            "calibration": f"{samples} samples, one per step, the same as ptq_int8's; "
-                           "ranges: per-sample min/max, moving average (smoothing 0.95)",
-            "source": "float32.tflite"}
+            "calibration": calibration, "source": "float32.tflite"}

@@ -222,7 +222,8 @@ def _variants(r: Report) -> list[str]:
     for variant, v in (r.verified.variants.items() if r.verified else ()):
         a = agree.get(v.variant)
         ratio = f"{v.size_bytes / base:.3f}" if base else "—"
-        fi8 = "—" if v.full_int8 is None else ("yes" if v.full_int8 else "**no**")
+        fi8 = "—" if v.full_int8 is None else "yes" if v.full_int8 else \
+            "no: weight-only" if variant.is_weight_only else "**no**"
         lines.append(
             f"| `{v.variant}.tflite` | {v.size_bytes:,} | {ratio} | "
             f"{score(r.verified.scored[variant])} | "
@@ -309,10 +310,8 @@ def _islands(r: Report) -> list[str]:
 
 def _findings(r: Report) -> list[str]:
     not_int8 = [v for v in r.variant_rows() if v.full_int8 is False]
-    if not not_int8:
-        return []
-    return ["", "## Full-int8 findings", ""] + \
-        [f"- `{v.variant}`: " + "; ".join(v.full_int8_reasons) for v in not_int8]
+    return ["", "## Full-int8 findings", ""] + [
+        f"- `{v.variant}`: " + "; ".join(v.full_int8_reasons) for v in not_int8] if not_int8 else []
 
 
 def _feeding(r: Report) -> list[str]:

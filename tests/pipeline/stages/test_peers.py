@@ -32,6 +32,10 @@ def test_auto_adds_the_peer_after_ptq_int8_on_zoo_runs_only():
     assert peers.resolve(DEFAULT_VARIANTS, "off", True, notes.append) == DEFAULT_VARIANTS
     assert peers.resolve((F, Q), "auto", True, notes.append) == (F, Q)  # no PTQ to compare
     assert peers.resolve((F, A), "off", False, notes.append) == (F, A)  # asked for: made
+    W4 = Variant.QAT_W4A8  # the 4-bit run: the static and weight-only 4-bit peers before it
+    assert peers.resolve((F, P, W4), "auto", True, notes.append) == (
+        F, P, A, Variant.AEQ_W4A8, Variant.AEQ_W4A8_MSE, Variant.AEQ_W4AFP32,
+        Variant.AEQ_W4AFP32_MSE, W4)
     assert notes == []
 
 
@@ -114,6 +118,75 @@ def test_aeq_4bit_peers_store_int4_weights(tflite_variants, digits, variant):
         assert t.data_size == -(-int(np.prod(t.shape)) // 2)  # two 4-bit values a byte
     int4 = c.model.size_breakdown()["int4_weights"]
     assert 0 < int4 and c.size < aeq8.size
+    _accurate(variant, c, f32, digits)
+
+
+def _constants(content: bytes) -> dict[str, tuple[np.ndarray, str, np.ndarray | None, int]]:
+    """name -> (values, type, per-channel scales or None, quantized axis) of every constant
+    FLOAT32 / INT8 / INT4 tensor, read with LiteRT's own generated schema (INT4 unpacked two a
+    byte, low nibble first)."""
+    from ai_edge_litert import schema_py_generated as s
+
+    from tests import tflite_craft
+
+    m, out = tflite_craft.unpack(content), {}
+    names = {s.TensorType.FLOAT32: "FLOAT32", s.TensorType.INT8: "INT8", s.TensorType.INT4: "INT4"}
+    for t in m.subgraphs[0].tensors:
+        data = m.buffers[t.buffer].data
+        if t.type not in names or data is None or not len(data):
+            continue
+        raw = np.frombuffer(bytes(data), np.uint8)
+        if t.type == s.TensorType.INT4:
+            nib = np.stack([raw & 0xF, raw >> 4], 1).reshape(-1).astype(np.int8)
+            v = np.where(nib > 7, nib - 16, nib)[:int(np.prod(t.shape))]
+        else:
+            v = raw.view(np.float32 if t.type == s.TensorType.FLOAT32 else np.int8)
+        q = t.quantization
+        scale = None if q is None or q.scale is None else np.asarray(q.scale, np.float64)
+        out[t.name.decode()] = (v.reshape(t.shape), names[t.type], scale,
+                                0 if q is None else int(q.quantizedDimension))
+    return out
+
+
+@needs_aeq
+@pytest.mark.parametrize("variant", [Variant.AEQ_W4AFP32, Variant.AEQ_W4AFP32_MSE])
+def test_aeq_weight_only_peers_hold_int4_and_compute_in_float(tflite_variants, digits,
+                                                               variant):
+    """ai-edge-quantizer's weight-only recipe: CONV_2D / FULLY_CONNECTED weights INT4 (per
+    output channel), DEPTHWISE_CONV_2D int8, each dequantized by a DEQUANTIZE op before its op;
+    every activation float, so the verdict is "no" by design. With min/max scales s =
+    max|w| / 7 (int8: / 127), each stored weight is within half a step of the float model's:
+    |s q - w| <= s / 2, up to float32 rounding of s q (1e-6 relative, allowed). The MSE
+    algorithm chooses other scales (measured on this model: 0.8 to 1.8x max/7), so only its
+    layout is checked, and that it runs."""
+    f32, c = tflite_variants[F], tflite_variants[variant]
+    sg = c.model.main
+    assert not c.verdict.full_int8 and c.verdict.float_activations
+    assert all(t.dtype == "FLOAT32" for t in sg.tensors if not t.is_constant)
+    made_by = {o: op for op in sg.operators for o in op.outputs}
+    stored, ref = _constants(c.content), _constants(f32.content)
+    want = {"CONV_2D": "INT4", "FULLY_CONNECTED": "INT4", "DEPTHWISE_CONV_2D": "INT8"}
+    seen = set()
+    for op in (op for op in sg.operators if op.opcode in want):
+        dq = made_by[op.inputs[1]]
+        assert dq.opcode == "DEQUANTIZE"
+        name = sg.tensors[dq.inputs[0]].name
+        q, dtype, scale, axis = stored[name]
+        assert dtype == want[op.opcode], (op.opcode, name)
+        seen.add(op.opcode)
+        w = ref[name][0].astype(np.float64)  # the same tensor, float, in float32.tflite
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        s = scale.reshape(shape)
+        if variant is Variant.AEQ_W4AFP32:
+            levels = 7 if dtype == "INT4" else 127
+            other = tuple(i for i in range(w.ndim) if i != axis)
+            np.testing.assert_allclose(s, np.abs(w).max(axis=other, keepdims=True) / levels,
+                                       rtol=1e-6)
+            assert np.all(np.abs(s * q - w) <= s / 2 * (1 + 1e-6)), name
+    assert seen == set(want)
+    assert c.size < f32.size and c.model.size_breakdown()["int4_weights"] > 0
+    assert peers.describe(100, variant)["calibration"].startswith("none")
     _accurate(variant, c, f32, digits)
 
 

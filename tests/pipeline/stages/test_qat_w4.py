@@ -138,6 +138,8 @@ def test_variant_precisions_pair_qat_with_its_own_ptq():
     assert Variant.ptq_like(list(Variant), Variant.QAT_INT8) == [Variant.PTQ_INT8,
                                                                  Variant.AEQ_INT8]
     assert Variant.PTQ_16X8.precision == "w8a16"  # compared with no QAT variant
+    assert Variant.AEQ_W4AFP32.precision == Variant.AEQ_W4AFP32_MSE.precision == "w4afp32"
+    assert Variant.AEQ_W4AFP32.is_peer and Variant.AEQ_W4AFP32.is_weight_only
     assert Variant.qat_of([Variant.FLOAT32, Variant.QAT_W4A8]) is Variant.QAT_W4A8
 
 
@@ -170,7 +172,8 @@ def test_qat_run_at_4_bits_compares_with_the_4bit_ptq(w4_run):
     rep = json.loads((run / "report.json").read_text())
     assert sorted(p.name for p in run.glob("*.tflite")) == sorted(
         ["float32.tflite", "ptq_int8.tflite", "qat_w4a8.tflite"] +
-        (["aeq_int8.tflite", "aeq_w4a8.tflite", "aeq_w4a8_mse.tflite"]
+        (["aeq_int8.tflite", "aeq_w4a8.tflite", "aeq_w4a8_mse.tflite", "aeq_w4afp32.tflite",
+          "aeq_w4afp32_mse.tflite"]
          if peers.available() else []))
     gates_ = {g["name"] for g in rep["gates"]}
     assert {"max_accuracy_drop_pp", "min_agreement", "full_int8[qat_w4a8]"} <= gates_
@@ -179,6 +182,9 @@ def test_qat_run_at_4_bits_compares_with_the_4bit_ptq(w4_run):
     if peers.available():
         assert cmp["qat"] == "qat_w4a8" and cmp["precision"] == "w4a8"
         assert set(cmp["ptq_accuracies"]) == {"aeq_w4a8", "aeq_w4a8_mse"}
+        # the weight-only peers: in the table, marked, and not compared (float activations)
+        md = (run / "report.md").read_text()
+        assert "| `aeq_w4afp32.tflite` |" in md and md.count("| no: weight-only |") == 2
         assert cmp["best_ptq"] == max(cmp["ptq_accuracies"], key=cmp["ptq_accuracies"].get)
     else:  # no PTQ at 4 bits to compare with
         assert cmp is None
