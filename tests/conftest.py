@@ -103,15 +103,16 @@ def qat_w4_model(env, trained_model, digits, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tflite_variants(trained_model, qat_model, qat_w4_model, digits):
     """Every variant's bytes of the same trained model (qat_int8 / qat_w4a8 from its 8-bit /
-    4-bit QAT fine-tune); the peers (aeq_int8, aeq_w4a8) when ai-edge-quantizer is
-    installed."""
+    4-bit QAT fine-tune); the peers (aeq_int8, the 4-bit and weight-only ones) when
+    ai-edge-quantizer is installed."""
     from pipeline.stages import convert, peers
     from pipeline.core.records import Variant
 
     rep = digits["x_train"][:100]
     source = {Variant.QAT_INT8: qat_model, Variant.QAT_W4A8: qat_w4_model}
     return {v: convert.convert(v, source.get(v, trained_model), representative=rep)
-            for v in Variant if not v.is_peer or peers.available()}
+            for v in Variant if (not v.is_peer or peers.available())
+            and v is not Variant.AEQ_MIXED}  # aeq_mixed needs a plan: test_mixed_ptq
 
 
 @pytest.fixture(scope="session")

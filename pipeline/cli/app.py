@@ -68,6 +68,10 @@ def _add_plan(sub) -> argparse.ArgumentParser:
     p.add_argument("--rule", choices=["ci95", "point"], default="ci95",
                    help="how a plan's drop is judged: the upper end of its paired 95 %% "
                    "interval (default; safe on small validation splits) or the measured drop")
+    p.add_argument("--ptq", action="store_true",
+                   help="plan post-training quantization per op instead (ai-edge-quantizer: "
+                   "int4 / int8 / 16x8 / float per op, measured with LiteRT); the recipe "
+                   "adds it to the run as aeq_mixed beside QAT")
     p.add_argument("--recipe-out", metavar="FILE",
                    help="where to write the plan's recipe (default: <run name>_plan.toml); a "
                    "JSON of the measurements goes beside it")

@@ -35,6 +35,7 @@ class Variant(str, enum.Enum):
     AEQ_W4A8_MSE = "aeq_w4a8_mse"  # aeq_w4a8 with each weight scale chosen for least MSE
     AEQ_W4AFP32 = "aeq_w4afp32"  # ai-edge-quantizer weight-only: INT4 weights, float compute
     AEQ_W4AFP32_MSE = "aeq_w4afp32_mse"  # aeq_w4afp32 with MSE-optimal weight scales
+    AEQ_MIXED = "aeq_mixed"  # ai-edge-quantizer with a per-op recipe (`qat plan --ptq`)
 
     @property
     def filename(self) -> str:
@@ -48,10 +49,10 @@ class Variant(str, enum.Enum):
 
     @property
     def activations(self) -> str:
-        """The type its activations should have: "int8", "int16" (16x8), "fp32" (a weight-only
-        quantization) or "" (the float model)."""
+        """The type its activations should have: "int8", "int16" (16x8), "mixed" (int8 or
+        int16 per op), "fp32" (a weight-only quantization) or "" (the float model)."""
         return {Variant.FLOAT32: "", Variant.PTQ_16X8: "int16", Variant.AEQ_W4AFP32: "fp32",
-                Variant.AEQ_W4AFP32_MSE: "fp32"}.get(self, "int8")
+                Variant.AEQ_W4AFP32_MSE: "fp32", Variant.AEQ_MIXED: "mixed"}.get(self, "int8")
 
     @property
     def weight_bits(self) -> int:
@@ -62,9 +63,9 @@ class Variant(str, enum.Enum):
 
     @property
     def precision(self) -> str:
-        """"float", "w8a8", "w8a16", "w4a8" or "w4afp32" (weight-only): which variants are
-        compared with each other."""
-        return "float" if self is Variant.FLOAT32 else \
+        """"float", "w8a8", "w8a16", "w4a8", "w4afp32" (weight-only) or "mixed" (per op):
+        which variants are compared with each other."""
+        return "float" if self is Variant.FLOAT32 else "mixed" if self is Variant.AEQ_MIXED else \
             f"w{self.weight_bits}a{self.activations.removeprefix('int')}"
 
     @property

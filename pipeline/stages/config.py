@@ -156,6 +156,8 @@ class ConvertConfig:
     # aeq_w4afp32_mse, when ai-edge-quantizer is installed (a note when not);
     # off: only convert.variants (stages/peers.py)
     peers: str = "auto"
+    # aeq_mixed's per-op ai-edge-quantizer recipe (JSON), as `qat plan --ptq` writes it
+    aeq_recipe: str = ""
 
     def __post_init__(self):
         for v in self.variants:
@@ -173,6 +175,10 @@ class ConvertConfig:
                "Use 'int8' or 'float'")
         _check(self.peers in PEERS_MODES, "Unknown convert.peers", self.peers,
                "Use 'auto' (add aeq_int8 to zoo runs when installed) or 'off'")
+        mixed = Variant.AEQ_MIXED in self.variants
+        _check(mixed == bool(self.aeq_recipe), "aeq_mixed and convert.aeq_recipe go together",
+               f"aeq_mixed {'listed' if mixed else 'not listed'}, aeq_recipe "
+               f"{self.aeq_recipe!r}", "Write both with `qat plan --ptq`, or drop both")
 
 
 @dataclass(frozen=True)

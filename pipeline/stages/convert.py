@@ -141,16 +141,19 @@ def _op_names(model, op_types: set[str]) -> list[str]:
 
 
 def convert(variant: Variant, model, *, representative: np.ndarray | None = None,
-            io: str = "int8", float_tflite: bytes | None = None) -> Converted:
+            io: str = "int8", float_tflite: bytes | None = None,
+            aeq_recipe: list | None = None) -> Converted:
     """One variant of ``model`` (the float model; the QAT model for qat_int8 / qat_w4a8,
     whose file must hold INT4 weights exactly when it is the 4-bit one). The peer
     aeq_int8 is made from ``float_tflite`` (the float32 variant's bytes; converted here when
-    not given) by ai-edge-quantizer (stages/peers.py), which picks its own I/O types."""
+    not given) by ai-edge-quantizer (stages/peers.py), which picks its own I/O types;
+    aeq_mixed with ``aeq_recipe``, its per-op recipe."""
     t0 = time.perf_counter()
     if variant.is_peer:
         if float_tflite is None:
             float_tflite = to_tflite(model, Variant.FLOAT32)
-        content = peers.quantize(float_tflite, representative, variant)
+        content = peers.quantize(float_tflite, representative, variant,
+                                 recipe=aeq_recipe if variant is Variant.AEQ_MIXED else None)
     else:
         content = to_tflite(model, variant, representative, io)
     seconds = time.perf_counter() - t0
@@ -162,7 +165,7 @@ def convert(variant: Variant, model, *, representative: np.ndarray | None = None
                               f"{view.file_size:,} bytes, no INT4 tensor",
                               f"Drop {variant} for this model")
     # a weight-only file is judged as int8 too: "no", its activations are float by design
-    judged = "int16" if variant.activations == "int16" else "int8"
+    judged = variant.activations if variant.activations in ("int16", "mixed") else "int8"
     verdict = view.verdict(allow_float_io=(io == "float"), activations=judged) \
         if variant.is_int8 else None
     return Converted(variant, content, view, verdict, seconds)

@@ -20,8 +20,9 @@ then judges). No Hessian or gradient proxy: each number is an accuracy.
 4. Float islands: when even all-8-bit misses the budget, the layer whose float island
    (annotate.keep_float) gains most is kept float, one at a time, measured, until it fits.
 
-16x8 (int16 activations) is not chosen per layer: the TFLite converter applies it to a whole
-model (variant ptq_16x8), not to some layers of an int8 one.
+16x8 (int16 activations) is not chosen per layer here: the TFLite converter cannot export a
+QAT model whose layers mix int8 and int16 activations (measured; stages/mixed_ptq.py), so
+per-op 16x8 is planned by post-training quantization (`qat plan --ptq`).
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ class LayerChoice:
     cls: str
     weights: int            # kernel values (4 bits each instead of 8 when chosen)
     cost_pp: float | None   # accuracy lost with this layer alone at 4 bits (validation)
-    float_gain_pp: float | None = None  # accuracy won by keeping it float (when searched)
-    choice: str = "int8"    # int4 | int8 | float
+    # accuracy won by raising it (a float island; 16x8 or float per op with --ptq), searched
+    # only when all-int8 misses the budget
+    float_gain_pp: float | None = None
+    choice: str = "int8"    # int4 | int8 | float (and 16x8 per op, mixed_ptq)
 
 
 @dataclass
@@ -74,6 +77,10 @@ class Plan:
         return [l.name for l in self.layers if l.choice == "int4"]
 
     @property
+    def sixteen(self) -> list[str]:
+        return [l.name for l in self.layers if l.choice == "16x8"]
+
+    @property
     def float_layers(self) -> list[str]:
         return [l.name for l in self.layers if l.choice == "float"]
 
@@ -92,7 +99,7 @@ class Plan:
                 "drop_pp": round(self.drop_pp, 3), "rule": self.rule,
                 "judged_drop_pp": self.judged_drop_pp, "within_budget": self.fits,
                 "note": self.note,
-                "int4": self.int4, "float": self.float_layers,
+                "int4": self.int4, "16x8": self.sixteen, "float": self.float_layers,
                 "weight_bytes_saved_vs_int8": self.bytes_saved,
                 "measured_on": f"validation split, {self.samples} samples",
                 "evaluations": self.evaluations, "seconds": round(self.seconds, 1),

@@ -34,12 +34,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import warnings
 from importlib import metadata as md
+from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.errors import ConversionError, first_line
+from pipeline.core.errors import ConfigError, ConversionError, first_line
 from pipeline.core.native import quiet_native_output
 from pipeline.core.records import Variant
 
@@ -59,7 +61,8 @@ PEERS = tuple(v for v in Variant if v.is_peer)
 # quantize FULLY_CONNECTED only, so a CNN's convs stay float (files near float32's size).
 ALGORITHMS = {Variant.AEQ_INT8: "MIN_MAX_UNIFORM_QUANT", Variant.AEQ_W4A8: "MIN_MAX_UNIFORM_QUANT",
               Variant.AEQ_W4A8_MSE: "MSE", Variant.AEQ_W4AFP32: "MIN_MAX_UNIFORM_QUANT",
-              Variant.AEQ_W4AFP32_MSE: "MSE"}  # its AlgorithmName members
+              Variant.AEQ_W4AFP32_MSE: "MSE",
+              Variant.AEQ_MIXED: "MIN_MAX_UNIFORM_QUANT"}  # its AlgorithmName members
 # the peers auto-added before qat_w4a8: the static ones (its precision, compared) and the
 # weight-only ones (float activations: reported beside it, a smaller-file alternative)
 W4_PEERS = (Variant.AEQ_W4A8, Variant.AEQ_W4A8_MSE, Variant.AEQ_W4AFP32,
@@ -164,12 +167,17 @@ def _recipe(variant: Variant):
     return rp.get_quantization_recipe()
 
 
-def quantize(float_tflite: bytes, representative,
-             variant: Variant = Variant.AEQ_INT8) -> bytes:
+def quantize(float_tflite: bytes, representative, variant: Variant = Variant.AEQ_INT8, *,
+             recipe: list[dict] | None = None) -> bytes:
     """The peer ``variant`` (one of PEERS) from the float32 .tflite, calibrated on
     ``representative`` ((N, ...) array, or {input name: (N, ...) array} for a model with
-    several inputs; a weight-only peer has no activation to calibrate and ignores it)."""
+    several inputs; a weight-only peer has no activation to calibrate and ignores it).
+    aeq_mixed takes its ai-edge-quantizer ``recipe`` (load_recipe; `qat plan --ptq`)."""
     require(f"{variant} was asked for", variant)
+    if (variant is Variant.AEQ_MIXED) != (recipe is not None):
+        raise ConversionError("A per-op recipe goes with aeq_mixed only",
+                              f"{variant}, recipe {'given' if recipe else 'missing'}",
+                              "Set convert.aeq_recipe to the JSON `qat plan --ptq` wrote")
     calibrated = not variant.is_weight_only
     if calibrated and (representative is None or len(representative) == 0):
         raise ConversionError(f"{variant} needs a representative dataset", "0 samples",
@@ -189,7 +197,7 @@ def quantize(float_tflite: bytes, representative,
         with warnings.catch_warnings(), quiet_native_output(), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore", UserWarning)
-            q = quantizer.Quantizer(bytearray(float_tflite), _recipe(variant))
+            q = quantizer.Quantizer(bytearray(float_tflite), recipe or _recipe(variant))
             ranges = q.calibrate({key: samples}) if calibrated else None
             result = q.quantize(ranges, enable_progress_report=False)
     except Exception as exc:  # its internals raise ValueError, RuntimeError, KeyError, ...
@@ -198,10 +206,29 @@ def quantize(float_tflite: bytes, representative,
     return bytes(result.quantized_model)
 
 
+def load_recipe(path: str) -> list[dict]:
+    """An ai-edge-quantizer recipe (a JSON list of per-regex configs, as `qat plan --ptq`
+    writes it); a missing or malformed file is a one-line exit 2."""
+    import json
+    from pathlib import Path
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError("convert.aeq_recipe cannot be read", f"{path}: {first_line(exc, 200)}",
+                          "Point it at the .aeq.json `qat plan --ptq` wrote")
+    if not isinstance(doc, list) or not all(isinstance(r, dict) and "regex" in r for r in doc):
+        raise ConfigError("convert.aeq_recipe is not an ai-edge-quantizer recipe", path,
+                          "It is a JSON list of {regex, operation, algorithm_key, op_config}")
+    return doc
+
+
 def describe(samples: int, variant: Variant = Variant.AEQ_INT8) -> dict:
     """What report.json says about how the peer was made."""
     int8_ops = f"{', '.join(W4_INT8_OPS)}: 8-bit weights"
     recipe = RECIPE if variant is Variant.AEQ_INT8 else \
+        "per op, from convert.aeq_recipe (qat plan --ptq): int4 / int8 / 16x8 / float" \
+        if variant is Variant.AEQ_MIXED else \
         f"weight_only num_bits=4, float activations and compute ({int8_ops})" \
         if variant.is_weight_only else \
         f"static weight_num_bits=4 activation_num_bits=8 ({int8_ops})"

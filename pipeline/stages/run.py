@@ -74,6 +74,7 @@ class _Run:
     resume: bool
     t_start: float
     variants: tuple[Variant, ...]  # convert.variants, with the PTQ peers convert.peers adds
+    aeq_recipe: list | None = None  # aeq_mixed's per-op recipe (convert.aeq_recipe), read
 
 
 def run(cfg: Config, *, resume: bool = False, log=print, model=None,
@@ -83,6 +84,7 @@ def run(cfg: Config, *, resume: bool = False, log=print, model=None,
     # a requested peer whose package is missing fails here, before any training
     variants = peers.resolve(cfg.convert.variants, cfg.convert.peers,
                              model is None and bool(cfg.model.name), log)
+    aeq_recipe = peers.load_recipe(cfg.convert.aeq_recipe) if cfg.convert.aeq_recipe else None
     timer = _Timer(log)
     t_start = time.perf_counter()
     with timer.stage("load"):
@@ -90,7 +92,7 @@ def run(cfg: Config, *, resume: bool = False, log=print, model=None,
     # Inputs are valid: from here on files are written (to the staging directory).
     run_dir = RunDir(cfg.run_dir, resume=resume, log=log,
                      check_resume=lambda source: resume_mod.check_same_run(cfg, source))
-    ctx = _Run(cfg, run_dir, timer, log, resume, t_start, variants)
+    ctx = _Run(cfg, run_dir, timer, log, resume, t_start, variants, aeq_recipe)
     with _kept_for_resume(run_dir, log):
         run_dir.write_text("config.toml", cfg.to_toml())
         if inputs.dataset.card:  # generated zoo data: what it is, its sizes, its assets' licences
@@ -240,7 +242,8 @@ def convert_variants(ctx: _Run, inputs: Inputs, floats: FloatStage,
             f32 = done.get(Variant.FLOAT32)
             try:
                 c = convert.convert(variant, source, representative=rep, io=cfg.convert.io,
-                                    float_tflite=f32.content if f32 else None)
+                                    float_tflite=f32.content if f32 else None,
+                                    aeq_recipe=ctx.aeq_recipe)
             except ConversionError as exc:
                 if variant in cfg.convert.variants:  # asked for: the run fails
                     raise
@@ -251,8 +254,10 @@ def convert_variants(ctx: _Run, inputs: Inputs, floats: FloatStage,
                 c = _with_islands(c, keep_float, cfg.convert.io)
             ctx.run_dir.write_bytes(variant.filename, c.content)
             done[variant] = c
-            kind = "full-int8" if variant.activations == "int8" else "full-integer 16x8"
-            extra = "" if c.verdict is None else \
+            kind = {"int16": "full-integer 16x8", "mixed": "full-integer (int8 / int16)"}.get(
+                variant.activations, "full-int8")
+            extra = "" if c.verdict is None else ", weight-only (float compute)" \
+                if variant.is_weight_only else \
                 f", {kind}: {'yes' if c.verdict.full_int8 else 'NO'}"
             ctx.log(f"convert: {variant.filename} {c.size:,} bytes in {c.seconds:.1f} s{extra}")
     return Conversions(done, calibration_samples=data_mod.count(rep), failed_peers=failed,

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 FLOAT_TYPES = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"}
 INT8_TYPES = {"INT8", "UINT8"}
 # the quantized activation types each precision expects ("int16": 16x8, int16 activations
-# with int8 weights); a quantized activation of another integer type is a reason
-ACTIVATION_TYPES = {"int8": INT8_TYPES, "int16": {"INT16"}}
+# with int8 weights; "mixed": int8 or int16 per op, requantized where they meet); a quantized
+# activation of another integer type is a reason
+ACTIVATION_TYPES = {"int8": INT8_TYPES, "int16": {"INT16"}, "mixed": INT8_TYPES | {"INT16"}}
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Verdict:
     hybrid_ops: tuple[str, ...] = ()
     float_io: tuple[str, ...] = ()
     other_precision: tuple[str, ...] = ()  # quantized activations of another integer type
-    activations: str = "int8"  # the precision judged: "int8", or "int16" (16x8)
+    activations: str = "int8"  # the precision judged: "int8", "int16" (16x8) or "mixed"
 
     def to_dict(self) -> dict:
         return {"full_int8": self.full_int8, "reasons": list(self.reasons),
