@@ -32,11 +32,15 @@ there is one: the same seeded training; per-layer 4-bit cost on the validation s
 greedy measured search; stages/mixed.py), then ``qat run`` of the recipe it wrote (with the
 model's W4_QAT settings when the plan has 4-bit layers), whose gate holds the test split to
 the budget. Target: the run meets the budget; reported: the size it
-saved vs all-int8 (its qat file vs ptq_int8 of the same run).
+saved vs all-int8 (its qat file vs ptq_int8 of the same run). With ``--ptq`` too, the plan
+is PTQ per op instead (``qat plan --ptq``: int4 / int8 / 16x8 / float by ai-edge-quantizer,
+stages/mixed_ptq.py), run as aeq_mixed; the same target, judged the way the gate judges QAT
+(its test-split drop vs Keras float); written to ROOT/w4/zoo_w4_mixed_ptq.*.
 
 Writes ROOT/w4/zoo_w4.json and zoo_w4.md.
 
     .venv/bin/python benchmarks/zoo_w4.py [--models kws_dscnn] [--output artifacts] [--mixed 0.5]
+        [--mixed-only] [--ptq]
 """
 
 from __future__ import annotations
@@ -174,48 +178,60 @@ def targets(s: dict) -> list[dict]:
     return out
 
 
-def run_mixed(name: str, root: Path, budget: float) -> dict:
+def _pipeline(out: Path, name: str, cmd: list[str], codes: list[int]) -> None:
+    """``python -m pipeline CMD``, logged to OUT/NAME.<command>.log, its exit code kept."""
+    with open(out / f"{name}.{cmd[0]}.log", "w") as log:
+        codes.append(subprocess.call([sys.executable, "-m", "pipeline", *cmd], cwd=REPO,
+                                     env=zoo._child_env(), stdout=log, stderr=subprocess.STDOUT))
+
+
+def run_mixed(name: str, root: Path, budget: float, ptq: bool = False) -> dict:
     """``qat plan`` then ``qat run`` of the recipe it wrote, under ROOT/mixed: the plan, the
-    run's budget gate and sizes."""
-    out = root / "mixed"
+    run's budget gate and sizes. ``ptq``: ``qat plan --ptq`` under ROOT/mixed_ptq, its run
+    converting float32, ptq_int8 and aeq_mixed (QAT trained one epoch, not converted), judged
+    the way the gate judges QAT: its test-split drop vs Keras float within the budget."""
+    out = root / ("mixed_ptq" if ptq else "mixed")
     out.mkdir(parents=True, exist_ok=True)
     recipe = out / f"{name}_plan.toml"
     trained = root / name / "keras" / "float_model.h5"  # the 4-bit run's: not trained again
     model = ["--model", str(trained), "--name", name] if trained.is_file() else []
     t0, codes = time.perf_counter(), []
-
-    def call(cmd: list[str]) -> None:
-        with open(out / f"{name}.{cmd[0]}.log", "w") as log:
-            codes.append(subprocess.call([sys.executable, "-m", "pipeline", *cmd], cwd=REPO,
-                                         env=zoo._child_env(), stdout=log,
-                                         stderr=subprocess.STDOUT))
-    call(["plan", name, "--max-accuracy-drop", str(budget), "--recipe-out", str(recipe),
-          "--output", str(out), "--quiet", *model])
+    _pipeline(out, name, ["plan", name, "--max-accuracy-drop", str(budget), "--recipe-out",
+                          str(recipe), "--output", str(out), "--quiet", *model,
+                          *(["--ptq"] if ptq else [])], codes)
     plan = json.loads((out / f"{name}_plan.json").read_text())
     # the model's 4-bit QAT settings when the plan has 4-bit layers; its own recipe's if not
-    sets = [a for s in W4_QAT.get(name, []) for a in ("--set", s)] if plan["int4"] else []
-    call(["run", str(recipe), "--quiet", *sets])
+    sets = ["convert.variants=float32,ptq_int8,aeq_mixed", "qat.epochs=1"] if ptq else \
+        W4_QAT.get(name, []) if plan["int4"] else []
+    _pipeline(out, name, ["run", str(recipe), "--quiet", *(a for s in sets for a in
+                                                           ("--set", s))], codes)
     report = json.loads((out / name / "report.json").read_text())
     sizes = {v["variant"]: v["size_bytes"] for v in report["variants"]}
-    qat = "qat_w4a8" if "qat_w4a8" in sizes else "qat_int8"
+    acc = {v["variant"]: v["accuracy"] for v in report["variants"]}
+    qat = "aeq_mixed" if ptq else "qat_w4a8" if "qat_w4a8" in sizes else "qat_int8"
     gate = next(g for g in report["gates"] if g["name"] == "max_accuracy_drop_pp")
+    drop = 100 * (report["keras"]["float_accuracy"] - acc[qat]) if ptq else gate["value"]
     return {"model": name, "budget_pp": budget, "plan_exit": codes[0], "run_exit": codes[1],
-            "rule": plan["rule"], "plan_judged_drop_pp": plan["judged_drop_pp"],
+            "ptq": ptq, "rule": plan["rule"], "plan_judged_drop_pp": plan["judged_drop_pp"],
             "cpu": machine.summary(report["machine"]) if report.get("machine") else None,
             "int4_layers": plan["int4"], "float_layers": plan["float"],
-            "plan_validation_drop_pp": plan["drop_pp"], "test_drop_pp": gate["value"],
-            "meets_budget": gate["passed"], "qat_variant": qat, "qat_bytes": sizes[qat],
+            "int16_layers": plan.get("16x8", []), "plan_seconds": plan["seconds"],
+            "plan_validation_drop_pp": plan["drop_pp"], "test_drop_pp": drop,
+            "meets_budget": drop <= budget + 1e-9 if ptq else gate["passed"],
+            "qat_variant": qat, "qat_bytes": sizes[qat],
             "ptq_int8_bytes": sizes.get("ptq_int8"),
             "bytes_saved_vs_int8": sizes.get("ptq_int8", 0) - sizes[qat],
             "seconds": round(time.perf_counter() - t0)}
 
 
 def mixed_targets(m: dict) -> list[dict]:
-    return [zoo._target(m["model"], f"mixed precision meets {m['budget_pp']:g} pp",
+    how = "PTQ per op (aeq_mixed)" if m.get("ptq") else "mixed precision"
+    return [zoo._target(m["model"], f"{how} meets {m['budget_pp']:g} pp",
                         bool(m["meets_budget"]),
                         f"test drop {m['test_drop_pp']:+.2f} pp (validation "
                         f"{m['plan_validation_drop_pp']:+.2f}); {len(m['int4_layers'])} layer(s) "
-                        f"at 4 bits, {len(m['float_layers'])} float; {m['qat_bytes']:,} B vs "
+                        f"at 4 bits, {len(m.get('int16_layers', []))} at 16x8, "
+                        f"{len(m['float_layers'])} float; {m['qat_bytes']:,} B vs "
                         f"ptq_int8 {m['ptq_int8_bytes']:,} B (saved {m['bytes_saved_vs_int8']:,})")]
 
 
@@ -255,11 +271,12 @@ def markdown(doc: dict) -> str:
                      f"{100 * (s['float_accuracy'] - v['qat_w4a8']['accuracy']):+.2f} | {rec} |")
     if doc.get("mixed"):
         lines += ["", "## Mixed precision (`qat plan`, then `qat run` of its recipe)", "",
-                  "| model | budget (pp) | 4-bit layers | float layers | validation drop (pp) | "
+                  "| model | plan | budget (pp) | 4-bit | 16x8 | float | validation drop (pp) | "
                   "test drop (pp) | meets | bytes vs ptq_int8 |",
-                  "|---|---:|---:|---:|---:|---:|---|---|"]
+                  "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
         for m in doc["mixed"]:
-            lines.append(f"| {m['model']} | {m['budget_pp']:g} | {len(m['int4_layers'])} | "
+            lines.append(f"| {m['model']} | {m['qat_variant']} | {m['budget_pp']:g} | "
+                         f"{len(m['int4_layers'])} | {len(m.get('int16_layers', []))} | "
                          f"{len(m['float_layers'])} | {m['plan_validation_drop_pp']:+.2f} | "
                          f"{m['test_drop_pp']:+.2f} | {'yes' if m['meets_budget'] else '**no**'} | "
                          f"{m['qat_bytes']:,} vs {m['ptq_int8_bytes']:,} |")
@@ -279,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mixed", type=float, metavar="PP",
                     help="also plan mixed precision under this budget and run the plan")
     ap.add_argument("--mixed-only", action="store_true", help="only the --mixed part")
+    ap.add_argument("--ptq", action="store_true",
+                    help="--mixed plans PTQ per op (qat plan --ptq, run as aeq_mixed)")
     args = ap.parse_args(argv)
     names = [n.strip() for n in (args.models or ",".join(MODELS)).split(",") if n.strip()]
     if not names or any(n not in MODELS for n in names):
@@ -287,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries, mixed = [], []
     for name in names:
         if args.mixed is not None:
-            mixed.append(run_mixed(name, root, args.mixed))
+            mixed.append(run_mixed(name, root, args.mixed, ptq=args.ptq))
             print(f"zoo_w4: {name}: mixed plan and run in {mixed[-1]['seconds']} s", flush=True)
         if args.mixed_only:
             continue
@@ -305,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
            "targets": [t for s in summaries for t in targets(s)] +
            [t for m in mixed for t in mixed_targets(m)]}
     root.mkdir(parents=True, exist_ok=True)
-    stem = "zoo_w4_mixed" if args.mixed_only else "zoo_w4"
+    stem = ("zoo_w4_mixed_ptq" if args.ptq else "zoo_w4_mixed") if args.mixed_only \
+        else "zoo_w4"
     atomic_write_bytes(root / f"{stem}.json", (json.dumps(doc, indent=1) + "\n").encode())
     atomic_write_bytes(root / f"{stem}.md", markdown(doc).encode())
     print(markdown(doc))

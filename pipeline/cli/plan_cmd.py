@@ -10,9 +10,10 @@ from dataclasses import replace
 from pipeline.cli.commands import _log, run_config
 from pipeline.core.artifacts import atomic_write_bytes, dumps_json
 from pipeline.core.errors import EXIT_GATE_FAILED, EXIT_OK, UsageError
-from pipeline.stages import data as data_mod
 from pipeline.core.records import Variant
-from pipeline.stages import convert, finetune, load, mixed, mixed_ptq, modelio, peers, verify
+from pipeline.stages import data as data_mod
+from pipeline.stages import (annotate, convert, finetune, load, mixed, mixed_ptq, modelio,
+                             peers, run, verify)
 
 
 def _float_model(cfg, inputs):
@@ -62,7 +63,8 @@ def _ptq_plan(cfg, args, model, s, float_right, path: str):
     its ai-edge-quantizer recipe written beside the TOML as <name>.aeq.json."""
     rep = data_mod.representative_sample(s.x_train, cfg.convert.representative_samples,
                                          cfg.seed)  # the run's PTQ calibration samples
-    f32 = convert.to_tflite(model, Variant.FLOAT32)
+    _, coverage = annotate.prepare(model, cfg.annotate)  # the run's float32 graph, its ops
+    f32 = convert.to_tflite(run.float_source(model, coverage)[0], Variant.FLOAT32)
     plan = mixed_ptq.search(f32, rep, s.x_val, s.y_val, budget_pp=args.max_accuracy_drop,
                             float_right=float_right, rule=args.rule, log=_log)
     aeq = path[:-len(".toml")] + ".aeq.json"

@@ -52,13 +52,12 @@ def ops_of(float_tflite: bytes) -> list[LayerChoice]:
     count (the constant second input of a CONV_2D / FULLY_CONNECTED; 0 for the others)."""
     sg = TFLiteModel.from_bytes(float_tflite, source="float32.tflite").main
     out = []
-    for op in sg.operators:
-        names = [sg.tensors[i].name for i in op.outputs if i >= 0 and sg.tensors[i].name]
-        if op.opcode in SKIP_OPS or not names:
+    for scope, op in peers.op_scopes(float_tflite):
+        if op.opcode in SKIP_OPS:
             continue
         w = sg.tensors[op.inputs[1]] if op.opcode in WEIGHT_OPS and len(op.inputs) > 1 else None
         n = int(np.prod(w.shape)) if w is not None and w.is_constant else 0
-        out.append(LayerChoice(";".join(names) + ";", op.opcode, n, None))
+        out.append(LayerChoice(scope, op.opcode, n, None))
     return out
 
 

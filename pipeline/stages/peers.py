@@ -35,6 +35,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import re
 import warnings
 from importlib import metadata as md
 from pathlib import Path
@@ -44,6 +45,7 @@ import numpy as np
 from pipeline.core.errors import ConfigError, ConversionError, first_line
 from pipeline.core.native import quiet_native_output
 from pipeline.core.records import Variant
+from pipeline.tflite.tflite_model import TFLiteModel
 
 PACKAGE = "ai-edge-quantizer"
 MODULE = "ai_edge_quantizer"
@@ -190,6 +192,8 @@ def quantize(float_tflite: bytes, representative, variant: Variant = Variant.AEQ
         raise ConversionError(f"{variant} needs a model with one signature",
                               f"signatures {sigs}", f"Drop {variant} for this model")
     key, sig = next(iter(sigs.items()))
+    if recipe is not None:
+        _check_rules(float_tflite, recipe)
     samples = _samples(sig, representative, variant) if calibrated else None
     try:
         # its progress bars go to stderr, LiteRT's delegate lines to the C++ streams, and
@@ -204,6 +208,31 @@ def quantize(float_tflite: bytes, representative, variant: Variant = Variant.AEQ
         raise ConversionError(f"{PACKAGE} failed to quantize the float32 model",
                               first_line(exc, 300), f"Drop {variant} for this model")
     return bytes(result.quantized_model)
+
+
+def op_scopes(float_tflite: bytes) -> list[tuple[str, object]]:
+    """(scope, op) of each op of the main subgraph that has named outputs: ai-edge-quantizer's
+    scope, the op's output tensor names joined by ";" with a trailing ";" (what its recipe
+    regexes are matched against)."""
+    sg = TFLiteModel.from_bytes(float_tflite, source="float32.tflite").main
+    out = []
+    for op in sg.operators:
+        names = [sg.tensors[i].name for i in op.outputs if i >= 0 and sg.tensors[i].name]
+        if names:
+            out.append((";".join(names) + ";", op))
+    return out
+
+
+def _check_rules(float_tflite: bytes, recipe: list[dict]) -> None:
+    """Every per-op rule of an aeq_mixed recipe selects an op of this model (a recipe planned
+    for another model, or an edited regex, would otherwise leave ops silently at int8)."""
+    scopes = [sc for sc, _ in op_scopes(float_tflite)]
+    dead = [r["regex"] for r in recipe
+            if r["regex"] != ".*" and not any(re.search(r["regex"], sc) for sc in scopes)]
+    if dead:
+        raise ConversionError(f"{len(dead)} aeq_mixed recipe rule(s) match no op of this model",
+                              dead[0][:160], "Plan it for this model (`qat plan --ptq`), or fix "
+                              "the regex in convert.aeq_recipe")
 
 
 def load_recipe(path: str) -> list[dict]:

@@ -265,14 +265,20 @@ def convert_variants(ctx: _Run, inputs: Inputs, floats: FloatStage,
 
 
 def _float_graph(ctx: _Run, floats: FloatStage, qat: QatStage) -> tuple[object, str]:
-    """The float model the float32 and PTQ variants are made from. With a MultiHeadAttention
-    rewritten for QAT, the rewritten float graph (the same function in float): Keras' -1e9
-    mask would otherwise set the int8 range of the attention scores, and PTQ would be judged
-    on that, not on quantization."""
-    if not any(p.parts and p.cls == "MultiHeadAttention" for p in qat.coverage.layers):
-        return floats.model, "the float model"
-    ctx.log("convert: float32 / PTQ variants made from the attention-rewritten float graph")
-    return graph.rebuild(floats.model).model, "the attention-rewritten float graph"
+    model, what = float_source(floats.model, qat.coverage)
+    if model is not floats.model:
+        ctx.log("convert: float32 / PTQ variants made from the attention-rewritten float graph")
+    return model, what
+
+
+def float_source(model, coverage) -> tuple[object, str]:
+    """The float model the float32 and PTQ variants are made from (and `qat plan --ptq`
+    plans on). With a MultiHeadAttention rewritten for QAT, the rewritten float graph (the
+    same function in float): Keras' -1e9 mask would otherwise set the int8 range of the
+    attention scores, and PTQ would be judged on that, not on quantization."""
+    if not any(p.parts and p.cls == "MultiHeadAttention" for p in coverage.layers):
+        return model, "the float model"
+    return graph.rebuild(model).model, "the attention-rewritten float graph"
 
 
 def verify_variants(ctx: _Run, inputs: Inputs, floats: FloatStage, qat: QatStage,

@@ -7,7 +7,8 @@ from pipeline.tflite.tflite_model import TFLiteModel
 
 
 def build(view: TFLiteModel, *, allow_float_io: bool = False, tensors: bool = False) -> dict:
-    # a 16x8 model (int16 activations) is judged full-integer at its own precision
+    # a 16x8 model (int16 activations), or one mixing int8 and int16 per op, is judged
+    # full-integer at its own precision
     verdict = view.verdict(allow_float_io=allow_float_io,
                            activations=view.activation_precision())
     doc = {
@@ -40,7 +41,8 @@ def _io(t: dict) -> str:
 
 def text(doc: dict) -> str:
     v = doc["verdict"]
-    kind = "full-int8" if v.get("activations", "int8") == "int8" else "full-integer 16x8"
+    kind = {"int16": "full-integer 16x8", "mixed": "full-integer (int8 / int16)"}.get(
+        v.get("activations", "int8"), "full-int8")
     lines = [f"{doc['file']}  ({doc['size_bytes']:,} bytes, schema v{doc['schema_version_of_model']}, "
              f"{doc['subgraphs']} subgraph(s))",
              f"{kind}: {'YES' if v['full_int8'] else 'NO'}"]

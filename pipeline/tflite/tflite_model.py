@@ -246,10 +246,12 @@ class TFLiteModel:
         return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
 
     def activation_precision(self) -> str:
-        """"int16" when most quantized activations are INT16 (a 16x8 model), else "int8"."""
+        """The precision of its quantized activations: "int16" (a 16x8 model), "mixed" (INT16
+        and int8 ones: per-op 16x8, e.g. `qat plan --ptq`) or "int8"."""
         c = Counter(t.dtype for sg in self.subgraphs for t in sg.tensors
                     if not t.is_constant and t.quantization is not None)
-        return "int16" if c["INT16"] > c["INT8"] + c["UINT8"] else "int8"
+        eight = c["INT8"] + c["UINT8"]
+        return "mixed" if c["INT16"] and eight else "int16" if c["INT16"] else "int8"
 
     def size_breakdown(self) -> dict[str, int]:
         """Bytes by role; ``graph_and_metadata`` is everything else in the file."""

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from pipeline.cli.app import main, parse_args
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, ConversionError
 from pipeline.core.records import Variant
 from pipeline.stages import config, mixed, mixed_ptq, peers, verify
+from pipeline.tflite import inspect_report
 from pipeline.tflite.tflite_model import TFLiteModel
 
 needs_aeq = pytest.mark.skipif(not peers.available(), reason="ai-edge-quantizer not installed")
@@ -59,10 +60,18 @@ def test_the_recipe_makes_each_planned_precision_and_nothing_else(tflite_variant
     assert not verdict.full_int8 and any("MEAN" in r or "float" in r for r in verdict.reasons)
     del plan[ops[kinds.index("MEAN")].name]  # without the float op: full-integer, mixed
     again = peers.quantize(f32, rep, Variant.AEQ_MIXED, recipe=mixed_ptq.recipe(plan))
-    assert TFLiteModel.from_bytes(again).verdict(activations="mixed").full_int8
-    assert not TFLiteModel.from_bytes(again).verdict().full_int8  # int16 is not int8
+    mixed_view = TFLiteModel.from_bytes(again)
+    assert mixed_view.verdict(activations="mixed").full_int8
+    assert not mixed_view.verdict().full_int8  # int16 is not int8
+    assert mixed_view.activation_precision() == "mixed"  # what `qat inspect` judges it as
+    assert "full-integer (int8 / int16): YES" in inspect_report.text(
+        inspect_report.build(mixed_view))
     x, y = digits["x_test"], digits["y_test"]
     assert verify.score_tflite("aeq_mixed", again, x, y).accuracy >= 0.8  # it runs
+    # a rule for an op this model does not have (another model's plan, an edited regex)
+    with pytest.raises(ConversionError, match="1 aeq_mixed recipe rule.s. match no op"):
+        peers.quantize(f32, rep, Variant.AEQ_MIXED,
+                       recipe=mixed_ptq.recipe({"other_model/conv;": "int4"}))
 
 
 @needs_aeq
