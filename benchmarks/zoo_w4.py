@@ -209,7 +209,7 @@ def run_mixed(name: str, root: Path, budget: float, ptq: bool = False) -> dict:
     sizes = {v["variant"]: v["size_bytes"] for v in report["variants"]}
     acc = {v["variant"]: v["accuracy"] for v in report["variants"]}
     qat = "aeq_mixed" if ptq else "qat_w4a8" if "qat_w4a8" in sizes else "qat_int8"
-    gate = next(g for g in report["gates"] if g["name"] == "max_accuracy_drop_pp")
+    gate = next((g for g in report["gates"] if g["name"] == "max_accuracy_drop_pp"), None)
     drop = 100 * (report["keras"]["float_accuracy"] - acc[qat]) if ptq else gate["value"]
     return {"model": name, "budget_pp": budget, "plan_exit": codes[0], "run_exit": codes[1],
             "ptq": ptq, "rule": plan["rule"], "plan_judged_drop_pp": plan["judged_drop_pp"],

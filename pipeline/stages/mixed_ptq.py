@@ -18,9 +18,9 @@ names joined by ";" with a trailing ";"; the recipe selects each with an anchore
 
 1. All-int8 (ai-edge-quantizer's static recipe, min/max, calibrated on the same samples
    as the run's PTQ) is measured.
-2. Rescue, only when all-int8 misses the budget: each op not yet raised is tried alone one
-   rung up (16x8, then float), and the one that gains most is kept; repeated, each step
-   measured, until the plan fits or no step gains.
+2. Rescue, only when all-int8 misses the budget: each op is tried alone one rung up (16x8;
+   then float if 16x8 was not enough), and those that gain are raised in order of their
+   gain, each step measured and kept only when it lowers the judged drop, until it fits.
 3. 4-bit: each CONV_2D / FULLY_CONNECTED op still at int8 alone at int4 (its cost), then the
    greedy measured search of stages/mixed.py (cost per weight byte saved, the same rule).
 
@@ -85,20 +85,45 @@ def recipe(choices: dict[str, str]) -> list[dict]:
     return rp.get_quantization_recipe()
 
 
+def unrealized(content: bytes, choices: dict[str, str]) -> list[str]:
+    """The planned ops whose precision the file does not have: ai-edge-quantizer 0.10 keeps
+    an op int8 where it has no 16-bit kernel for it (measured: HARD_SWISH), without a word;
+    such a plan is not scored as if it held."""
+    want = {"16x8": "INT16", "float": "FLOAT32"}
+    ops = dict(peers.op_scopes(content))
+    sg = TFLiteModel.from_bytes(content, source="plan").main
+    bad = []
+    for scope, choice in choices.items():
+        op = ops.get(scope)
+        if op is None:
+            bad.append(scope)
+        elif choice == "int4":
+            if sg.tensors[op.inputs[1]].dtype != "INT4":
+                bad.append(scope)
+        elif sg.tensors[op.outputs[0]].dtype != want[choice]:
+            bad.append(scope)
+    return bad
+
+
 class _Scorer:
-    """Per-sample correctness on the validation split of the file a plan makes."""
+    """Per-sample correctness on the validation split of the file a plan makes. The float
+    model is calibrated once (peers.calibrate): every plan is quantized from the same
+    activation ranges, as its own calibration on the same samples would give them."""
 
     def __init__(self, float_tflite: bytes, x_rep, x_val, y_val):
-        self.f32, self.x_rep, self.x_val, self.y_val = float_tflite, x_rep, x_val, y_val
+        self.f32, self.x_val, self.y_val = float_tflite, x_val, y_val
+        self.ranges = peers.calibrate(float_tflite, x_rep)
         self.count = 0
 
     def __call__(self, choices: dict[str, str]) -> np.ndarray | None:
         """None when ai-edge-quantizer cannot make this plan (an op without that kernel)."""
         self.count += 1
         try:
-            content = peers.quantize(self.f32, self.x_rep, Variant.AEQ_MIXED,
-                                     recipe=recipe(choices))
+            content = peers.quantize(self.f32, None, Variant.AEQ_MIXED,
+                                     recipe=recipe(choices), ranges=self.ranges)
         except Exception:  # noqa: BLE001  its refusals: ConversionError, ValueError, ...
+            return None
+        if unrealized(content, choices):
             return None
         s = verify.score_tflite("plan", content, self.x_val, self.y_val)
         return right(s.outputs, self.y_val)
@@ -150,25 +175,32 @@ def search(float_tflite: bytes, x_rep, x_val, y_val, *, budget_pp: float,
 
 
 def _rescue(ops, score, base, fits, log):
-    """(choices, gains, trail, correctness): ops raised a rung (16x8, then float), the best
-    single raise at a time, until the plan fits or no raise gains."""
+    """(choices, gains, trail, correctness): when the plan misses the budget, each op not yet
+    raised is tried alone one rung up (16x8, then float); those that gain are raised in order
+    of their gain, each step measured and kept only when it lowers the judged drop, until the
+    plan fits."""
     choices, gains, trail, now = {}, {}, [], base
     for rung in RUNGS:
-        while not fits(now):
-            tried = {o.name: score({**choices, o.name: rung}) for o in ops
-                     if _below(choices.get(o.name, "int8"), rung)}
-            tried = {n: r for n, r in tried.items() if r is not None}
-            if not tried:
+        if fits(now):
+            break
+        alone = {o.name: score({**choices, o.name: rung}) for o in ops
+                 if _below(choices.get(o.name, "int8"), rung)}
+        up = {n: r for n, r in alone.items() if r is not None and r.mean() > now.mean()}
+        changed = False  # since the ops were tried alone
+        for name in sorted(up, key=lambda n: (-up[n].mean(), n)):
+            if fits(now):
                 break
-            best = max(tried, key=lambda n: (tried[n].mean(), n))
-            if tried[best].mean() <= now.mean():
-                break  # no single op at this rung gains
-            gains[best] = round(100 * (tried[best].mean() - now.mean()), 6)
-            choices[best], now = rung, tried[best]
-            trail.append({"step": f"{best} at {rung}", "accuracy": float(now.mean()),
-                          "judged_drop_pp": round(fits.drop_pp(now), 3), "kept": True})
-            log(f"plan --ptq: all-int8 misses the budget; {best} at {rung}: "
-                f"{100 * now.mean():.2f} %")
+            trial = score({**choices, name: rung}) if changed else up[name]
+            ok = trial is not None and fits.drop_pp(trial) < fits.drop_pp(now)
+            trail.append({"step": f"{name} at {rung}", "kept": ok,
+                          "accuracy": None if trial is None else float(trial.mean()),
+                          "judged_drop_pp": None if trial is None else
+                          round(fits.drop_pp(trial), 3)})
+            if ok:
+                gains[name] = round(100 * (trial.mean() - now.mean()), 6)
+                choices[name], now, changed = rung, trial, True
+                log(f"plan --ptq: all-int8 misses the budget; {name} at {rung}: "
+                    f"{100 * now.mean():.2f} %")
     return choices, gains, trail, now
 
 

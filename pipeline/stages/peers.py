@@ -170,17 +170,33 @@ def _recipe(variant: Variant):
 
 
 def quantize(float_tflite: bytes, representative, variant: Variant = Variant.AEQ_INT8, *,
-             recipe: list[dict] | None = None) -> bytes:
+             recipe: list[dict] | None = None, ranges: dict | None = None) -> bytes:
     """The peer ``variant`` (one of PEERS) from the float32 .tflite, calibrated on
     ``representative`` ((N, ...) array, or {input name: (N, ...) array} for a model with
     several inputs; a weight-only peer has no activation to calibrate and ignores it).
-    aeq_mixed takes its ai-edge-quantizer ``recipe`` (load_recipe; `qat plan --ptq`)."""
-    require(f"{variant} was asked for", variant)
+    aeq_mixed takes its ai-edge-quantizer ``recipe`` (load_recipe; `qat plan --ptq`).
+    ``ranges``: activation ranges calibrate() measured on the same float model and samples,
+    reused instead of calibrating again (a plan scores many recipes of one model)."""
     if (variant is Variant.AEQ_MIXED) != (recipe is not None):
         raise ConversionError("A per-op recipe goes with aeq_mixed only",
                               f"{variant}, recipe {'given' if recipe else 'missing'}",
                               "Set convert.aeq_recipe to the JSON `qat plan --ptq` wrote")
-    calibrated = not variant.is_weight_only
+    if recipe is not None:
+        _check_rules(float_tflite, recipe)
+    return _run(float_tflite, representative, variant, recipe or _recipe(variant), ranges)
+
+
+def calibrate(float_tflite: bytes, representative) -> dict:
+    """ai-edge-quantizer's activation ranges of the float model on ``representative`` (every
+    tensor, as its static int8 recipe calibrates them), for quantize(ranges=...)."""
+    return _run(float_tflite, representative, Variant.AEQ_INT8, _recipe(Variant.AEQ_INT8),
+                None, ranges_only=True)
+
+
+def _run(float_tflite: bytes, representative, variant: Variant, recipe, ranges,
+         ranges_only: bool = False):
+    require(f"{variant} was asked for", variant)
+    calibrated = not variant.is_weight_only and ranges is None
     if calibrated and (representative is None or len(representative) == 0):
         raise ConversionError(f"{variant} needs a representative dataset", "0 samples",
                               "Set convert.representative_samples >= 1")
@@ -192,8 +208,6 @@ def quantize(float_tflite: bytes, representative, variant: Variant = Variant.AEQ
         raise ConversionError(f"{variant} needs a model with one signature",
                               f"signatures {sigs}", f"Drop {variant} for this model")
     key, sig = next(iter(sigs.items()))
-    if recipe is not None:
-        _check_rules(float_tflite, recipe)
     samples = _samples(sig, representative, variant) if calibrated else None
     try:
         # its progress bars go to stderr, LiteRT's delegate lines to the C++ streams, and
@@ -201,8 +215,11 @@ def quantize(float_tflite: bytes, representative, variant: Variant = Variant.AEQ
         with warnings.catch_warnings(), quiet_native_output(), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore", UserWarning)
-            q = quantizer.Quantizer(bytearray(float_tflite), recipe or _recipe(variant))
-            ranges = q.calibrate({key: samples}) if calibrated else None
+            q = quantizer.Quantizer(bytearray(float_tflite), recipe)
+            if calibrated:
+                ranges = q.calibrate({key: samples})
+            if ranges_only:
+                return ranges
             result = q.quantize(ranges, enable_progress_report=False)
     except Exception as exc:  # its internals raise ValueError, RuntimeError, KeyError, ...
         raise ConversionError(f"{PACKAGE} failed to quantize the float32 model",
