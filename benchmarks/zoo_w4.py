@@ -4,10 +4,11 @@ on each CNN zoo model, with intervals, sizes and host latency.
 
 For each model (digits_cnn, kws_dscnn, glyphs_mnv3, or --models a,b):
 
-1. ``qat run NAME --output ROOT/w4 --set convert.variants=float32,ptq_int8,qat_w4a8`` plus the
-   model's 4-bit QAT settings (W4_QAT below, with the measured reason); ``convert.peers =
-   auto`` adds aeq_int8, aeq_w4a8 and aeq_w4a8_mse, calibrated on the same samples as
-   ptq_int8.
+1. ``qat run NAME --output ROOT/w4 --set convert.variants=float32,ptq_int8,ptq_16x8,qat_w4a8``
+   plus the model's 4-bit QAT settings (W4_QAT below, with the measured reason);
+   ``convert.peers = auto`` adds aeq_int8, aeq_w4a8, aeq_w4a8_mse (calibrated on the same
+   samples as ptq_int8) and the weight-only aeq_w4afp32 / aeq_w4afp32_mse. ptq_16x8 (int16
+   activations) is the precision above int8, measured beside the 4-bit ones.
 2. ``android-harness host`` on every .tflite of the run (the zoo's protocol: LiteRT, 1 thread,
    XNNPACK, interleaved repeats; p50 and the ratio to float32).
 3. From the run's reference bundle (each .tflite's raw outputs on the whole test split):
@@ -59,12 +60,12 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import zoo  # noqa: E402  (after the path set-up)
 from pipeline.core import machine  # noqa: E402
-from pipeline.core.records import Variant  # noqa: E402
 from pipeline.core.artifacts import atomic_write_bytes  # noqa: E402
+from pipeline.core.records import Variant  # noqa: E402
 from pipeline.stages import stats  # noqa: E402
 
 MODELS = ("digits_cnn", "kws_dscnn", "glyphs_mnv3")
-VARIANTS = "float32,ptq_int8,qat_w4a8"
+VARIANTS = "float32,ptq_int8,ptq_16x8,qat_w4a8"  # 16x8: the other precision, beside
 # 4-bit QAT settings per model, on top of its recipe: 4-bit weights must move across a grid of
 # 15 levels, so a larger step than the 8-bit recipes' 3e-5. On kws_dscnn (measured, test split,
 # float 92.30 %): 3e-4 -> 91.67 %, 1e-3 -> 91.73 %, 1e-4 -> 92.03 % (best epoch 2 of 6).
@@ -236,8 +237,11 @@ def mixed_targets(m: dict) -> list[dict]:
 
 
 def _fi8(variant: str, full: bool | None) -> str:
-    return "—" if full is None else f"{full} (weight-only)" \
-        if Variant(variant).is_weight_only else str(full)
+    """The verdict cell: full-int8, or full-integer at the variant's own precision."""
+    v = Variant(variant)
+    what = " (weight-only)" if v.is_weight_only else " (int16 activations)" \
+        if v.activations == "int16" else ""
+    return "—" if full is None else f"{full}{what}"
 
 
 def _num(v, fmt: str) -> str:

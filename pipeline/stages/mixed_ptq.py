@@ -121,7 +121,7 @@ class _Scorer:
         try:
             content = peers.quantize(self.f32, None, Variant.AEQ_MIXED,
                                      recipe=recipe(choices), ranges=self.ranges)
-        except Exception:  # noqa: BLE001  its refusals: ConversionError, ValueError, ...
+        except ConversionError:  # ai-edge-quantizer refused this plan (peers wraps its errors)
             return None
         if unrealized(content, choices):
             return None
@@ -141,7 +141,7 @@ def search(float_tflite: bytes, x_rep, x_val, y_val, *, budget_pp: float,
     base = score({})
     if base is None:
         raise ConversionError(f"{peers.PACKAGE} cannot quantize this model to int8",
-                                    "the all-int8 plan failed", "Plan with QAT (no --ptq)")
+                              "the all-int8 plan failed", "Plan with QAT (no --ptq)")
     log(f"plan --ptq: float {100 * float_right.mean():.2f} %, all-int8 "
         f"{100 * base.mean():.2f} % on {len(base)} validation samples; {len(ops)} ops; "
         f"rule {rule}")
