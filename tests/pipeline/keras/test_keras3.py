@@ -108,9 +108,11 @@ def test_merges_and_keras_ops_in_the_graph(k3):
     inp = k3.Input((4, 4, 3))
     a = L.Conv2D(6, 1, name="a")(inp)
     b = L.Conv2D(6, 1, name="b")(inp)
-    s = L.Add(name="add")([a, b])
-    m = L.Multiply(name="mul")([a, b])
-    c = L.Concatenate(name="cat")([s, m, L.Subtract(name="sub")([a, b])])
+    # names no auto-named layer takes: Keras 3 names the `+` below "add" or "add_N" from a
+    # process-wide counter, so an explicit "add" clashed or not by which tests ran first
+    s = L.Add(name="sum_ab")([a, b])
+    m = L.Multiply(name="prod_ab")([a, b])
+    c = L.Concatenate(name="cat_abc")([s, m, L.Subtract(name="diff_ab")([a, b])])
     c = (c + 3.0) * 0.5 - 1.0          # keras.ops on symbolic tensors -> TFOpLambda
     c = ops.relu(c) + ops.sigmoid(c)   # unary ops -> Activation, tensor + tensor -> Add
     c = c * L.GlobalAveragePooling2D(keepdims=True)(c)  # broadcast: TFOpLambda(y=tensor)

@@ -243,7 +243,7 @@ def test_a_peer_that_fails_is_noted_unless_it_was_asked_for(stages, tmp_path, mo
     from pipeline.core.errors import ConversionError
     from pipeline.stages import peers
 
-    def refuse(*_):
+    def refuse(*_, **__):
         raise ConversionError("ai-edge-quantizer failed to quantize the float32 model", "op X")
 
     monkeypatch.setattr(peers, "quantize", refuse)
