@@ -111,6 +111,8 @@ def _add_convert(sub) -> argparse.ArgumentParser:
     c.add_argument("--output", default=".", help="directory for the .tflite files")
     c.add_argument("--allow-float", action="store_true",
                    help="do not fail (exit 1) when an int8 variant is not full-int8")
+    c.add_argument("--aeq-recipe", metavar="FILE",
+                   help="aeq_mixed's per-op ai-edge-quantizer recipe (`qat plan --ptq`)")
     c.add_argument("--trust-model", action="store_true")
     c.add_argument("--seed", type=int, default=0)
     return c

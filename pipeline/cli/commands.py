@@ -16,7 +16,7 @@ from pipeline.core import keras_env
 from pipeline.core.artifacts import atomic_write_bytes, check_output_dir, dumps_json
 from pipeline.core.errors import EXIT_GATE_FAILED, EXIT_OK, UsageError
 from pipeline.core.records import SCHEMA_VERSION, Variant
-from pipeline.stages import annotate, config, convert, modelio, parity, verify
+from pipeline.stages import annotate, config, convert, modelio, parity, peers, verify
 from pipeline.stages import data as data_mod
 from pipeline.stages import load as load_stage
 from pipeline.stages.run import run
@@ -108,10 +108,11 @@ def cmd_convert(args, out) -> int:
     model_inputs, out_shape = load_stage.model_io(loaded.model)
     ds = data_mod.prepare(ds, model_inputs, out_shape, "auto")  # any task, inputs by name
     rep = data_mod.representative_sample(ds.x_train, args.representative_samples, args.seed)
+    aeq = peers.load_recipe(args.aeq_recipe) if args.aeq_recipe else None
     results, bad, f32 = [], False, None
     for variant in variants:
         c = convert.convert(variant, loaded.model, representative=rep, io=args.io,
-                            float_tflite=f32)
+                            float_tflite=f32, aeq_recipe=aeq)
         f32 = c.content if variant is Variant.FLOAT32 else f32
         path = os.path.join(args.output, variant.filename)
         atomic_write_bytes(path, c.content)
@@ -119,12 +120,14 @@ def cmd_convert(args, out) -> int:
                "seconds": round(c.seconds, 2),
                "verdict": None if c.verdict is None else c.verdict.to_dict()}
         results.append(row)
-        if c.verdict is not None and not c.verdict.full_int8:
+        if c.verdict is not None and not c.verdict.full_int8 and not variant.is_weight_only:
             bad = True
-            _log(f"{variant.filename}: NOT full-int8: {'; '.join(c.verdict.reasons)}")
+            _log(f"{variant.filename}: NOT full-integer: {'; '.join(c.verdict.reasons)}")
         if not args.json:
-            flag = "" if c.verdict is None else \
-                f"  full-int8: {'yes' if c.verdict.full_int8 else 'NO'}"
+            kind = {"int16": "full-integer 16x8", "mixed": "full-integer (int8 / int16)"}.get(
+                c.verdict.activations if c.verdict else "", "full-int8")
+            flag = "" if c.verdict is None else "  weight-only (float compute)" \
+                if variant.is_weight_only else f"  {kind}: {'yes' if c.verdict.full_int8 else 'NO'}"
             print(f"{path}  {c.size:,} bytes{flag}", file=out)
     if args.json:
         print(dumps_json({"schema_version": SCHEMA_VERSION, "outputs": results}), file=out)

@@ -180,7 +180,8 @@ def quantize(float_tflite: bytes, representative, variant: Variant = Variant.AEQ
     if (variant is Variant.AEQ_MIXED) != (recipe is not None):
         raise ConversionError("A per-op recipe goes with aeq_mixed only",
                               f"{variant}, recipe {'given' if recipe else 'missing'}",
-                              "Set convert.aeq_recipe to the JSON `qat plan --ptq` wrote")
+                              "Set convert.aeq_recipe (qat convert: --aeq-recipe) to the JSON "
+                              "`qat plan --ptq` wrote")
     if recipe is not None:
         _check_rules(float_tflite, recipe)
     return _run(float_tflite, representative, variant, recipe or _recipe(variant), ranges)

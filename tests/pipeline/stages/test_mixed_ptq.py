@@ -130,6 +130,13 @@ def test_plan_ptq_writes_a_recipe_that_runs_as_aeq_mixed(trained_h5, tmp_path, c
     view = TFLiteModel.from_file(path)
     assert (view.size_breakdown().get("int4_weights", 0) > 0) == bool(doc["int4"])
     assert rep["ptq_calibration"]["aeq_mixed"]["recipe"].startswith("per op")
+    # `qat convert` applies the same recipe to the model file
+    code = main(parse_args(["convert", str(trained_h5), "--data", "digits", "--variants",
+                            "float32,aeq_mixed", "--aeq-recipe", doc["aeq_recipe"],
+                            "--output", str(tmp_path / "conv")]))
+    out = capsys.readouterr().out
+    assert code == (1 if doc["float"] else 0) and "aeq_mixed.tflite" in out
+    assert (tmp_path / "conv" / "aeq_mixed.tflite").read_bytes() == path.read_bytes()
 
 
 def test_aeq_mixed_and_its_recipe_go_together(tmp_path):
