@@ -100,6 +100,9 @@ def to_tflite(model, variant: Variant, representative: np.ndarray | None = None,
         where = f" at layer {layer[0]} ({layer[1]})" if layer else ""
         fix = (f"Rebuild layer {layer[0]} from ops that are TFLite builtins with int8 kernels"
                if layer else "Check the model's ops are TFLite builtins with int8 kernels")
+        if "16x8" in lines[0]:  # e.g. HARD_SWISH has no 16x8 kernel in TF 2.21
+            fix = ("Drop ptq_16x8 for this model (the converter has no 16x8 kernel for that "
+                   "op); `qat plan --ptq` raises single ops to 16x8 instead")
         raise ConversionError(f"The TFLite converter failed for {variant.value}{where}",
                               lines[0].strip()[:300], fix)
 
