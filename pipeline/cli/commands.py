@@ -21,6 +21,7 @@ from pipeline.stages import data as data_mod
 from pipeline.stages import load as load_stage
 from pipeline.stages.run import run
 from pipeline.tflite import feeding, inspect_report, reference
+from pipeline.tflite import verdict as verdict_mod
 from pipeline.tflite.isolated import run_isolated
 from pipeline.tflite.runtime import ModelRunner
 from pipeline.tflite.tflite_model import TFLiteModel, read_file
@@ -124,10 +125,8 @@ def cmd_convert(args, out) -> int:
             bad = True
             _log(f"{variant.filename}: NOT full-integer: {'; '.join(c.verdict.reasons)}")
         if not args.json:
-            kind = {"int16": "full-integer 16x8", "mixed": "full-integer (int8 / int16)"}.get(
-                c.verdict.activations if c.verdict else "", "full-int8")
-            flag = "" if c.verdict is None else "  weight-only (float compute)" \
-                if variant.is_weight_only else f"  {kind}: {'yes' if c.verdict.full_int8 else 'NO'}"
+            said = verdict_mod.line(c.verdict, variant.is_weight_only)
+            flag = f"  {said}" if said else ""
             print(f"{path}  {c.size:,} bytes{flag}", file=out)
     if args.json:
         print(dumps_json({"schema_version": SCHEMA_VERSION, "outputs": results}), file=out)

@@ -52,7 +52,7 @@ def ops_of(float_tflite: bytes) -> list[LayerChoice]:
     count (the constant second input of a CONV_2D / FULLY_CONNECTED; 0 for the others)."""
     sg = TFLiteModel.from_bytes(float_tflite, source="float32.tflite").main
     out = []
-    for scope, op in peers.op_scopes(float_tflite):
+    for scope, op in peers.op_scopes(sg):
         if op.opcode in SKIP_OPS:
             continue
         w = sg.tensors[op.inputs[1]] if op.opcode in WEIGHT_OPS and len(op.inputs) > 1 else None
@@ -90,8 +90,8 @@ def unrealized(content: bytes, choices: dict[str, str]) -> list[str]:
     an op int8 where it has no 16-bit kernel for it (measured: HARD_SWISH), without a word;
     such a plan is not scored as if it held."""
     want = {"16x8": "INT16", "float": "FLOAT32"}
-    ops = dict(peers.op_scopes(content))
     sg = TFLiteModel.from_bytes(content, source="plan").main
+    ops = dict(peers.op_scopes(sg))
     bad = []
     for scope, choice in choices.items():
         op = ops.get(scope)

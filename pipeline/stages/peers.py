@@ -228,11 +228,10 @@ def _run(float_tflite: bytes, representative, variant: Variant, recipe, ranges,
     return bytes(result.quantized_model)
 
 
-def op_scopes(float_tflite: bytes) -> list[tuple[str, object]]:
-    """(scope, op) of each op of the main subgraph that has named outputs: ai-edge-quantizer's
-    scope, the op's output tensor names joined by ";" with a trailing ";" (what its recipe
-    regexes are matched against)."""
-    sg = TFLiteModel.from_bytes(float_tflite, source="float32.tflite").main
+def op_scopes(sg) -> list[tuple[str, object]]:
+    """(scope, op) of each op of the subgraph ``sg`` (TFLiteModel.main) that has named
+    outputs: ai-edge-quantizer's scope, the op's output tensor names joined by ";" with a
+    trailing ";" (what its recipe regexes are matched against)."""
     out = []
     for op in sg.operators:
         names = [sg.tensors[i].name for i in op.outputs if i >= 0 and sg.tensors[i].name]
@@ -244,7 +243,8 @@ def op_scopes(float_tflite: bytes) -> list[tuple[str, object]]:
 def _check_rules(float_tflite: bytes, recipe: list[dict]) -> None:
     """Every per-op rule of an aeq_mixed recipe selects an op of this model (a recipe planned
     for another model, or an edited regex, would otherwise leave ops silently at int8)."""
-    scopes = [sc for sc, _ in op_scopes(float_tflite)]
+    sg = TFLiteModel.from_bytes(float_tflite, source="float32.tflite").main
+    scopes = [sc for sc, _ in op_scopes(sg)]
     dead = [r["regex"] for r in recipe
             if r["regex"] != ".*" and not any(re.search(r["regex"], sc) for sc in scopes)]
     if dead:

@@ -29,6 +29,7 @@ from pipeline.stages.config import Config
 from pipeline.stages.results import (Annotated, Conversions, FloatStage, Inputs, QatStage,
                                      Verified)
 from pipeline.tflite import islands, reference
+from pipeline.tflite import verdict as verdict_mod
 from pipeline.tflite.runtime import ModelRunner
 from pipeline.tflite.tflite_model import TFLiteModel
 
@@ -254,11 +255,8 @@ def convert_variants(ctx: _Run, inputs: Inputs, floats: FloatStage,
                 c = _with_islands(c, keep_float, cfg.convert.io)
             ctx.run_dir.write_bytes(variant.filename, c.content)
             done[variant] = c
-            kind = {"int16": "full-integer 16x8", "mixed": "full-integer (int8 / int16)"}.get(
-                variant.activations, "full-int8")
-            extra = "" if c.verdict is None else ", weight-only (float compute)" \
-                if variant.is_weight_only else \
-                f", {kind}: {'yes' if c.verdict.full_int8 else 'NO'}"
+            said = verdict_mod.line(c.verdict, variant.is_weight_only)
+            extra = f", {said}" if said else ""
             ctx.log(f"convert: {variant.filename} {c.size:,} bytes in {c.seconds:.1f} s{extra}")
     return Conversions(done, calibration_samples=data_mod.count(rep), failed_peers=failed,
                        float_graph=float_graph)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipeline.core.records import SCHEMA_VERSION
+from pipeline.tflite import verdict as verdict_mod
 from pipeline.tflite.tflite_model import TFLiteModel
 
 
@@ -41,8 +42,7 @@ def _io(t: dict) -> str:
 
 def text(doc: dict) -> str:
     v = doc["verdict"]
-    kind = {"int16": "full-integer 16x8", "mixed": "full-integer (int8 / int16)"}.get(
-        v.get("activations", "int8"), "full-int8")
+    kind = verdict_mod.kind(v.get("activations", "int8"))
     lines = [f"{doc['file']}  ({doc['size_bytes']:,} bytes, schema v{doc['schema_version_of_model']}, "
              f"{doc['subgraphs']} subgraph(s))",
              f"{kind}: {'YES' if v['full_int8'] else 'NO'}"]

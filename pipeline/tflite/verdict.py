@@ -19,6 +19,9 @@ INT8_TYPES = {"INT8", "UINT8"}
 # with int8 weights; "mixed": int8 or int16 per op, requantized where they meet); a quantized
 # activation of another integer type is a reason
 ACTIVATION_TYPES = {"int8": INT8_TYPES, "int16": {"INT16"}, "mixed": INT8_TYPES | {"INT16"}}
+# what a "yes" means at each judged precision, as the CLI and report say it
+KINDS = {"int8": "full-int8", "int16": "full-integer 16x8",
+         "mixed": "full-integer (int8 / int16)"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,21 @@ class Verdict:
                 "hybrid_ops": list(self.hybrid_ops), "float_io": list(self.float_io),
                 "other_precision": list(self.other_precision),
                 "activations": self.activations}
+
+
+def kind(activations: str) -> str:
+    """The verdict's name at a judged precision ("full-int8" for int8)."""
+    return KINDS.get(activations, KINDS["int8"])
+
+
+def line(v: Verdict | None, weight_only: bool = False) -> str:
+    """A variant's verdict in one phrase, as `qat run` and `qat convert` print it ("" when it
+    has none; a weight-only file computes in float by design, so it is named, not judged)."""
+    if v is None:
+        return ""
+    if weight_only:
+        return "weight-only (float compute)"
+    return f"{kind(v.activations)}: {'yes' if v.full_int8 else 'NO'}"
 
 
 @dataclass
